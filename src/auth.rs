@@ -1,0 +1,106 @@
+//! Who is calling: the client's API key matched in constant time against `[auth]` keys, the user id
+//! derived from it (or from the trusted header / body), and the key as it appears in usage records.
+
+use crate::config::{ApiKeyFormat, AuthConfig};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(data);
+    h.finalize().into()
+}
+
+/// The bearer token of an `Authorization` header value (or an `x-api-key` value as is).
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let v = trim(value);
+    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+        Some(trim(&v[7..]))
+    } else if v.is_empty() {
+        None
+    } else {
+        Some(v)
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// The user id of a configured key matching `key`. Compares SHA-256 digests in constant time and
+/// visits every configured key, so timing reveals neither the key nor which one matched.
+pub fn lookup<'a>(auth: &'a AuthConfig, key: &[u8]) -> Option<&'a str> {
+    let digest = sha256(key);
+    let mut found: Option<&str> = None;
+    for k in &auth.keys {
+        if bool::from(k.key_sha256.ct_eq(&digest)) && found.is_none() {
+            found = Some(&k.user_id);
+        }
+    }
+    found
+}
+
+/// The key as written into the usage record.
+pub fn format_key(key: &[u8], format: ApiKeyFormat) -> Option<String> {
+    let key = String::from_utf8_lossy(key);
+    match format {
+        ApiKeyFormat::Omit => None,
+        ApiKeyFormat::Full => Some(key.into_owned()),
+        ApiKeyFormat::Sha256 => Some(hex::encode(sha256(key.as_bytes()))),
+        ApiKeyFormat::Redacted => {
+            let chars: Vec<char> = key.chars().collect();
+            if chars.len() <= 8 {
+                Some("...".to_string())
+            } else {
+                let head: String = chars[..4].iter().collect();
+                let tail: String = chars[chars.len() - 3..].iter().collect();
+                Some(format!("{head}...{tail}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthKey;
+
+    fn cfg() -> AuthConfig {
+        AuthConfig {
+            required: true,
+            user_header: "x-user-id".into(),
+            keys: vec![
+                AuthKey { key_sha256: sha256(b"sk-prod-xxx"), user_id: "alice".into() },
+                AuthKey { key_sha256: sha256(b"sk-other"), user_id: "bob".into() },
+            ],
+        }
+    }
+
+    #[test]
+    fn lookup_matches_exact_keys_only() {
+        let c = cfg();
+        assert_eq!(lookup(&c, b"sk-prod-xxx"), Some("alice"));
+        assert_eq!(lookup(&c, b"sk-other"), Some("bob"));
+        assert_eq!(lookup(&c, b"sk-prod-xx"), None);
+        assert_eq!(lookup(&c, b""), None);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(b"Bearer sk-1"), Some(&b"sk-1"[..]));
+        assert_eq!(bearer(b"bearer   sk-1 "), Some(&b"sk-1"[..]));
+        assert_eq!(bearer(b"sk-raw"), Some(&b"sk-raw"[..]));
+        assert_eq!(bearer(b"  "), None);
+    }
+
+    #[test]
+    fn key_formats() {
+        assert_eq!(format_key(b"sk-prod-xxx", ApiKeyFormat::Redacted).unwrap(), "sk-p...xxx");
+        assert_eq!(format_key(b"short", ApiKeyFormat::Redacted).unwrap(), "...");
+        assert_eq!(format_key(b"k", ApiKeyFormat::Full).unwrap(), "k");
+        assert_eq!(format_key(b"k", ApiKeyFormat::Omit), None);
+        assert_eq!(format_key(b"abc", ApiKeyFormat::Sha256).unwrap().len(), 64);
+    }
+}

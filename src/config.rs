@@ -1,0 +1,656 @@
+//! Configuration: the raw TOML shape (`RawConfig`, unknown keys rejected) and its conversion into the
+//! validated, typed `Config` that the rest of the gateway uses. Every problem is reported at once.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Balancing strategy across backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    Weighted,
+    LeastConnections,
+}
+
+/// Which monoio driver the core threads use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// How the client's API key appears in usage records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyFormat {
+    Full,
+    Redacted,
+    Sha256,
+    Omit,
+}
+
+/// Whether streaming requests get `stream_options.include_usage` injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeUsage {
+    Inject,
+    Passthrough,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub runtime: RuntimeConfig,
+    pub backends: Vec<BackendConfig>,
+    pub strategy: Strategy,
+    pub limits: Limits,
+    pub usage_hook: UsageHookConfig,
+    pub health_check: HealthCheckConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub workers: usize,
+    pub pin_cores: bool,
+    pub cores: Vec<usize>,
+    pub driver: DriverChoice,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// As written in the config, without a trailing slash; used as the metric label and in records.
+    pub url: String,
+    /// Resolved once at start: core threads never resolve names.
+    pub addr: SocketAddr,
+    /// `host[:port]` for the Host header.
+    pub host_header: String,
+    /// Path prefix of the url (without trailing slash), prepended to the request path.
+    pub base_path: String,
+    pub weight: u32,
+    pub models: Vec<String>,
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_body: u64,
+    pub header_read_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_first_byte_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageHookConfig {
+    pub enabled: bool,
+    pub url: String,
+    pub timeout: Duration,
+    pub retry: u32,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub batch_linger: Duration,
+    pub spool_dir: PathBuf,
+    pub replay_interval: Duration,
+    pub secret: Option<String>,
+    pub api_key_format: ApiKeyFormat,
+    pub include_usage: IncludeUsage,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub interval: Duration,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub required: bool,
+    /// Lower-cased header name.
+    pub user_header: String,
+    pub keys: Vec<AuthKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthKey {
+    /// SHA-256 of the key; raw keys are hashed at load so both forms compare the same way.
+    pub key_sha256: [u8; 32],
+    pub user_id: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TOML shape.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    shutdown_grace: Option<String>,
+    runtime: RawRuntime,
+    backends: Vec<RawBackend>,
+    balancer: RawBalancer,
+    limits: RawLimits,
+    usage_hook: RawUsageHook,
+    health_check: RawHealthCheck,
+    auth: RawAuth,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRuntime {
+    workers: Option<i64>,
+    pin_cores: Option<bool>,
+    cores: Option<Vec<i64>>,
+    driver: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawBackend {
+    url: Option<String>,
+    weight: Option<i64>,
+    models: Option<Vec<String>>,
+    api_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawBalancer {
+    strategy: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_request_body: Option<String>,
+    header_read_timeout: Option<String>,
+    upstream_connect_timeout: Option<String>,
+    upstream_first_byte_timeout: Option<String>,
+    stream_idle_timeout: Option<String>,
+    max_connections: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawUsageHook {
+    enabled: Option<bool>,
+    url: Option<String>,
+    timeout: Option<String>,
+    retry: Option<i64>,
+    queue_capacity: Option<i64>,
+    batch_max: Option<i64>,
+    batch_linger: Option<String>,
+    spool_dir: Option<String>,
+    replay_interval: Option<String>,
+    secret: Option<String>,
+    api_key_format: Option<String>,
+    include_usage: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealthCheck {
+    interval: Option<String>,
+    path: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    required: Option<bool>,
+    user_header: Option<String>,
+    keys: Vec<RawAuthKey>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuthKey {
+    key: Option<String>,
+    key_sha256: Option<String>,
+    user_id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// Every problem found in a config file; `Display` prints one per line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects problems while converting; each names its key (and file:line where known).
+struct Problems<'a> {
+    origin: &'a str,
+    source: &'a str,
+    list: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, key: &str, msg: impl fmt::Display) {
+        let line = self.line_of(key);
+        match line {
+            Some(l) => self.list.push(format!("{}:{}: {}: {}", self.origin, l, key, msg)),
+            None => self.list.push(format!("{}: {}: {}", self.origin, key, msg)),
+        }
+    }
+
+    /// Best-effort line of the last path component of `key` (e.g. `limits.header_read_timeout`).
+    fn line_of(&self, key: &str) -> Option<usize> {
+        let leaf = key.rsplit('.').next()?;
+        let leaf = leaf.split('[').next()?;
+        let section = key.split('.').next().unwrap_or("").split('[').next().unwrap_or("");
+        let mut in_section = !key.contains('.');
+        for (i, line) in self.source.lines().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with('[') {
+                let name = t.trim_matches(|c| c == '[' || c == ']' || c == ' ');
+                in_section = name == section;
+                continue;
+            }
+            if in_section || !key.contains('.') {
+                if let Some(rest) = t.strip_prefix(leaf) {
+                    if rest.trim_start().starts_with('=') {
+                        return Some(i + 1);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn duration(&mut self, key: &str, v: &Option<String>, default: &str) -> Duration {
+        let s = v.as_deref().unwrap_or(default);
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.push(
+                    key,
+                    format_args!("invalid duration {s:?} ({e}); use e.g. \"500ms\", \"30s\", \"2m\""),
+                );
+                humantime::parse_duration(default).unwrap_or_default()
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, key: &str, v: &Option<String>, default: &str) -> Duration {
+        let d = self.duration(key, v, default);
+        if d.is_zero() {
+            self.push(key, "must be greater than 0");
+        }
+        d
+    }
+
+    fn size(&mut self, key: &str, v: &Option<String>, default: &str) -> u64 {
+        let s = v.as_deref().unwrap_or(default);
+        match s.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) => b.as_u64(),
+            Err(e) => {
+                self.push(key, format_args!("invalid size {s:?} ({e}); use e.g. \"16MiB\""));
+                16 << 20
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        let n = v.unwrap_or(default);
+        if n < min || n > max {
+            self.push(key, format_args!("{n} is out of range ({min}..={max})"));
+            return default;
+        }
+        n
+    }
+
+    fn choice<T: Copy>(&mut self, key: &str, v: &Option<String>, default: T, options: &[(&str, T)]) -> T {
+        let Some(s) = v else { return default };
+        match options.iter().find(|(name, _)| *name == s) {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.push(key, format_args!("unknown value {s:?}; expected one of {}", names.join(", ")));
+                default
+            }
+        }
+    }
+}
+
+fn parse_addr(p: &mut Problems<'_>, key: &str, s: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    match s.to_socket_addrs() {
+        Ok(mut it) => match it.next() {
+            Some(a) => Some(a),
+            None => {
+                p.push(key, format_args!("{s:?} resolves to no address"));
+                None
+            }
+        },
+        Err(e) => {
+            p.push(key, format_args!("invalid address {s:?} ({e}); expected host:port"));
+            None
+        }
+    }
+}
+
+/// Splits `http://host[:port][/base]` into (addr, host header, base path). Resolves the name once.
+fn parse_backend_url(p: &mut Problems<'_>, key: &str, url: &str) -> Option<(SocketAddr, String, String)> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        p.push(key, format_args!("{url:?}: only http:// backends are supported"));
+        return None;
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        p.push(key, format_args!("{url:?}: missing host"));
+        return None;
+    }
+    let with_port =
+        if authority.rsplit_once(':').is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            && !authority.ends_with(']')
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+    let addr = parse_addr(p, key, &with_port)?;
+    Some((addr, authority.to_string(), path.to_string()))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("{}: cannot read config file: {e}", path.display())],
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let msg = e.message().to_string();
+            ConfigError {
+                problems: vec![match line {
+                    Some(l) => format!("{origin}:{l}: {msg}"),
+                    None => format!("{origin}: {msg}"),
+                }],
+            }
+        })?;
+        let mut p = Problems { origin, source: text, list: Vec::new() };
+        let cfg = convert(raw, &mut p);
+        if p.list.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError { problems: p.list })
+        }
+    }
+}
+
+fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
+    let fallback: SocketAddr = ([127, 0, 0, 1], 8080).into();
+    let listen = parse_addr(p, "listen", raw.listen.as_deref().unwrap_or("0.0.0.0:8080")).unwrap_or(fallback);
+    let admin_listen = match raw.admin_listen.as_deref() {
+        None | Some("") => None,
+        Some(s) => parse_addr(p, "admin_listen", s),
+    };
+    let shutdown_grace = p.duration("shutdown_grace", &raw.shutdown_grace, "30s");
+
+    let r = &raw.runtime;
+    let workers = p.int("runtime.workers", r.workers, 0, 0, 1024) as usize;
+    let mut cores = Vec::new();
+    for c in r.cores.clone().unwrap_or_default() {
+        if c < 0 {
+            p.push("runtime.cores", format_args!("core id {c} must be >= 0"));
+        } else {
+            cores.push(c as usize);
+        }
+    }
+    let driver = p.choice(
+        "runtime.driver",
+        &r.driver,
+        DriverChoice::Auto,
+        &[("auto", DriverChoice::Auto), ("io_uring", DriverChoice::IoUring), ("epoll", DriverChoice::Epoll)],
+    );
+    let runtime = RuntimeConfig { workers, pin_cores: r.pin_cores.unwrap_or(true), cores, driver };
+
+    if raw.backends.is_empty() {
+        p.push("backends", "at least one [[backends]] entry is required");
+    }
+    let mut backends = Vec::new();
+    for (i, b) in raw.backends.iter().enumerate() {
+        let key = format!("backends[{i}].url");
+        let Some(url) = b.url.as_deref() else {
+            p.push(&key, "missing");
+            continue;
+        };
+        let url = url.trim_end_matches('/').to_string();
+        let weight = p.int(&format!("backends[{i}].weight"), b.weight, 1, 1, 1_000_000) as u32;
+        if let Some((addr, host_header, base_path)) = parse_backend_url(p, &key, &url) {
+            if backends.iter().any(|x: &BackendConfig| x.url == url) {
+                p.push(&key, format_args!("{url:?} is listed twice"));
+            }
+            backends.push(BackendConfig {
+                url,
+                addr,
+                host_header,
+                base_path,
+                weight,
+                models: b.models.clone().unwrap_or_default(),
+                api_key: b.api_key.clone().filter(|k| !k.is_empty()),
+            });
+        }
+    }
+    let strategy = p.choice(
+        "balancer.strategy",
+        &raw.balancer.strategy,
+        Strategy::Weighted,
+        &[
+            ("round_robin", Strategy::RoundRobin),
+            ("weighted", Strategy::Weighted),
+            ("least_connections", Strategy::LeastConnections),
+        ],
+    );
+
+    let l = &raw.limits;
+    let limits = Limits {
+        max_request_body: p.size("limits.max_request_body", &l.max_request_body, "16MiB"),
+        header_read_timeout: p.positive_duration("limits.header_read_timeout", &l.header_read_timeout, "10s"),
+        upstream_connect_timeout: p.positive_duration(
+            "limits.upstream_connect_timeout",
+            &l.upstream_connect_timeout,
+            "2s",
+        ),
+        upstream_first_byte_timeout: p.positive_duration(
+            "limits.upstream_first_byte_timeout",
+            &l.upstream_first_byte_timeout,
+            "300s",
+        ),
+        stream_idle_timeout: p.positive_duration(
+            "limits.stream_idle_timeout",
+            &l.stream_idle_timeout,
+            "120s",
+        ),
+        max_connections: p.int("limits.max_connections", l.max_connections, 20000, 1, 10_000_000) as usize,
+    };
+
+    let u = &raw.usage_hook;
+    let enabled = u.enabled.unwrap_or(true);
+    let url = u.url.clone().unwrap_or_else(|| "http://127.0.0.1:3001/llm-usage".to_string());
+    if enabled && !url.starts_with("http://") && !url.starts_with("https://") {
+        p.push("usage_hook.url", format_args!("{url:?} must start with http://"));
+    }
+    if url.starts_with("https://") {
+        p.push(
+            "usage_hook.url",
+            "https is not supported by this build; put the webhook behind http or a local TLS sidecar",
+        );
+    }
+    let batch_max = p.int("usage_hook.batch_max", u.batch_max, 1, 1, 10_000) as usize;
+    let queue_capacity = p.int("usage_hook.queue_capacity", u.queue_capacity, 65536, 1, 100_000_000) as usize;
+    let usage_hook = UsageHookConfig {
+        enabled,
+        url,
+        timeout: p.positive_duration("usage_hook.timeout", &u.timeout, "1s"),
+        retry: p.int("usage_hook.retry", u.retry, 2, 0, 100) as u32,
+        queue_capacity,
+        batch_max,
+        batch_linger: p.duration("usage_hook.batch_linger", &u.batch_linger, "20ms"),
+        spool_dir: PathBuf::from(u.spool_dir.clone().unwrap_or_else(|| "./llmproxy-spool".to_string())),
+        replay_interval: p.positive_duration("usage_hook.replay_interval", &u.replay_interval, "5s"),
+        secret: u.secret.clone().filter(|s| !s.is_empty()),
+        api_key_format: p.choice(
+            "usage_hook.api_key_format",
+            &u.api_key_format,
+            ApiKeyFormat::Redacted,
+            &[
+                ("full", ApiKeyFormat::Full),
+                ("redacted", ApiKeyFormat::Redacted),
+                ("sha256", ApiKeyFormat::Sha256),
+                ("omit", ApiKeyFormat::Omit),
+            ],
+        ),
+        include_usage: p.choice(
+            "usage_hook.include_usage",
+            &u.include_usage,
+            IncludeUsage::Inject,
+            &[("inject", IncludeUsage::Inject), ("passthrough", IncludeUsage::Passthrough)],
+        ),
+    };
+    if usage_hook.spool_dir.as_os_str().is_empty() {
+        p.push("usage_hook.spool_dir", "must not be empty: undelivered records wait there");
+    }
+
+    let h = &raw.health_check;
+    let health_check = HealthCheckConfig {
+        interval: p.positive_duration("health_check.interval", &h.interval, "10s"),
+        path: h.path.clone().unwrap_or_else(|| "/health".to_string()),
+        timeout: p.positive_duration("health_check.timeout", &h.timeout, "1s"),
+    };
+    if !health_check.path.starts_with('/') {
+        p.push("health_check.path", "must start with /");
+    }
+
+    let a = &raw.auth;
+    let mut keys = Vec::new();
+    for (i, k) in a.keys.iter().enumerate() {
+        let user_id = match k.user_id.as_deref() {
+            Some(u) if !u.is_empty() => u.to_string(),
+            _ => {
+                p.push(&format!("auth.keys[{i}].user_id"), "missing");
+                continue;
+            }
+        };
+        let digest = match (&k.key, &k.key_sha256) {
+            (Some(key), None) if !key.is_empty() => Some(crate::auth::sha256(key.as_bytes())),
+            (None, Some(hexd)) => match hex::decode(hexd.trim()) {
+                Ok(v) if v.len() == 32 => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&v);
+                    Some(d)
+                }
+                _ => {
+                    p.push(&format!("auth.keys[{i}].key_sha256"), "must be 64 hex digits");
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                p.push(&format!("auth.keys[{i}]"), "set either key or key_sha256, not both");
+                None
+            }
+            _ => {
+                p.push(&format!("auth.keys[{i}].key"), "missing (set key or key_sha256)");
+                None
+            }
+        };
+        if let Some(key_sha256) = digest {
+            keys.push(AuthKey { key_sha256, user_id });
+        }
+    }
+    if a.required.unwrap_or(false) && keys.is_empty() {
+        p.push("auth.required", "is true but no [[auth.keys]] are configured: every request would get 401");
+    }
+    let auth = AuthConfig {
+        required: a.required.unwrap_or(false),
+        user_header: a.user_header.clone().unwrap_or_else(|| "x-user-id".to_string()).to_ascii_lowercase(),
+        keys,
+    };
+
+    Config {
+        listen,
+        admin_listen,
+        shutdown_grace,
+        runtime,
+        backends,
+        strategy,
+        limits,
+        usage_hook,
+        health_check,
+        auth,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("[[backends]]\nurl = \"http://127.0.0.1:8000\"\n", "t").unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.strategy, Strategy::Weighted);
+        assert_eq!(c.limits.max_request_body, 16 << 20);
+        assert_eq!(c.backends[0].weight, 1);
+        assert_eq!(c.backends[0].host_header, "127.0.0.1:8000");
+        assert_eq!(c.usage_hook.include_usage, IncludeUsage::Inject);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_line() {
+        let text = "listen = \"nope\"\n[limits]\nheader_read_timeout = \"ten\"\n[balancer]\nstrategy = \"random\"\n[[backends]]\nurl = \"https://x\"\nweight = 0\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        let all = e.to_string();
+        assert!(all.contains("c.toml:1: listen"), "{all}");
+        assert!(all.contains("c.toml:3: limits.header_read_timeout"), "{all}");
+        assert!(all.contains("balancer.strategy"), "{all}");
+        assert!(all.contains("backends[0].url"), "{all}");
+        assert!(all.contains("backends[0].weight"), "{all}");
+        assert_eq!(e.problems.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let e = Config::parse("lisen = \"x\"\n", "c.toml").unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn backend_url_with_base_path() {
+        let c = Config::parse("[[backends]]\nurl = \"http://localhost:9000/openai/\"\n", "t").unwrap();
+        assert_eq!(c.backends[0].base_path, "/openai");
+        assert_eq!(c.backends[0].url, "http://localhost:9000/openai");
+    }
+}
