@@ -4,3 +4,5 @@
 pub mod auth;
 pub mod config;
 pub mod record;
+pub mod sse;
+pub mod usage;

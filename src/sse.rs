@@ -1,0 +1,295 @@
+//! SseScanner: fed every decoded chunk of a streamed response on its way to the client. memchr finds
+//! event boundaries; only events that carry usage are parsed; usage-only events we caused are cut out.
+//! Runs on core threads; pure, no I/O; keeps at most one partial event between reads.
+
+use crate::usage::{for_each_report, Usage, UsageTracker};
+use memchr::memmem;
+
+/// An event larger than this is not kept for usage scanning (usage events are a few hundred bytes).
+pub const MAX_PARTIAL_EVENT: usize = 1 << 20;
+
+/// What the relay must send after one `feed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Feed {
+    /// Send `released()` first: bytes held back earlier that turned out not to be cut.
+    pub release: bool,
+    /// Then the first `forward` bytes of the fed chunk (compacted in place).
+    pub forward: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    /// Cut usage-only events (`"choices":[]` + usage): set when the gateway injected include_usage.
+    strip: bool,
+    /// Bytes of the event in progress (up to MAX_PARTIAL_EVENT).
+    partial: Vec<u8>,
+    /// Total length of the event in progress, even past the cap.
+    partial_total: usize,
+    /// How many bytes of the event in progress were withheld from the client (0 or partial_total).
+    held: usize,
+    /// Boundary progress across chunks: 1 after a line's `\n`, 2 after `\n\r`.
+    tail: u8,
+    /// Bytes to send before the current chunk (see `Feed::release`).
+    released: Vec<u8>,
+    tracker: UsageTracker,
+    events: u64,
+    stripped: u64,
+}
+
+impl SseScanner {
+    pub fn new(strip_usage_only: bool) -> Self {
+        SseScanner { strip: strip_usage_only, ..Default::default() }
+    }
+
+    /// Scans `data` (the next decoded bytes of the stream). Cut events are removed in place; the
+    /// returned `Feed` says what to send. Every byte is passed on as soon as it cannot be part of an
+    /// event to cut: only a partial event that could still be a usage-only one is held back.
+    pub fn feed(&mut self, data: &mut [u8]) -> Feed {
+        let mut release = false;
+        let mut r = 0; // start of the current event's bytes within data
+        let mut w = 0; // end of the bytes kept so far
+        let mut pos = 0; // where to look for the next newline
+        let mut tail = self.tail;
+        loop {
+            let end = match find_event_end(data, pos, tail) {
+                Some(e) => e,
+                None => break,
+            };
+            let continuing = self.partial_total > 0;
+            let keep = if continuing {
+                self.push_partial(&data[r..end]);
+                let strip = self.complete_event_from_partial();
+                if strip && self.held > 0 {
+                    false
+                } else {
+                    if self.held > 0 {
+                        self.release_held();
+                        release = true;
+                    }
+                    true
+                }
+            } else {
+                !self.inspect(r, end, data)
+            };
+            if continuing {
+                self.partial.clear();
+                self.partial_total = 0;
+                self.held = 0;
+            }
+            if keep {
+                data.copy_within(r..end, w);
+                w += end - r;
+            }
+            r = end;
+            pos = end;
+            tail = 0;
+        }
+        // data[r..] is the start (or more) of an event that has not ended yet.
+        if r < data.len() {
+            let fresh = self.partial_total == 0;
+            let was_held = self.held > 0 && self.held == self.partial_total;
+            self.push_partial(&data[r..]);
+            let hold = self.strip
+                && (fresh || was_held)
+                && self.partial_total <= MAX_PARTIAL_EVENT
+                && could_be_usage_only(&self.partial);
+            if hold {
+                self.held = self.partial_total;
+            } else {
+                if self.held > 0 {
+                    self.release_held();
+                    release = true;
+                }
+                data.copy_within(r..data.len(), w);
+                w += data.len() - r;
+            }
+            self.tail = tail_state(&data[r..], tail);
+        } else {
+            self.tail = 0;
+        }
+        Feed { release, forward: w }
+    }
+
+    /// Held bytes to send before the chunk of the last `feed` that returned `release: true`.
+    pub fn released(&self) -> &[u8] {
+        &self.released
+    }
+
+    /// The stream ended: an unterminated last event is still scanned for usage. Returns held bytes
+    /// that must still go to the client (an unterminated event that was not a usage-only one).
+    pub fn finish(&mut self) -> &[u8] {
+        self.released.clear();
+        if self.partial_total > 0 {
+            let strip = self.complete_event_from_partial();
+            if !(strip && self.held > 0) && self.held > 0 {
+                self.released.extend_from_slice(&self.partial[..self.held.min(self.partial.len())]);
+            }
+            self.partial.clear();
+            self.partial_total = 0;
+            self.held = 0;
+        }
+        &self.released
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.tracker.result()
+    }
+
+    /// Events seen so far (complete ones).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Usage-only events cut from the stream.
+    pub fn stripped(&self) -> u64 {
+        self.stripped
+    }
+
+    fn push_partial(&mut self, b: &[u8]) {
+        let room = MAX_PARTIAL_EVENT.saturating_sub(self.partial.len());
+        self.partial.extend_from_slice(&b[..b.len().min(room)]);
+        self.partial_total += b.len();
+    }
+
+    fn release_held(&mut self) {
+        self.released.clear();
+        self.released.extend_from_slice(&self.partial[..self.held.min(self.partial.len())]);
+        self.held = 0;
+    }
+
+    fn complete_event_from_partial(&mut self) -> bool {
+        if self.partial_total > self.partial.len() {
+            // Oversized: its head is kept, usage in it cannot be trusted; never cut it.
+            self.events += 1;
+            return false;
+        }
+        let ev = std::mem::take(&mut self.partial);
+        let strip = self.inspect_event(&ev);
+        self.partial = ev;
+        strip
+    }
+
+    fn inspect(&mut self, start: usize, end: usize, data: &[u8]) -> bool {
+        self.inspect_event(&data[start..end])
+    }
+
+    /// Records usage carried by one complete event; true when the event must be cut.
+    fn inspect_event(&mut self, ev: &[u8]) -> bool {
+        self.events += 1;
+        let mut found = false;
+        let choices = choices_of(ev);
+        let tracker = &mut self.tracker;
+        for_each_report(ev, |r| {
+            found = true;
+            match choices {
+                Choices::Absent | Choices::Empty => tracker.whole(r),
+                Choices::First(i) => tracker.per_choice(i, r),
+            }
+        });
+        let cut = self.strip && found && choices == Choices::Empty;
+        if cut {
+            self.stripped += 1;
+        }
+        cut
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choices {
+    Absent,
+    Empty,
+    /// Index of the first choice.
+    First(u32),
+}
+
+const CHOICES_KEY: &[u8] = b"\"choices\":";
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+fn choices_of(ev: &[u8]) -> Choices {
+    let Some(c) = memmem::find(ev, CHOICES_KEY) else { return Choices::Absent };
+    let i = skip_ws(ev, c + CHOICES_KEY.len());
+    if ev.get(i) != Some(&b'[') {
+        return Choices::Absent;
+    }
+    let j = skip_ws(ev, i + 1);
+    if ev.get(j) == Some(&b']') {
+        return Choices::Empty;
+    }
+    let idx = memmem::find(&ev[j..], b"\"index\":")
+        .map(|k| {
+            let d = skip_ws(ev, j + k + 8);
+            ev[d..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .fold(0u32, |a, c| a.saturating_mul(10).saturating_add(u32::from(c - b'0')))
+        })
+        .unwrap_or(0);
+    Choices::First(idx)
+}
+
+/// A partial event could still turn out to be a usage-only one unless it already shows a non-empty
+/// `choices` array or is a comment.
+fn could_be_usage_only(partial: &[u8]) -> bool {
+    if partial.first() == Some(&b':') {
+        return false;
+    }
+    match memmem::find(partial, CHOICES_KEY) {
+        None => true,
+        Some(c) => {
+            let i = skip_ws(partial, c + CHOICES_KEY.len());
+            match partial.get(i) {
+                None => true,
+                Some(b'[') => {
+                    let j = skip_ws(partial, i + 1);
+                    matches!(partial.get(j), None | Some(b']'))
+                }
+                Some(_) => false,
+            }
+        }
+    }
+}
+
+/// End (exclusive) of the first event ending in `data[pos..]`: a blank line. `tail` carries a line
+/// ending begun in the previous chunk (1: `\n` seen, 2: `\n\r` seen) when `pos` is the chunk start.
+fn find_event_end(data: &[u8], pos: usize, tail: u8) -> Option<usize> {
+    if tail == 1 && pos == 0 {
+        match data.first() {
+            Some(b'\n') => return Some(1),
+            Some(b'\r') if data.get(1) == Some(&b'\n') => return Some(2),
+            _ => {}
+        }
+    }
+    if tail == 2 && pos == 0 && data.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    let mut i = pos;
+    while let Some(k) = memchr::memchr(b'\n', &data[i..]) {
+        let nl = i + k;
+        match data.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if data.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Line-ending progress at the end of an unfinished event's bytes.
+fn tail_state(b: &[u8], prev: u8) -> u8 {
+    match b {
+        [.., b'\n'] => 1,
+        [.., b'\n', b'\r'] => 2,
+        [b'\r'] if prev == 1 => 2,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+#[path = "sse_tests.rs"]
+mod tests;

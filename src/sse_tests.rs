@@ -1,0 +1,211 @@
+//! Unit tests of SseScanner: real backend transcripts split at every byte position, generated
+//! streams with CRLF, comments, cumulative usage and huge events, and usage-only event cutting.
+
+use super::*;
+use crate::usage::Usage;
+use std::path::PathBuf;
+
+fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/backends")
+}
+
+/// Feeds `input` in the given pieces; returns (what the client got, usage).
+fn run(input: &[u8], cuts: &[usize], strip: bool) -> (Vec<u8>, Option<Usage>) {
+    let mut s = SseScanner::new(strip);
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+        let mut piece = input[prev..c].to_vec();
+        let f = s.feed(&mut piece);
+        if f.release {
+            out.extend_from_slice(s.released());
+        }
+        out.extend_from_slice(&piece[..f.forward]);
+        prev = c;
+    }
+    out.extend_from_slice(s.finish());
+    (out, s.usage())
+}
+
+/// The events of a stream separated by blank lines (LF or CRLF).
+fn events(input: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < input.len() {
+        let end = if input[i..].starts_with(b"\n\n") {
+            Some(i + 2)
+        } else if input[i..].starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else {
+            None
+        };
+        if let Some(e) = end {
+            out.push(input[start..e].to_vec());
+            start = e;
+            i = e;
+        } else {
+            i += 1;
+        }
+    }
+    if start < input.len() {
+        out.push(input[start..].to_vec());
+    }
+    out
+}
+
+fn without_usage_only_events(input: &[u8]) -> Vec<u8> {
+    events(input)
+        .into_iter()
+        .filter(|e| {
+            let s = String::from_utf8_lossy(e);
+            !(s.contains("\"choices\":[]") && s.contains("\"usage\":{"))
+        })
+        .flatten()
+        .collect()
+}
+
+fn check_every_split(input: &[u8], want: Option<Usage>, name: &str) {
+    let stripped = without_usage_only_events(input);
+    for k in 0..=input.len() {
+        let (out, usage) = run(input, &[k], false);
+        assert_eq!(usage, want, "{name}: usage with split at {k}");
+        assert_eq!(out, input, "{name}: passthrough output with split at {k}");
+        let (out, usage) = run(input, &[k], true);
+        assert_eq!(usage, want, "{name}: usage (strip) with split at {k}");
+        assert_eq!(out, stripped, "{name}: stripped output with split at {k}");
+    }
+    // Byte by byte, and in three pieces around every position.
+    let all: Vec<usize> = (1..input.len()).collect();
+    assert_eq!(run(input, &all, true), (stripped.clone(), want), "{name}: byte by byte");
+    for k in (0..input.len()).step_by(7) {
+        let cuts = [k, (k + 3).min(input.len()), (k + 50).min(input.len())];
+        assert_eq!(run(input, &cuts, true), (stripped.clone(), want), "{name}: three pieces at {k}");
+    }
+}
+
+fn u(p: u64, c: u64, t: u64) -> Option<Usage> {
+    Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t })
+}
+
+/// Usage each fixture stream reports, read off the files by hand.
+const FIXTURE_STREAMS: &[(&str, Option<(u64, u64, u64)>)] = &[
+    ("openai/chat_stream.sse", None),
+    ("openai/chat_stream_usage.sse", Some((12, 100, 112))),
+    ("openai/completions_stream_usage.sse", Some((31, 25, 56))),
+    ("vllm/chat_stream_usage.sse", Some((13, 3, 16))),
+    ("vllm/chat_stream_continuous_usage.sse", Some((46, 26, 72))),
+    ("tgi/chat_stream.sse", None),
+    ("tgi/chat_stream_usage.sse", Some((39, 3, 42))),
+    ("tgi/chat_stream_usage_openai_client.sse", Some((39, 3, 42))),
+    ("tgi/completions_stream.sse", Some((22, 40, 62))),
+    ("sglang/chat_stream_usage_via_nearai_gateway.sse", Some((18, 4, 22))),
+    ("llamacpp/chat_stream_usage_b6097.sse", Some((82, 43, 125))),
+    ("llamacpp/chat_stream_usage_tail_b6497_PARTIAL.sse", Some((75, 31, 106))),
+    ("ollama/chat_stream_usage_ABRIDGED.sse", Some((17, 40, 57))),
+];
+
+#[test]
+fn fixture_streams_at_every_split() {
+    let dir = fixtures_dir();
+    if !dir.exists() {
+        eprintln!("fixtures folder {} missing: skipping", dir.display());
+        return;
+    }
+    for (name, _) in FIXTURE_STREAMS {
+        let input = std::fs::read(dir.join(name)).unwrap();
+        let (_, whole) = run(&input, &[], false);
+        check_every_split(&input, whole, name);
+    }
+}
+
+#[test]
+fn fixture_streams_report_the_right_usage() {
+    let dir = fixtures_dir();
+    if !dir.exists() {
+        eprintln!("fixtures folder {} missing: skipping", dir.display());
+        return;
+    }
+    for (name, want) in FIXTURE_STREAMS {
+        let input = std::fs::read(dir.join(name)).unwrap();
+        let (_, got) = run(&input, &[], false);
+        match want {
+            None => assert_eq!(got, None, "{name}"),
+            Some((p, c, t)) => assert_eq!(got, u(*p, *c, *t), "{name}"),
+        }
+    }
+}
+
+#[test]
+fn cumulative_usage_is_never_summed() {
+    let mut s = String::new();
+    for i in 1..=5 {
+        s += &format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"x\"}}}}],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{i},\"total_tokens\":{}}}}}\n\n", 7 + i);
+    }
+    s += "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5,\"total_tokens\":12}}\n\ndata: [DONE]\n\n";
+    check_every_split(s.as_bytes(), u(7, 5, 12), "cumulative");
+}
+
+#[test]
+fn crlf_comments_and_multiline_data() {
+    let s = b": keep-alive\r\n\r\nevent: message\r\ndata: {\"choices\":[{\"index\":0,\r\ndata: \"delta\":{}}]}\r\n\r\n:\r\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\r\n\r\ndata: [DONE]\r\n\r\n";
+    check_every_split(s, u(1, 2, 3), "crlf");
+}
+
+#[test]
+fn anthropic_usage_is_split_across_events() {
+    let s = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    check_every_split(s, u(25, 15, 40), "anthropic");
+}
+
+#[test]
+fn responses_api_completed_event() {
+    let s = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":8,\"output_tokens\":2,\"total_tokens\":10}}}\n\n";
+    check_every_split(s, u(8, 2, 10), "responses");
+}
+
+#[test]
+fn multi_prompt_completions_add_up_per_choice() {
+    let mut s = String::new();
+    for idx in 0..3 {
+        s += &format!("data: {{\"choices\":[{{\"index\":{idx},\"text\":\"a\",\"finish_reason\":\"\"}}],\"usage\":null}}\n\n");
+        s += &format!("data: {{\"choices\":[{{\"index\":{idx},\"text\":\"b\",\"finish_reason\":\"length\"}}],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":2,\"total_tokens\":{t}}}}}\n\n", p = idx + 1, t = idx + 3);
+    }
+    s += "data: [DONE]\n\n";
+    check_every_split(s.as_bytes(), u(6, 6, 12), "tgi multi-prompt");
+}
+
+#[test]
+fn huge_events_pass_through_and_usage_after_them_is_found() {
+    let big = "x".repeat(MAX_PARTIAL_EVENT + 100);
+    let s = format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{big}\"}}}}]}}\n\ndata: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}}}\n\ndata: [DONE]\n\n");
+    let input = s.as_bytes();
+    for k in [0, 10, 5000, MAX_PARTIAL_EVENT, input.len() - 20] {
+        let (out, usage) = run(input, &[k, k + 1], true);
+        assert_eq!(usage, u(3, 4, 7));
+        assert_eq!(out, without_usage_only_events(input), "split {k}");
+    }
+}
+
+#[test]
+fn a_partial_usage_only_event_is_held_until_complete() {
+    let ev = b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n";
+    let mut s = SseScanner::new(true);
+    let mut a = ev[..20].to_vec();
+    let f = s.feed(&mut a);
+    assert_eq!(f, Feed { release: false, forward: 0 }, "held while it may be usage-only");
+    let mut b = ev[20..].to_vec();
+    let f = s.feed(&mut b);
+    assert_eq!(f, Feed { release: false, forward: 0 }, "cut when complete");
+    assert_eq!(s.stripped(), 1);
+}
+
+#[test]
+fn a_partial_content_event_is_forwarded_at_once() {
+    let mut s = SseScanner::new(true);
+    let mut a = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"He".to_vec();
+    let f = s.feed(&mut a);
+    assert_eq!(f.forward, a.len(), "content bytes go out before the event ends");
+    let mut b = b"llo\"}}]}\n\n".to_vec();
+    assert_eq!(s.feed(&mut b).forward, b.len());
+}

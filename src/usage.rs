@@ -1,0 +1,444 @@
+//! Token usage as the backend reported it: the `"usage":{...}` object located by a byte scan and
+//! parsed alone (never the whole response), and the rules that turn many reports into one total.
+//! Runs on core threads; pure, no I/O.
+
+use memchr::memmem;
+use serde::Deserialize;
+
+/// Tokens of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// One usage object as found on the wire; OpenAI and Responses/Anthropic names both accepted.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+/// A parsed usage report: the fields that were present.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+    pub total: Option<u64>,
+}
+
+impl Report {
+    fn is_empty(&self) -> bool {
+        self.prompt.is_none() && self.completion.is_none() && self.total.is_none()
+    }
+
+    fn merge(&mut self, newer: Report) {
+        self.prompt = newer.prompt.or(self.prompt);
+        self.completion = newer.completion.or(self.completion);
+        // A total that no longer matches newer parts would be stale: recompute unless given.
+        self.total = newer.total.or(if newer.prompt.is_some() || newer.completion.is_some() {
+            None
+        } else {
+            self.total
+        });
+    }
+
+    fn usage(&self) -> Usage {
+        let p = self.prompt.unwrap_or(0);
+        let c = self.completion.unwrap_or(0);
+        Usage { prompt_tokens: p, completion_tokens: c, total_tokens: self.total.unwrap_or(p + c) }
+    }
+}
+
+const USAGE_KEY: &[u8] = b"\"usage\":";
+/// Largest usage object we accept; real ones are under 1 KiB even with every detail field.
+pub const MAX_USAGE_OBJECT: usize = 16 * 1024;
+
+/// Parses a complete usage object (`{...}`).
+pub fn parse_usage_object(obj: &[u8]) -> Option<Report> {
+    let raw: RawUsage = serde_json::from_slice(obj).ok()?;
+    let r = Report {
+        prompt: raw.prompt_tokens.or(raw.input_tokens),
+        completion: raw.completion_tokens.or(raw.output_tokens),
+        total: raw.total_tokens,
+    };
+    (!r.is_empty()).then_some(r)
+}
+
+/// Length of the JSON object starting at `b[0] == b'{'`, or None when it does not end within `b`.
+pub fn object_len(b: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let j = memchr::memchr2(b'"', b'\\', &b[i..])? + i;
+                    if b[j] == b'\\' {
+                        i = j + 2;
+                        if i > b.len() {
+                            return None;
+                        }
+                    } else {
+                        i = j;
+                        break;
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Every usage report in one complete JSON text (an SSE event's data, or a whole small body).
+/// Calls `f` with each non-null usage object found.
+pub fn for_each_report(text: &[u8], mut f: impl FnMut(Report)) {
+    let finder = memmem::Finder::new(USAGE_KEY);
+    let mut at = 0;
+    while let Some(i) = finder.find(&text[at..]) {
+        let mut v = at + i + USAGE_KEY.len();
+        while v < text.len() && matches!(text[v], b' ' | b'\t' | b'\r' | b'\n') {
+            v += 1;
+        }
+        at = v;
+        if text.get(v) == Some(&b'{') {
+            if let Some(n) = object_len(&text[v..]) {
+                if let Some(r) = parse_usage_object(&text[v..v + n]) {
+                    f(r);
+                }
+                at = v + 1;
+            }
+        }
+    }
+}
+
+/// Combines the usage reports of one response. Usage is cumulative: the last report wins, never a
+/// sum, except per-choice reports (TGI multi-prompt completions) which add up across choices.
+#[derive(Debug, Default, Clone)]
+pub struct UsageTracker {
+    /// Reports that cover the whole request (`choices: []` chunks, Responses, Anthropic, bodies).
+    whole: Option<Report>,
+    /// Last report per choice index, for reports riding on a choice's chunk.
+    per_choice: Vec<(u32, Report)>,
+}
+
+impl UsageTracker {
+    /// A report covering the whole request (merged field by field: Anthropic splits input/output).
+    pub fn whole(&mut self, r: Report) {
+        match &mut self.whole {
+            Some(w) => w.merge(r),
+            None => self.whole = Some(r),
+        }
+    }
+
+    /// A report carried on the chunk of choice `index`.
+    pub fn per_choice(&mut self, index: u32, r: Report) {
+        match self.per_choice.iter_mut().find(|(i, _)| *i == index) {
+            Some((_, old)) => old.merge(r),
+            None => self.per_choice.push((index, r)),
+        }
+    }
+
+    /// Final usage, or None when the backend reported none.
+    pub fn result(&self) -> Option<Usage> {
+        if let Some(w) = &self.whole {
+            return Some(w.usage());
+        }
+        if self.per_choice.is_empty() {
+            return None;
+        }
+        let mut sum = Usage::default();
+        for (_, r) in &self.per_choice {
+            let u = r.usage();
+            sum.prompt_tokens += u.prompt_tokens;
+            sum.completion_tokens += u.completion_tokens;
+            sum.total_tokens += u.total_tokens;
+        }
+        Some(sum)
+    }
+}
+
+/// Finds usage in a non-streaming JSON body fed in pieces, without parsing the body: a memmem scan
+/// for `"usage":` (also across piece boundaries) and a capture of just that object. Last one wins.
+#[derive(Debug, Default)]
+pub struct BodyUsageScanner {
+    /// Tail of the previous piece, so a key split across pieces is still found.
+    carry: Vec<u8>,
+    /// Bytes of a usage object whose end has not arrived yet.
+    capture: Vec<u8>,
+    capturing: bool,
+    tracker: UsageTracker,
+}
+
+impl BodyUsageScanner {
+    pub fn feed(&mut self, piece: &[u8]) {
+        if piece.is_empty() {
+            return;
+        }
+        let mut rest = piece;
+        if self.capturing {
+            rest = self.continue_capture(rest);
+            if self.capturing {
+                return;
+            }
+            self.carry.clear();
+        }
+        // A key split between the previous piece and this one: join the few bytes around the cut.
+        let mut value_at = None;
+        if !self.carry.is_empty() {
+            let mut joined = [0u8; 2 * USAGE_KEY.len()];
+            let c = self.carry.len();
+            let h = rest.len().min(USAGE_KEY.len());
+            joined[..c].copy_from_slice(&self.carry);
+            joined[c..c + h].copy_from_slice(&rest[..h]);
+            if let Some(i) = memmem::find(&joined[..c + h], USAGE_KEY) {
+                if i < c {
+                    value_at = Some(i + USAGE_KEY.len() - c);
+                }
+            }
+        }
+        match value_at {
+            Some(v) => {
+                self.scan(&rest[v..], true);
+            }
+            None => {
+                self.scan(rest, false);
+            }
+        }
+        if self.capturing {
+            self.carry.clear();
+        } else {
+            // Keep the last bytes of (carry ++ rest) that could begin a key.
+            let keep = USAGE_KEY.len() - 1;
+            if rest.len() >= keep {
+                self.carry.clear();
+                self.carry.extend_from_slice(&rest[rest.len() - keep..]);
+            } else {
+                self.carry.extend_from_slice(rest);
+                let extra = self.carry.len().saturating_sub(keep);
+                self.carry.drain(..extra);
+            }
+        }
+    }
+
+    /// Scans `b` for usage keys; `at_value` means `b` starts right after a key. Returns the bytes
+    /// left after the last complete capture (for the boundary tail).
+    fn scan<'a>(&mut self, b: &'a [u8], at_value: bool) -> &'a [u8] {
+        let mut b = b;
+        let mut at_value = at_value;
+        loop {
+            if !at_value {
+                match memmem::find(b, USAGE_KEY) {
+                    Some(i) => b = &b[i + USAGE_KEY.len()..],
+                    None => return b,
+                }
+            }
+            at_value = false;
+            let ws = b.iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n')).count();
+            b = &b[ws..];
+            if b.first() != Some(&b'{') {
+                if b.is_empty() {
+                    // Value not here yet: treat what follows as a possible object start.
+                    self.capturing = true;
+                    self.capture.clear();
+                }
+                continue;
+            }
+            match object_len(b) {
+                Some(n) => {
+                    if let Some(r) = parse_usage_object(&b[..n]) {
+                        self.tracker.whole(r);
+                    }
+                    b = &b[n..];
+                }
+                None => {
+                    self.capturing = true;
+                    self.capture.clear();
+                    self.capture.extend_from_slice(b);
+                    return &[];
+                }
+            }
+        }
+    }
+
+    fn continue_capture<'a>(&mut self, piece: &'a [u8]) -> &'a [u8] {
+        if self.capture.is_empty() {
+            // Waiting for the value after a key that ended a piece.
+            let ws = piece.iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n')).count();
+            let piece = &piece[ws..];
+            match piece.first() {
+                None => return piece,
+                Some(b'{') => {}
+                Some(_) => {
+                    self.capturing = false;
+                    return piece;
+                }
+            }
+            self.capturing = false;
+            return self.scan_from_object(piece);
+        }
+        let old = self.capture.len();
+        let take = piece.len().min(MAX_USAGE_OBJECT.saturating_sub(old));
+        self.capture.extend_from_slice(&piece[..take]);
+        match object_len(&self.capture) {
+            Some(n) => {
+                if let Some(r) = parse_usage_object(&self.capture[..n]) {
+                    self.tracker.whole(r);
+                }
+                self.capturing = false;
+                self.capture.clear();
+                &piece[n - old..]
+            }
+            None if self.capture.len() >= MAX_USAGE_OBJECT => {
+                self.capturing = false;
+                self.capture.clear();
+                &piece[take..]
+            }
+            None => &[],
+        }
+    }
+
+    fn scan_from_object<'a>(&mut self, b: &'a [u8]) -> &'a [u8] {
+        match object_len(b) {
+            Some(n) => {
+                if let Some(r) = parse_usage_object(&b[..n]) {
+                    self.tracker.whole(r);
+                }
+                let rest = &b[n..];
+                self.scan(rest, false)
+            }
+            None => {
+                self.capturing = true;
+                self.capture.clear();
+                self.capture.extend_from_slice(b);
+                &[]
+            }
+        }
+    }
+
+    pub fn result(&self) -> Option<Usage> {
+        self.tracker.result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_naming_schemes() {
+        let r =
+            parse_usage_object(br#"{"prompt_tokens":13,"total_tokens":16,"completion_tokens":3}"#).unwrap();
+        assert_eq!(r.usage(), Usage { prompt_tokens: 13, completion_tokens: 3, total_tokens: 16 });
+        let r = parse_usage_object(br#"{"input_tokens":5,"output_tokens":7}"#).unwrap();
+        assert_eq!(r.usage(), Usage { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 });
+        assert!(parse_usage_object(b"{}").is_none());
+    }
+
+    #[test]
+    fn object_len_skips_strings_and_nesting() {
+        let s = br#"{"a":{"b":"}\"{"},"c":[1,{}]} tail"#;
+        assert_eq!(object_len(s), Some(s.len() - 5));
+        assert_eq!(object_len(br#"{"a":"#), None);
+    }
+
+    #[test]
+    fn last_report_wins_and_choices_add_up() {
+        let mut t = UsageTracker::default();
+        t.per_choice(0, Report { prompt: Some(2), completion: Some(1), total: Some(3) });
+        t.per_choice(0, Report { prompt: Some(2), completion: Some(5), total: Some(7) });
+        t.per_choice(1, Report { prompt: Some(3), completion: Some(4), total: Some(7) });
+        assert_eq!(t.result(), Some(Usage { prompt_tokens: 5, completion_tokens: 9, total_tokens: 14 }));
+        t.whole(Report { prompt: Some(5), completion: Some(9), total: Some(14) });
+        t.whole(Report { prompt: None, completion: Some(10), total: None });
+        assert_eq!(t.result(), Some(Usage { prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 }));
+    }
+
+    fn body_usage_all_splits(body: &[u8]) -> Vec<Option<Usage>> {
+        let mut out = Vec::new();
+        for a in 0..=body.len() {
+            for b in [a, (a + 7).min(body.len()), (a + 40).min(body.len())] {
+                let mut s = BodyUsageScanner::default();
+                s.feed(&body[..a]);
+                s.feed(&body[a..b]);
+                s.feed(&body[b..]);
+                out.push(s.result());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn body_scanner_finds_usage_at_every_split() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"say \"usage\":{} ok"}}],"usage": {"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0}},"z":1}"#;
+        let want = Some(Usage { prompt_tokens: 9, completion_tokens: 12, total_tokens: 21 });
+        for (i, got) in body_usage_all_splits(body).into_iter().enumerate() {
+            assert_eq!(got, want, "split case {i}");
+        }
+    }
+
+    #[test]
+    fn body_scanner_reports_missing_usage() {
+        let mut s = BodyUsageScanner::default();
+        s.feed(br#"{"error":{"message":"bad","usage":null}}"#);
+        assert_eq!(s.result(), None);
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::*;
+
+    /// Every non-streaming fixture body, split at every byte position, gives the body's own usage.
+    #[test]
+    fn fixture_bodies_at_every_split() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/backends");
+        if !dir.exists() {
+            eprintln!("fixtures folder {} missing: skipping", dir.display());
+            return;
+        }
+        let mut checked = 0;
+        for flavor in std::fs::read_dir(&dir).unwrap() {
+            for f in std::fs::read_dir(flavor.unwrap().path()).unwrap() {
+                let path = f.unwrap().path();
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                let body = std::fs::read(&path).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let want = v.get("usage").filter(|u| u.is_object()).map(|u| {
+                    let g = |k: &str| u.get(k).and_then(|x| x.as_u64());
+                    let p = g("prompt_tokens").unwrap_or(0);
+                    let c = g("completion_tokens").unwrap_or(0);
+                    Usage {
+                        prompt_tokens: p,
+                        completion_tokens: c,
+                        total_tokens: g("total_tokens").unwrap_or(p + c),
+                    }
+                });
+                for k in 0..=body.len() {
+                    let mut s = BodyUsageScanner::default();
+                    s.feed(&body[..k]);
+                    s.feed(&body[k..]);
+                    assert_eq!(s.result(), want, "{} split at {k}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "only {checked} fixture bodies found");
+    }
+}
