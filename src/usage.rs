@@ -413,7 +413,11 @@ mod fixture_tests {
         }
         let mut checked = 0;
         for flavor in std::fs::read_dir(&dir).unwrap() {
-            for f in std::fs::read_dir(flavor.unwrap().path()).unwrap() {
+            let flavor = flavor.unwrap().path();
+            if !flavor.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(flavor).unwrap() {
                 let path = f.unwrap().path();
                 if path.extension().and_then(|e| e.to_str()) != Some("json") {
                     continue;
