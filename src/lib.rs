@@ -6,3 +6,4 @@ pub mod config;
 pub mod record;
 pub mod sse;
 pub mod usage;
+pub mod chunked;
