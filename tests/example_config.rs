@@ -137,3 +137,15 @@ fn helm_values_config_example_parses() {
     assert_eq!(c.usage_hook.spool_dir, Path::new("/var/lib/llmproxy/spool"));
     assert!(!c.backends.is_empty());
 }
+
+/// The config baked into the image and the one of the compose stacks load too (their backend
+/// names only resolve inside Docker, so they point at loopback here).
+#[test]
+fn docker_and_compose_configs_parse() {
+    for rel in ["deploy/docker/config.toml", "deploy/compose/llmproxy.toml"] {
+        let text = std::fs::read_to_string(repo_file(rel)).unwrap();
+        let c = Config::parse(&with_loopback_backends(&text), rel).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.usage_hook.spool_dir, Path::new("/var/lib/llmproxy/spool"), "{rel}");
+        assert_eq!(c.listen.port(), 8080, "{rel}");
+    }
+}
