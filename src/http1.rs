@@ -329,7 +329,9 @@ pub fn parse_response(buf: &[u8]) -> Parse<ResponseHead> {
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parse::Partial,
-        Ok(httparse::Status::Partial) => return Parse::Invalid(GatewayError::BadGateway("backend response head too large")),
+        Ok(httparse::Status::Partial) => {
+            return Parse::Invalid(GatewayError::BadGateway("backend response head too large"))
+        }
         Err(_) => return Parse::Invalid(GatewayError::BadGateway("malformed response head from backend")),
     };
     let status = resp.code.unwrap_or(502);

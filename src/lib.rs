@@ -2,8 +2,11 @@
 //! metering. The binary (`main.rs`) wires these modules together; tests and benches use them directly.
 
 pub mod auth;
+pub mod chunked;
 pub mod config;
+pub mod error;
+pub mod http1;
 pub mod record;
+pub mod request;
 pub mod sse;
 pub mod usage;
-pub mod chunked;

@@ -1,0 +1,156 @@
+//! One error type at the request boundary: every way the gateway itself can answer a request, with
+//! its HTTP status, OpenAI-style JSON body, and whether the client connection must close after it.
+
+use crate::http1::{push_header, push_status_line};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// Malformed HTTP or request body (400); the connection closes when framing is in doubt.
+    BadRequest(&'static str),
+    Unauthorized,
+    NotFound,
+    /// Known path, wrong method (405); `allow` is the method to use.
+    MethodNotAllowed(&'static str),
+    /// The head did not arrive within `header_read_timeout`.
+    RequestTimeout,
+    PayloadTooLarge,
+    HeadTooLarge,
+    /// No backend serves the requested model.
+    ModelNotFound,
+    /// The backend could not be reached or broke the protocol (502).
+    BadGateway(&'static str),
+    /// Every backend that could serve the request is marked down (503).
+    NoHealthyBackend,
+    /// The backend did not answer in time (504).
+    GatewayTimeout,
+    /// Shutting down or `max_connections` reached (503).
+    Overloaded,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::Unauthorized => 401,
+            GatewayError::NotFound | GatewayError::ModelNotFound => 404,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::RequestTimeout => 408,
+            GatewayError::PayloadTooLarge => 413,
+            GatewayError::HeadTooLarge => 431,
+            GatewayError::BadGateway(_) => 502,
+            GatewayError::NoHealthyBackend | GatewayError::Overloaded => 503,
+            GatewayError::GatewayTimeout => 504,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_)
+            | GatewayError::PayloadTooLarge
+            | GatewayError::HeadTooLarge
+            | GatewayError::RequestTimeout
+            | GatewayError::MethodNotAllowed(_) => "invalid_request_error",
+            GatewayError::Unauthorized => "authentication_error",
+            GatewayError::NotFound | GatewayError::ModelNotFound => "not_found_error",
+            GatewayError::BadGateway(_) | GatewayError::NoHealthyBackend | GatewayError::GatewayTimeout => {
+                "upstream_error"
+            }
+            GatewayError::Overloaded => "overloaded_error",
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::Unauthorized => "invalid_api_key",
+            GatewayError::NotFound => "not_found",
+            GatewayError::ModelNotFound => "model_not_found",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::PayloadTooLarge => "request_too_large",
+            GatewayError::HeadTooLarge => "header_too_large",
+            GatewayError::BadGateway(_) => "bad_gateway",
+            GatewayError::NoHealthyBackend => "no_healthy_backend",
+            GatewayError::GatewayTimeout => "backend_timeout",
+            GatewayError::Overloaded => "overloaded",
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(m) | GatewayError::BadGateway(m) => m,
+            GatewayError::Unauthorized => "missing or unknown API key",
+            GatewayError::NotFound => "no such endpoint on this gateway",
+            GatewayError::ModelNotFound => "no backend serves the requested model",
+            GatewayError::MethodNotAllowed(_) => "method not allowed for this endpoint",
+            GatewayError::RequestTimeout => "request head not received in time",
+            GatewayError::PayloadTooLarge => "request body larger than limits.max_request_body",
+            GatewayError::HeadTooLarge => "request head too large or too many headers",
+            GatewayError::NoHealthyBackend => "no healthy backend available",
+            GatewayError::GatewayTimeout => "backend did not answer in time",
+            GatewayError::Overloaded => "gateway overloaded or shutting down",
+        }
+    }
+
+    /// After this error the client connection cannot be trusted (framing unknown) and is closed.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::RequestTimeout
+                | GatewayError::PayloadTooLarge
+                | GatewayError::HeadTooLarge
+                | GatewayError::Overloaded
+        )
+    }
+
+    /// Appends the whole HTTP response for this error.
+    pub fn write_response(&self, out: &mut Vec<u8>, request_id: &str, close: bool) {
+        let mut body = Vec::with_capacity(160);
+        body.extend_from_slice(b"{\"error\":{\"message\":");
+        json_string(&mut body, self.message());
+        body.extend_from_slice(b",\"type\":\"");
+        body.extend_from_slice(self.kind().as_bytes());
+        body.extend_from_slice(b"\",\"code\":\"");
+        body.extend_from_slice(self.code().as_bytes());
+        body.extend_from_slice(b"\"}}\n");
+        push_status_line(out, self.status());
+        push_header(out, b"content-type", b"application/json");
+        let mut n = itoa::Buffer::new();
+        push_header(out, b"content-length", n.format(body.len()).as_bytes());
+        push_header(out, b"x-request-id", request_id.as_bytes());
+        if let GatewayError::MethodNotAllowed(allow) = self {
+            push_header(out, b"allow", allow.as_bytes());
+        }
+        if close {
+            push_header(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn json_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes exactly as JSON requires; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_is_openai_style_json() {
+        let mut out = Vec::new();
+        GatewayError::NoHealthyBackend.write_response(&mut out, "req_1", false);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("x-request-id: req_1"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "no_healthy_backend");
+        assert_eq!(v["error"]["type"], "upstream_error");
+    }
+}
