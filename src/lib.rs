@@ -10,3 +10,6 @@ pub mod record;
 pub mod request;
 pub mod sse;
 pub mod usage;
+pub mod metrics;
+pub mod balancer;
+pub mod health;

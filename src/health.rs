@@ -1,0 +1,60 @@
+//! Active health checks on their own thread (never on a core): every `interval`, a blocking
+//! `GET <path>` to each backend; 2xx marks it up, anything else down. Cores mark down passively.
+
+use crate::balancer::BackendSet;
+use crate::config::HealthCheckConfig;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Checks one backend once; true when it answered 2xx in time.
+pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
+    let b = &set.backends[i];
+    let deadline = Instant::now() + cfg.timeout;
+    let Ok(mut s) = TcpStream::connect_timeout(&b.addr, cfg.timeout) else { return false };
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let _ = s.set_read_timeout(Some(left));
+    let _ = s.set_write_timeout(Some(left));
+    let req = format!(
+        "GET {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: llmproxy-health\r\nConnection: close\r\n\r\n",
+        b.base_path, cfg.path, b.host_header
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => n += k,
+        }
+    }
+    buf.starts_with(b"HTTP/1.") && buf[9] == b'2'
+}
+
+/// Starts the health thread; it stops when `stop` is set.
+pub fn spawn(set: Arc<BackendSet>, cfg: HealthCheckConfig, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("llmproxy-health".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            for i in 0..set.len() {
+                let up = check_once(&set, i, &cfg);
+                if set.set_up(i, up) {
+                    if up {
+                        log::info!("backend {} is up (health check passed)", set.backends[i].url);
+                    } else {
+                        log::warn!("backend {} is down (health check {} failed)", set.backends[i].url, cfg.path);
+                    }
+                }
+            }
+            // Sleep in small steps so shutdown is prompt.
+            let until = Instant::now() + cfg.interval;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20).min(cfg.interval));
+            }
+        }
+    })
+}

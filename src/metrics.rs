@@ -1,0 +1,271 @@
+//! Metrics: per-core counters written only by their own core (no contended cache lines on the hot
+//! path), merged with the shared gauges when `/metrics` is scraped, and rendered as Prometheus text.
+
+use crate::http1::Endpoint;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Upper bounds (ms) of the latency and TTFT histogram buckets.
+pub const BUCKETS_MS: [u64; 18] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 30000, 60000, 120000, 300000];
+/// Status codes with their own counter; others count under "other".
+const STATUS_SLOTS: [u16; 17] = [200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 422, 429, 431, 500, 502, 503, 504];
+const ENDPOINTS: usize = 9;
+/// Most distinct model labels in `llmproxy_tokens_total`; more count under "other".
+const MAX_MODELS: usize = 200;
+
+fn status_slot(status: u16) -> usize {
+    STATUS_SLOTS.iter().position(|&s| s == status).unwrap_or(STATUS_SLOTS.len())
+}
+
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_MS.len()],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0), count: AtomicU64::new(0) }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, ms: u64) {
+        if let Some(i) = BUCKETS_MS.iter().position(|&b| ms <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum.fetch_add(ms, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
+/// Counters of one core. Only that core writes them; the scraper reads.
+#[derive(Debug)]
+pub struct CoreMetrics {
+    backends: usize,
+    /// [endpoint][stream][backend + 1 ("none")][status slot]
+    requests: Box<[AtomicU64]>,
+    pub latency: Histogram,
+    pub ttft: Histogram,
+    pub connections: AtomicI64,
+    /// In-flight requests per backend started on this core.
+    pub inflight: Box<[AtomicI64]>,
+}
+
+impl CoreMetrics {
+    pub fn new(backends: usize) -> Self {
+        let n = ENDPOINTS * 2 * (backends + 1) * (STATUS_SLOTS.len() + 1);
+        CoreMetrics {
+            backends,
+            requests: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            latency: Histogram::default(),
+            ttft: Histogram::default(),
+            connections: AtomicI64::new(0),
+            inflight: (0..backends).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    fn slot(&self, endpoint: usize, stream: bool, backend: Option<usize>, status_slot: usize) -> usize {
+        let b = backend.map_or(0, |b| b + 1);
+        ((endpoint * 2 + usize::from(stream)) * (self.backends + 1) + b) * (STATUS_SLOTS.len() + 1) + status_slot
+    }
+
+    pub fn request(&self, endpoint: Endpoint, stream: bool, backend: Option<usize>, status: u16) {
+        let i = self.slot(endpoint.index(), stream, backend, status_slot(status));
+        self.requests[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// Token counts by model, kept by the webhook thread from the records it handles (off the hot path).
+#[derive(Debug, Default)]
+pub struct TokenCounters {
+    by_model: Mutex<HashMap<String, [u64; 2]>>,
+    pub usage_missing: AtomicU64,
+}
+
+impl TokenCounters {
+    pub fn observe(&self, rec: &crate::record::UsageRecord) {
+        if rec.usage_missing {
+            self.usage_missing.fetch_add(1, Relaxed);
+        }
+        if rec.prompt_tokens == 0 && rec.completion_tokens == 0 {
+            return;
+        }
+        let Ok(mut m) = self.by_model.lock() else { return };
+        let name = rec.model.as_deref().unwrap_or("unknown");
+        let key = if m.contains_key(name) || m.len() < MAX_MODELS { name } else { "other" };
+        let e = m.entry(key.to_string()).or_insert([0, 0]);
+        e[0] += rec.prompt_tokens;
+        e[1] += rec.completion_tokens;
+    }
+}
+
+/// Gauges owned elsewhere, read at scrape time.
+pub trait ExternalGauges: Send + Sync {
+    fn backend_up(&self, backend: usize) -> bool;
+    fn webhook(&self) -> WebhookGauges;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WebhookGauges {
+    pub success: u64,
+    pub failure: u64,
+    pub queue_depth: u64,
+    pub spool_records: u64,
+}
+
+/// Everything `/metrics` shows.
+pub struct Registry {
+    pub backend_names: Vec<String>,
+    pub cores: Vec<Arc<CoreMetrics>>,
+    pub tokens: Arc<TokenCounters>,
+    pub external: Box<dyn ExternalGauges>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Registry {
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let nb = self.backend_names.len();
+        let endpoints = [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::Responses,
+            Endpoint::Messages,
+            Endpoint::Models,
+            Endpoint::Health,
+            Endpoint::Metrics,
+            Endpoint::Unknown,
+        ];
+        let _ = writeln!(out, "# HELP llmproxy_requests_total Requests answered, by endpoint, stream, backend and HTTP status.");
+        let _ = writeln!(out, "# TYPE llmproxy_requests_total counter");
+        for ep in endpoints {
+            for stream in [false, true] {
+                for b in 0..=nb {
+                    for s in 0..=STATUS_SLOTS.len() {
+                        let backend = (b > 0).then(|| b - 1);
+                        let total: u64 = self
+                            .cores
+                            .iter()
+                            .map(|c| c.requests[c.slot(ep.index(), stream, backend, s)].load(Relaxed))
+                            .sum();
+                        if total == 0 {
+                            continue;
+                        }
+                        let bname = backend.map_or("none", |i| self.backend_names[i].as_str());
+                        let status = STATUS_SLOTS.get(s).map_or("other".to_string(), u16::to_string);
+                        let _ = writeln!(
+                            out,
+                            "llmproxy_requests_total{{endpoint=\"{}\",stream=\"{stream}\",backend=\"{}\",status=\"{status}\"}} {total}",
+                            ep.path(),
+                            escape(bname)
+                        );
+                    }
+                }
+            }
+        }
+        self.histogram(&mut out, "llmproxy_latency_ms", "Request duration in milliseconds, head received to response end.", |c| &c.latency);
+        self.histogram(&mut out, "llmproxy_ttft_ms", "Streams: milliseconds from request to the first byte of the response body.", |c| &c.ttft);
+
+        let _ = writeln!(out, "# HELP llmproxy_tokens_total Tokens reported by backends, by model and kind (prompt, completion).");
+        let _ = writeln!(out, "# TYPE llmproxy_tokens_total counter");
+        if let Ok(m) = self.tokens.by_model.lock() {
+            let mut models: Vec<_> = m.iter().collect();
+            models.sort();
+            for (model, [p, c]) in models {
+                let model = escape(model);
+                let _ = writeln!(out, "llmproxy_tokens_total{{model=\"{model}\",kind=\"prompt\"}} {p}");
+                let _ = writeln!(out, "llmproxy_tokens_total{{model=\"{model}\",kind=\"completion\"}} {c}");
+            }
+        }
+        let w = self.external.webhook();
+        let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        scalar(&mut out, "llmproxy_webhook_success_total", "counter", "Usage records delivered to the webhook (2xx).", w.success);
+        scalar(&mut out, "llmproxy_webhook_failure_total", "counter", "Failed webhook delivery attempts.", w.failure);
+        scalar(&mut out, "llmproxy_webhook_queue_depth", "gauge", "Usage records queued in memory for the webhook thread.", w.queue_depth);
+        scalar(&mut out, "llmproxy_spool_records", "gauge", "Usage records waiting in the on-disk spool.", w.spool_records);
+        scalar(
+            &mut out,
+            "llmproxy_usage_missing_total",
+            "counter",
+            "Responses for which the backend reported no usage.",
+            self.tokens.usage_missing.load(Relaxed),
+        );
+        let _ = writeln!(out, "# HELP llmproxy_backend_up Backend health as the gateway sees it (1 up, 0 down).");
+        let _ = writeln!(out, "# TYPE llmproxy_backend_up gauge");
+        for (i, name) in self.backend_names.iter().enumerate() {
+            let _ = writeln!(out, "llmproxy_backend_up{{backend=\"{}\"}} {}", escape(name), u8::from(self.external.backend_up(i)));
+        }
+        let _ = writeln!(out, "# HELP llmproxy_backend_inflight Requests in flight to each backend.");
+        let _ = writeln!(out, "# TYPE llmproxy_backend_inflight gauge");
+        for (i, name) in self.backend_names.iter().enumerate() {
+            let v: i64 = self.cores.iter().map(|c| c.inflight[i].load(Relaxed)).sum();
+            let _ = writeln!(out, "llmproxy_backend_inflight{{backend=\"{}\"}} {}", escape(name), v.max(0));
+        }
+        let conns: i64 = self.cores.iter().map(|c| c.connections.load(Relaxed)).sum();
+        let _ = writeln!(out, "# HELP llmproxy_connections_active Open client connections.\n# TYPE llmproxy_connections_active gauge\nllmproxy_connections_active {}", conns.max(0));
+        out
+    }
+
+    fn histogram(&self, out: &mut String, name: &str, help: &str, pick: impl Fn(&CoreMetrics) -> &Histogram) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS_MS.iter().enumerate() {
+            cumulative += self.cores.iter().map(|c| pick(c).buckets[i].load(Relaxed)).sum::<u64>();
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count: u64 = self.cores.iter().map(|c| pick(c).count.load(Relaxed)).sum();
+        let sum: u64 = self.cores.iter().map(|c| pick(c).sum.load(Relaxed)).sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+    impl ExternalGauges for Fixed {
+        fn backend_up(&self, b: usize) -> bool {
+            b == 0
+        }
+        fn webhook(&self) -> WebhookGauges {
+            WebhookGauges { success: 3, failure: 1, queue_depth: 2, spool_records: 5 }
+        }
+    }
+
+    #[test]
+    fn merges_cores_and_renders_every_family() {
+        let cores: Vec<_> = (0..2).map(|_| Arc::new(CoreMetrics::new(2))).collect();
+        cores[0].request(Endpoint::ChatCompletions, true, Some(1), 200);
+        cores[1].request(Endpoint::ChatCompletions, true, Some(1), 200);
+        cores[1].request(Endpoint::Unknown, false, None, 404);
+        cores[0].latency.observe(7);
+        cores[1].latency.observe(70_000_000);
+        let reg = Registry {
+            backend_names: vec!["http://a".into(), "http://b".into()],
+            cores,
+            tokens: Arc::new(TokenCounters::default()),
+            external: Box::new(Fixed),
+        };
+        let text = reg.render();
+        assert!(text.contains("llmproxy_requests_total{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"http://b\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("llmproxy_requests_total{endpoint=\"other\",stream=\"false\",backend=\"none\",status=\"404\"} 1"));
+        assert!(text.contains("llmproxy_latency_ms_bucket{le=\"10\"} 1\n"));
+        assert!(text.contains("llmproxy_latency_ms_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("llmproxy_backend_up{backend=\"http://a\"} 1"));
+        assert!(text.contains("llmproxy_backend_up{backend=\"http://b\"} 0"));
+        assert!(text.contains("llmproxy_spool_records 5"));
+        assert!(text.contains("llmproxy_usage_missing_total 0"));
+        assert!(text.contains("llmproxy_connections_active 0"));
+    }
+}

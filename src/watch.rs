@@ -1,0 +1,96 @@
+//! Noticing a client that went away while the gateway waits on the backend: a readiness poll on a
+//! duplicate of the client socket (cancelling a poll loses no data, unlike a pending read), then a
+//! non-blocking MSG_PEEK to tell end-of-stream from pipelined bytes.
+
+use monoio::net::TcpStream;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A second handle on the client socket, used only for readiness.
+pub struct ClientWatch {
+    stream: TcpStream,
+    fd: RawFd,
+}
+
+impl ClientWatch {
+    /// Duplicates the client socket's descriptor.
+    pub fn new(client: &TcpStream) -> std::io::Result<ClientWatch> {
+        // SAFETY: dup of a descriptor we own; the result is owned by the new std stream.
+        let fd = unsafe { libc::dup(client.as_raw_fd()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        std.set_nonblocking(true)?;
+        Ok(ClientWatch { stream: TcpStream::from_std(std)?, fd })
+    }
+}
+
+/// What a peek at the client socket found.
+enum Peek {
+    Closed,
+    Data,
+    Nothing,
+}
+
+fn peek(fd: RawFd) -> Peek {
+    let mut b = [0u8; 1];
+    // SAFETY: valid descriptor and a 1-byte buffer.
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n > 0 {
+        Peek::Data
+    } else if n == 0 {
+        Peek::Closed
+    } else {
+        match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peek::Nothing,
+            _ => Peek::Closed,
+        }
+    }
+}
+
+/// The client went away while `fut` was pending.
+#[derive(Debug)]
+pub struct Disconnected;
+
+type Poller<'a> = Pin<Box<dyn Future<Output = std::io::Result<()>> + 'a>>;
+
+/// A watch armed for one request: `until` runs futures while watching the client.
+pub struct Armed<'a> {
+    fd: RawFd,
+    poll: Option<Poller<'a>>,
+}
+
+impl<'a> Armed<'a> {
+    /// Arms `watch`; with None, `until` just runs its future.
+    pub fn new(watch: Option<&'a ClientWatch>) -> Self {
+        match watch {
+            Some(w) => Armed { fd: w.fd, poll: Some(Box::pin(w.stream.readable(false))) },
+            None => Armed { fd: -1, poll: None },
+        }
+    }
+
+    /// Runs `fut` to completion unless the client disconnects first (then `fut` is dropped).
+    pub async fn until<F: Future>(&mut self, fut: F) -> Result<F::Output, Disconnected> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            if let Some(p) = self.poll.as_mut() {
+                if p.as_mut().poll(cx).is_ready() {
+                    match peek(self.fd) {
+                        Peek::Closed => return Poll::Ready(Err(Disconnected)),
+                        // Pipelined bytes of the next request, or a spurious wake: stop watching.
+                        Peek::Data | Peek::Nothing => self.poll = None,
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
