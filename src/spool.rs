@@ -223,6 +223,14 @@ impl Spool {
             }
             self.reader = Some((pos, reader));
         }
+        if entries.is_empty() && max > 0 && self.pending > 0 {
+            log::warn!(
+                "spool: {} records were counted but none can be read in {}; resetting the count",
+                self.pending,
+                self.dir.display()
+            );
+            self.pending = 0;
+        }
         Ok(Peeked { entries, end: pos })
     }
 
