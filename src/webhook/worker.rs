@@ -45,6 +45,8 @@ pub(crate) struct Worker {
     healthy: bool,
     next_replay: Instant,
     stopping: bool,
+    /// The last spool write failed (disk full?): held records wait in memory.
+    spool_failing: bool,
 }
 
 impl Worker {
@@ -74,6 +76,7 @@ impl Worker {
             healthy: true,
             next_replay: Instant::now(),
             stopping: false,
+            spool_failing: false,
         }
     }
 
@@ -182,12 +185,20 @@ impl Worker {
             Ok(()) => {
                 self.held.clear();
                 self.stats.spooled_total.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                if std::mem::take(&mut self.spool_failing) {
+                    log::info!("the spool {} is writable again", self.spool.dir().display());
+                }
             }
-            Err(e) => log::error!(
-                "cannot write {} usage records to the spool {}: {e}; keeping them in memory",
-                entries.len(),
-                self.spool.dir().display()
-            ),
+            Err(e) => {
+                // Logged once per outage, not on every retry.
+                if !std::mem::replace(&mut self.spool_failing, true) {
+                    log::error!(
+                        "cannot write {} usage records to the spool {}: {e}; keeping them in memory",
+                        entries.len(),
+                        self.spool.dir().display()
+                    );
+                }
+            }
         }
     }
 
