@@ -2,14 +2,20 @@
 //! metering. The binary (`main.rs`) wires these modules together; tests and benches use them directly.
 
 pub mod auth;
+pub mod balancer;
 pub mod chunked;
 pub mod config;
+pub mod core;
 pub mod error;
-pub mod http1;
-pub mod record;
-pub mod request;
-pub mod sse;
-pub mod usage;
-pub mod metrics;
-pub mod balancer;
 pub mod health;
+pub mod http1;
+pub mod metrics;
+pub mod record;
+pub mod relay;
+pub mod request;
+pub mod spool;
+pub mod sse;
+pub mod upstream;
+pub mod usage;
+pub mod watch;
+pub mod webhook;
