@@ -1,0 +1,308 @@
+//! One client connection on a core: the keep-alive loop (read head within the timeouts, read the
+//! body, answer local endpoints or hand over to `proxy`), with pipelined bytes kept for the next request.
+
+use crate::core::CoreCtx;
+use crate::error::GatewayError;
+use crate::http1::{self, BodyFraming, Endpoint, Method, Parse, RequestHead};
+use crate::watch::ClientWatch;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How long an idle keep-alive connection may wait for its next request.
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
+/// Read size for client bytes.
+const READ_CHUNK: usize = 8 * 1024;
+/// A connection's input buffer above this size is released after the request.
+const KEEP_INBUF: usize = 64 * 1024;
+
+/// Why no request head could be read.
+enum HeadError {
+    /// Clean close or idle timeout with nothing pending: close quietly.
+    Closed,
+    /// Answer with this error, then close.
+    Answer(GatewayError),
+}
+
+struct ConnGuard<'a>(&'a CoreCtx);
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+        self.0.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves one client connection until it closes, errs, or the gateway drains.
+pub async fn handle(ctx: Rc<CoreCtx>, mut client: TcpStream, accepted: Instant) {
+    ctx.connections.set(ctx.connections.get() + 1);
+    ctx.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _guard = ConnGuard(&ctx);
+    let _ = client.set_nodelay(true);
+    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut watch: Option<ClientWatch> = None;
+    let mut since = Some(accepted);
+    loop {
+        let head = match read_head(&ctx, &mut client, &mut inbuf, since).await {
+            Ok(h) => h,
+            Err(HeadError::Closed) => return,
+            Err(HeadError::Answer(e)) => {
+                let rid = ctx.new_request_id();
+                ctx.metrics.request(Endpoint::Unknown, false, None, e.status());
+                let _ = answer_error(&mut client, &e, &rid, true).await;
+                return;
+            }
+        };
+        since = None;
+        ctx.inflight.set(ctx.inflight.get() + 1);
+        let keep = serve_request(&ctx, &mut client, &mut inbuf, &mut watch, head).await;
+        ctx.inflight.set(ctx.inflight.get() - 1);
+        if !keep || ctx.shared.shutting_down() {
+            return;
+        }
+        if inbuf.capacity() > KEEP_INBUF && inbuf.len() <= READ_CHUNK {
+            inbuf.shrink_to(READ_CHUNK);
+        }
+    }
+}
+
+/// Reads until `inbuf` starts with a complete head. `accepted` is set for the first request (its
+/// head timeout counts from accept); later ones first wait up to KEEP_ALIVE_IDLE for a first byte.
+async fn read_head(
+    ctx: &CoreCtx,
+    client: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+    accepted: Option<Instant>,
+) -> Result<RequestHead, HeadError> {
+    let header_timeout = ctx.shared.config.limits.header_read_timeout;
+    let mut deadline = accepted.map(|t| t + header_timeout);
+    loop {
+        if !inbuf.is_empty() {
+            match http1::parse_request(inbuf, &ctx.shared.config.auth.user_header) {
+                Parse::Complete(h) => return Ok(h),
+                Parse::Invalid(e) => return Err(HeadError::Answer(e)),
+                Parse::Partial => {}
+            }
+            deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => KEEP_ALIVE_IDLE,
+        };
+        match read_more(client, inbuf, wait).await {
+            ReadMore::Data => {}
+            ReadMore::Eof | ReadMore::Error => return Err(HeadError::Closed),
+            ReadMore::TimedOut if inbuf.is_empty() && deadline.is_none() => return Err(HeadError::Closed),
+            ReadMore::TimedOut => return Err(HeadError::Answer(GatewayError::RequestTimeout)),
+        }
+    }
+}
+
+enum ReadMore {
+    Data,
+    Eof,
+    Error,
+    /// The read was cancelled: the connection must be closed.
+    TimedOut,
+}
+
+/// Appends at least one byte read from the client to `inbuf`, within `wait`.
+async fn read_more(client: &mut TcpStream, inbuf: &mut Vec<u8>, wait: Duration) -> ReadMore {
+    if inbuf.capacity() - inbuf.len() < 1024 {
+        inbuf.reserve(READ_CHUNK);
+    }
+    let buf = std::mem::take(inbuf);
+    let start = buf.len();
+    let end = buf.capacity();
+    match monoio::time::timeout(wait, client.read(buf.slice_mut(start..end))).await {
+        Ok((Ok(0), b)) => {
+            *inbuf = b.into_inner();
+            ReadMore::Eof
+        }
+        Ok((Ok(_), b)) => {
+            *inbuf = b.into_inner();
+            ReadMore::Data
+        }
+        Ok((Err(_), b)) => {
+            *inbuf = b.into_inner();
+            ReadMore::Error
+        }
+        Err(_) => ReadMore::TimedOut,
+    }
+}
+
+/// Where the request body is.
+pub enum Body {
+    /// `inbuf[start..end]`
+    InBuf(usize, usize),
+    Owned(Vec<u8>),
+}
+
+/// Reads the body; returns it and where the next request starts in `inbuf`.
+async fn read_body(ctx: &CoreCtx, client: &mut TcpStream, inbuf: &mut Vec<u8>, head: &RequestHead) -> Result<(Body, usize), GatewayError> {
+    let limits = &ctx.shared.config.limits;
+    let start = head.head_len;
+    let idle = limits.header_read_timeout;
+    let mut continued = false;
+    match head.body {
+        BodyFraming::None | BodyFraming::Close => Ok((Body::InBuf(start, start), start)),
+        BodyFraming::Length(n) => {
+            if n > limits.max_request_body {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            let end = start + n as usize;
+            while inbuf.len() < end {
+                if head.expect_continue && !continued {
+                    continued = true;
+                    let (r, _) = client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+                    r.map_err(|_| GatewayError::BadRequest("client went away"))?;
+                }
+                inbuf.reserve(end - inbuf.len());
+                match read_more(client, inbuf, idle).await {
+                    ReadMore::Data => {}
+                    ReadMore::TimedOut => return Err(GatewayError::RequestTimeout),
+                    _ => return Err(GatewayError::BadRequest("client closed before sending the whole body")),
+                }
+            }
+            Ok((Body::InBuf(start, end), end))
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = crate::chunked::ChunkedDecoder::default();
+            let mut body = Vec::new();
+            loop {
+                if inbuf.len() > start {
+                    let r = decoder
+                        .decode_in_place(&mut inbuf[start..])
+                        .map_err(|e| GatewayError::BadRequest(e.0))?;
+                    body.extend_from_slice(&inbuf[start..start + r.payload]);
+                    inbuf.drain(start..start + r.consumed);
+                    if body.len() as u64 > limits.max_request_body {
+                        return Err(GatewayError::PayloadTooLarge);
+                    }
+                    if r.done {
+                        return Ok((Body::Owned(body), start));
+                    }
+                }
+                if head.expect_continue && !continued {
+                    continued = true;
+                    let (r, _) = client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+                    r.map_err(|_| GatewayError::BadRequest("client went away"))?;
+                }
+                match read_more(client, inbuf, idle).await {
+                    ReadMore::Data => {}
+                    ReadMore::TimedOut => return Err(GatewayError::RequestTimeout),
+                    _ => return Err(GatewayError::BadRequest("client closed before sending the whole body")),
+                }
+            }
+        }
+    }
+}
+
+/// Handles one request whose head is at the start of `inbuf`; returns whether to keep the connection.
+async fn serve_request(
+    ctx: &CoreCtx,
+    client: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+    watch: &mut Option<ClientWatch>,
+    head: RequestHead,
+) -> bool {
+    let started = Instant::now();
+    let arrived = std::time::SystemTime::now();
+    let rid = head.request_id.clone().unwrap_or_else(|| ctx.new_request_id());
+    let endpoint = head.endpoint;
+    let keep = head.keep_alive && !ctx.shared.shutting_down();
+    let method_ok = head.method == endpoint.method();
+    let early = if endpoint == Endpoint::Unknown {
+        Some(GatewayError::NotFound)
+    } else if !method_ok {
+        Some(GatewayError::MethodNotAllowed(if endpoint.method() == Method::Get { "GET" } else { "POST" }))
+    } else {
+        None
+    };
+    if let Some(e) = early {
+        // The body was not read: keep the connection only when there is none.
+        let close = !keep || head.body != BodyFraming::None;
+        ctx.metrics.request(endpoint, false, None, e.status());
+        return answer_error(client, &e, &rid, close).await && !close;
+    }
+    let (body, next) = match read_body(ctx, client, inbuf, &head).await {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.metrics.request(endpoint, false, None, e.status());
+            let _ = answer_error(client, &e, &rid, true).await;
+            return false;
+        }
+    };
+    let keep = match endpoint {
+        Endpoint::Health => answer_health(ctx, client, &rid, keep).await && keep,
+        Endpoint::Metrics => {
+            let text = ctx.shared.registry.render();
+            ctx.metrics.request(endpoint, false, None, 200);
+            answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep).await && keep
+        }
+        Endpoint::Models => {
+            let (status, body) = crate::models::merged(ctx, &rid).await;
+            ctx.metrics.request(endpoint, false, None, status);
+            answer(client, status, b"application/json", &body, &rid, keep).await && keep
+        }
+        _ => {
+            let owned;
+            let body_bytes: &[u8] = match &body {
+                Body::InBuf(s, e) => &inbuf[*s..*e],
+                Body::Owned(v) => {
+                    owned = v;
+                    owned
+                }
+            };
+            if watch.is_none() {
+                *watch = ClientWatch::new(client).ok();
+            }
+            let req = crate::proxy::Request { head: &head, head_bytes: &inbuf[..head.head_len], body: body_bytes, request_id: &rid, started, arrived, keep_alive: keep };
+            crate::proxy::proxy(ctx, client, watch.as_ref(), &req).await
+        }
+    };
+    let elapsed = started.elapsed();
+    if !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses | Endpoint::Messages) {
+        ctx.metrics.latency.observe(elapsed.as_millis() as u64);
+    }
+    inbuf.drain(..next);
+    keep
+}
+
+async fn answer_health(ctx: &CoreCtx, client: &mut TcpStream, rid: &str, keep: bool) -> bool {
+    let set = &ctx.shared.backends;
+    let up = (0..set.len()).filter(|&i| set.is_up(i)).count();
+    let status = if up > 0 { 200 } else { 503 };
+    let body = format!(
+        "{{\"status\":\"{}\",\"backends_up\":{up},\"backends\":{}}}\n",
+        if up > 0 { "ok" } else { "unavailable" },
+        set.len()
+    );
+    ctx.metrics.request(Endpoint::Health, false, None, status);
+    answer(client, status, b"application/json", body.as_bytes(), rid, keep).await
+}
+
+/// Writes a whole response with a body; true when it was written.
+pub async fn answer(client: &mut TcpStream, status: u16, content_type: &[u8], body: &[u8], rid: &str, keep: bool) -> bool {
+    let mut out = Vec::with_capacity(256 + body.len());
+    http1::push_status_line(&mut out, status);
+    http1::push_header(&mut out, b"content-type", content_type);
+    let mut n = itoa::Buffer::new();
+    http1::push_header(&mut out, b"content-length", n.format(body.len()).as_bytes());
+    http1::push_header(&mut out, b"x-request-id", rid.as_bytes());
+    if !keep {
+        http1::push_header(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    client.write_all(out).await.0.is_ok()
+}
+
+/// Writes a gateway error response; true when it was written.
+pub async fn answer_error(client: &mut TcpStream, e: &GatewayError, rid: &str, close: bool) -> bool {
+    let mut out = Vec::with_capacity(384);
+    e.write_response(&mut out, rid, close || e.closes_connection());
+    client.write_all(out).await.0.is_ok()
+}
