@@ -262,10 +262,12 @@ enum Part<'a> {
     Finish,
 }
 
-/// OpenAI pads chunks with a random-length `obfuscation` string; deterministic here.
+/// OpenAI pads chunks with a random-length `obfuscation` string (pseudo-random here, may be empty).
 fn obfuscation(seed: u64, salt: usize) -> String {
     const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut x = seed ^ (salt as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut x = (seed ^ (salt as u64) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
     let mut next = || {
         x ^= x << 13;
         x ^= x >> 7;
