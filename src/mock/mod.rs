@@ -189,6 +189,11 @@ impl MockBackend {
     /// Serve `listener` on background threads (one acceptor, one thread per connection).
     pub fn start(listener: TcpListener, opts: MockOptions) -> MockBackend {
         let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        // std listens with a small backlog; bursts of ~1000 connects would overflow it (SYN cookies,
+        // resets). listen() again on the bound socket only raises the queue length.
+        if let Err(e) = socket2::SockRef::from(&listener).listen(4096) {
+            log::debug!("mock-backend: could not raise the listen backlog: {e}");
+        }
         let shared = Arc::new(Shared {
             opts,
             addr,
