@@ -4,6 +4,8 @@
 use super::flavor::{q, token, Ctx, Ev};
 use super::Flavor;
 use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Deterministic prompt size: whitespace-separated words of every text in `v` (token ids count one
 /// each); objects contribute their `content`, `text`, `input`, `prompt` and `instructions` fields.
@@ -346,4 +348,34 @@ pub(super) fn messages_stream(c: &Ctx) -> Vec<Ev> {
     ));
     evs.push(named_ev(false, "message_stop", r#"{"type":"message_stop"}"#));
     evs
+}
+
+/// Ids: a splitmix64 sequence seeded by the clock (no rand dependency).
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub(super) fn rand64() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut z = nanos.wrapping_add(SEQ.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub(super) fn alnum(len: usize) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = rand64();
+    (0..len)
+        .map(|i| {
+            if i % 8 == 7 {
+                x = rand64();
+            }
+            let c = ABC[(x % 62) as usize] as char;
+            x /= 62;
+            c
+        })
+        .collect()
+}
+
+pub(super) fn hex(len: usize) -> String {
+    (0..len.div_ceil(16)).map(|_| format!("{:016x}", rand64())).collect::<String>()[..len].to_string()
 }

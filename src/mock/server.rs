@@ -1,14 +1,14 @@
 //! One mock-backend connection: read requests (keep-alive), route them, apply the `x-mock-*` knobs,
 //! and write paced, framed answers, noticing a peer that goes away mid-stream.
 
-use super::api;
+use super::api::{self, alnum, hex, rand64};
 use super::flavor::{self, Ctx, Ev};
 use super::http::{http_date, reason, Framing, Out, ReadError, Reader, Request};
 use super::{Flavor, RecordedRequest, Shared};
 use serde_json::Value;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MAX_TOKENS: u32 = 100_000;
@@ -153,35 +153,6 @@ fn hname(f: Flavor, lower: &str) -> String {
     } else {
         lower.to_string()
     }
-}
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn rand64() -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let mut z = nanos.wrapping_add(SEQ.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn alnum(len: usize) -> String {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut x = rand64();
-    (0..len)
-        .map(|i| {
-            if i % 8 == 7 {
-                x = rand64();
-            }
-            let c = ABC[(x % 62) as usize] as char;
-            x /= 62;
-            c
-        })
-        .collect()
-}
-
-fn hex(len: usize) -> String {
-    (0..len.div_ceil(16)).map(|_| format!("{:016x}", rand64())).collect::<String>()[..len].to_string()
 }
 
 fn new_id(f: Flavor, ep: Ep) -> String {
