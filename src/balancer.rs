@@ -82,10 +82,15 @@ impl Balancer {
 
     /// Picks a backend for `model`, never `exclude` (the one a retry is moving away from) unless
     /// it is the only choice.
-    pub fn pick(&mut self, set: &BackendSet, model: Option<&str>, exclude: Option<usize>) -> Result<usize, GatewayError> {
+    pub fn pick(
+        &mut self,
+        set: &BackendSet,
+        model: Option<&str>,
+        exclude: Option<usize>,
+    ) -> Result<usize, GatewayError> {
         let n = set.len();
         let mut serving = 0;
-        let mut eligible = 0u64; // bitmask-free count; candidates recomputed below
+        let mut eligible = 0;
         for i in 0..n {
             if set.serves(i, model) {
                 serving += 1;
@@ -137,7 +142,8 @@ impl Balancer {
                     if !ok(i) {
                         continue;
                     }
-                    let load = u64::from(set.inflight[i].load(Relaxed)) * 1_000_000 / u64::from(set.backends[i].weight);
+                    let load = u64::from(set.inflight[i].load(Relaxed)) * 1_000_000
+                        / u64::from(set.backends[i].weight);
                     if best.is_none_or(|(l, _)| load < l) {
                         best = Some((load, i));
                     }

@@ -141,7 +141,12 @@ pub enum Body {
 }
 
 /// Reads the body; returns it and where the next request starts in `inbuf`.
-async fn read_body(ctx: &CoreCtx, client: &mut TcpStream, inbuf: &mut Vec<u8>, head: &RequestHead) -> Result<(Body, usize), GatewayError> {
+async fn read_body(
+    ctx: &CoreCtx,
+    client: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+    head: &RequestHead,
+) -> Result<(Body, usize), GatewayError> {
     let limits = &ctx.shared.config.limits;
     let start = head.head_len;
     let idle = limits.header_read_timeout;
@@ -214,7 +219,9 @@ async fn serve_request(
     let endpoint = head.endpoint;
     let keep = head.keep_alive && !ctx.shared.shutting_down();
     let method_ok = head.method == endpoint.method();
-    let early = if endpoint == Endpoint::Unknown {
+    let early = if endpoint == Endpoint::Unknown
+        || (ctx.admin_only && !matches!(endpoint, Endpoint::Health | Endpoint::Metrics))
+    {
         Some(GatewayError::NotFound)
     } else if !method_ok {
         Some(GatewayError::MethodNotAllowed(if endpoint.method() == Method::Get { "GET" } else { "POST" }))
@@ -240,7 +247,9 @@ async fn serve_request(
         Endpoint::Metrics => {
             let text = ctx.shared.registry.render();
             ctx.metrics.request(endpoint, false, None, 200);
-            answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep).await && keep
+            answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep)
+                .await
+                && keep
         }
         Endpoint::Models => {
             let (status, body) = crate::models::merged(ctx, &rid).await;
@@ -259,12 +268,27 @@ async fn serve_request(
             if watch.is_none() {
                 *watch = ClientWatch::new(client).ok();
             }
-            let req = crate::proxy::Request { head: &head, head_bytes: &inbuf[..head.head_len], body: body_bytes, request_id: &rid, started, arrived, keep_alive: keep };
+            let req = crate::proxy::Request {
+                head: &head,
+                head_bytes: &inbuf[..head.head_len],
+                body: body_bytes,
+                request_id: &rid,
+                started,
+                arrived,
+                keep_alive: keep,
+            };
             crate::proxy::proxy(ctx, client, watch.as_ref(), &req).await
         }
     };
     let elapsed = started.elapsed();
-    if !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses | Endpoint::Messages) {
+    if !matches!(
+        endpoint,
+        Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::Messages
+    ) {
         ctx.metrics.latency.observe(elapsed.as_millis() as u64);
     }
     inbuf.drain(..next);
@@ -285,7 +309,14 @@ async fn answer_health(ctx: &CoreCtx, client: &mut TcpStream, rid: &str, keep: b
 }
 
 /// Writes a whole response with a body; true when it was written.
-pub async fn answer(client: &mut TcpStream, status: u16, content_type: &[u8], body: &[u8], rid: &str, keep: bool) -> bool {
+pub async fn answer(
+    client: &mut TcpStream,
+    status: u16,
+    content_type: &[u8],
+    body: &[u8],
+    rid: &str,
+    keep: bool,
+) -> bool {
     let mut out = Vec::with_capacity(256 + body.len());
     http1::push_status_line(&mut out, status);
     http1::push_header(&mut out, b"content-type", content_type);

@@ -1,7 +1,7 @@
 //! Per-core context: what one worker thread's tasks share without locks (pool, balancer rotation,
 //! buffers, counters), plus the `Shared` part that all cores read. Lives on its core thread (Rc).
 
-use crate::balancer::{Balancer, BackendSet};
+use crate::balancer::{BackendSet, Balancer};
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, Registry};
 use crate::record::UsageRecord;
@@ -46,6 +46,8 @@ pub struct CoreCtx {
     pub connections: Cell<usize>,
     /// This core's share of `limits.max_connections`.
     pub max_connections: usize,
+    /// Serves only /health and /metrics (the `admin_listen` listener).
+    pub admin_only: bool,
 }
 
 impl CoreCtx {
@@ -60,10 +62,16 @@ impl CoreCtx {
             inflight: Cell::new(0),
             connections: Cell::new(0),
             max_connections,
+            admin_only: false,
             shared,
             core,
             metrics,
         }
+    }
+
+    pub fn admin_only(mut self) -> Self {
+        self.admin_only = true;
+        self
     }
 
     /// A relay buffer (capacity RELAY_BUF + framing room), reused across requests.

@@ -37,7 +37,11 @@ pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
 }
 
 /// Starts the health thread; it stops when `stop` is set.
-pub fn spawn(set: Arc<BackendSet>, cfg: HealthCheckConfig, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(
+    set: Arc<BackendSet>,
+    cfg: HealthCheckConfig,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("llmproxy-health".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             for i in 0..set.len() {
@@ -46,7 +50,11 @@ pub fn spawn(set: Arc<BackendSet>, cfg: HealthCheckConfig, stop: Arc<AtomicBool>
                     if up {
                         log::info!("backend {} is up (health check passed)", set.backends[i].url);
                     } else {
-                        log::warn!("backend {} is down (health check {} failed)", set.backends[i].url, cfg.path);
+                        log::warn!(
+                            "backend {} is down (health check {} failed)",
+                            set.backends[i].url,
+                            cfg.path
+                        );
                     }
                 }
             }

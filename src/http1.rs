@@ -245,9 +245,9 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
             }
             continue;
         }
-        if name.eq_ignore_ascii_case(b"authorization") {
-            api_key = crate::auth::bearer(value).map(<[u8]>::to_vec);
-        } else if name.eq_ignore_ascii_case(b"x-api-key") && api_key.is_none() {
+        let key_header = name.eq_ignore_ascii_case(b"authorization")
+            || (name.eq_ignore_ascii_case(b"x-api-key") && api_key.is_none());
+        if key_header {
             api_key = crate::auth::bearer(value).map(<[u8]>::to_vec);
         }
         if name.eq_ignore_ascii_case(user_header.as_bytes()) {

@@ -1,1 +1,177 @@
-fn main() {}
+//! The `llmproxy` command: run the gateway from a config file, check a config, run the demo, or
+//! run the simulated backend. Wires config, threads and signals; the work happens in the library.
+
+use clap::{Parser, Subcommand};
+use llmproxy::config::Config;
+use llmproxy::gateway::{Gateway, Options};
+use llmproxy::mock::{Flavor, MockOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit status for a bad config (EX_DATAERR-like, as in sysexits: EX_USAGE 64).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "llmproxy",
+    version,
+    about = "Thread-per-core io_uring gateway for LLM inference servers, with exact usage metering"
+)]
+struct Cli {
+    /// Config file (TOML)
+    #[arg(long, default_value = "config.toml", global = true)]
+    config: PathBuf,
+    /// Validate the config, print every problem found, exit 0 (valid) or 64
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway on 127.0.0.1:8080 in front of a built-in simulated backend, printing each
+    /// usage record as a JSON line on stdout
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run the simulated OpenAI-compatible backend used by the demo, tests and benchmarks
+    MockBackend {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "vllm", value_parser = |s: &str| s.parse::<Flavor>())]
+        flavor: Flavor,
+        /// Time to first token
+        #[arg(long, default_value_t = 20)]
+        ttft_ms: u64,
+        /// Gap between tokens
+        #[arg(long, default_value_t = 10)]
+        itl_ms: u64,
+        /// Completion tokens per choice
+        #[arg(long, default_value_t = 16)]
+        tokens: u32,
+        /// Model name to report (default: the flavour's usual model)
+        #[arg(long, default_value = "")]
+        model: String,
+    },
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Some(Command::MockBackend { listen, flavor, ttft_ms, itl_ms, tokens, model }) => {
+            let opts = MockOptions {
+                model: if model.is_empty() { flavor.default_model().to_string() } else { model },
+                flavor,
+                ttft: Duration::from_millis(ttft_ms),
+                itl: Duration::from_millis(itl_ms),
+                tokens,
+            };
+            match llmproxy::mock::run(listen, opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("mock-backend: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Demo { listen }) => demo(listen),
+        None if cli.check_config => check_config(&cli.config),
+        None => run(&cli.config),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!("{}: ok ({} backends, listen {})", path.display(), c.backends.len(), c.listen);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn load_or_exit(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match load_or_exit(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    serve(config, Options { echo_records: false })
+}
+
+/// Runs a gateway until SIGTERM/SIGINT, then drains and exits 0.
+fn serve(config: Config, opts: Options) -> ExitCode {
+    let gw = match Gateway::start(config, opts) {
+        Ok(g) => g,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let flag = gw.shutdown_flag();
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            log::error!("cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    gw.run_until_shutdown();
+    ExitCode::SUCCESS
+}
+
+fn demo(listen: SocketAddr) -> ExitCode {
+    let backend_listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("demo: cannot bind the simulated backend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mock = llmproxy::mock::MockBackend::start(backend_listener, MockOptions::default());
+    let spool = std::env::temp_dir().join(format!("llmproxy-demo-spool-{}", std::process::id()));
+    let text = format!(
+        "listen = \"{listen}\"\nshutdown_grace = \"2s\"\n[runtime]\nworkers = 1\npin_cores = false\n[[backends]]\nurl = \"{}\"\n[health_check]\ninterval = \"2s\"\n[usage_hook]\nenabled = false\nspool_dir = \"{}\"\n",
+        mock.url(),
+        spool.display()
+    );
+    let config = match Config::parse(&text, "demo") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "LLMProxy demo: gateway on http://{listen} in front of a simulated vLLM backend at {}",
+        mock.url()
+    );
+    eprintln!("Usage records are printed below as JSON lines. Try, in another terminal:\n");
+    eprintln!(
+        "  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello there\"}}]}}'\n",
+        mock.options().model
+    );
+    eprintln!("Stop with Ctrl-C.\n");
+    let code = serve(config, Options { echo_records: true });
+    drop(mock);
+    code
+}

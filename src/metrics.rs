@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// Upper bounds (ms) of the latency and TTFT histogram buckets.
-pub const BUCKETS_MS: [u64; 18] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 30000, 60000, 120000, 300000];
+pub const BUCKETS_MS: [u64; 18] =
+    [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 30000, 60000, 120000, 300000];
 /// Status codes with their own counter; others count under "other".
-const STATUS_SLOTS: [u16; 17] = [200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 422, 429, 431, 500, 502, 503, 504];
+const STATUS_SLOTS: [u16; 17] =
+    [200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 422, 429, 431, 500, 502, 503, 504];
 const ENDPOINTS: usize = 9;
 /// Most distinct model labels in `llmproxy_tokens_total`; more count under "other".
 const MAX_MODELS: usize = 200;
@@ -28,7 +30,11 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0), count: AtomicU64::new(0) }
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
     }
 }
 
@@ -70,7 +76,8 @@ impl CoreMetrics {
 
     fn slot(&self, endpoint: usize, stream: bool, backend: Option<usize>, status_slot: usize) -> usize {
         let b = backend.map_or(0, |b| b + 1);
-        ((endpoint * 2 + usize::from(stream)) * (self.backends + 1) + b) * (STATUS_SLOTS.len() + 1) + status_slot
+        ((endpoint * 2 + usize::from(stream)) * (self.backends + 1) + b) * (STATUS_SLOTS.len() + 1)
+            + status_slot
     }
 
     pub fn request(&self, endpoint: Endpoint, stream: bool, backend: Option<usize>, status: u16) {
@@ -103,26 +110,14 @@ impl TokenCounters {
     }
 }
 
-/// Gauges owned elsewhere, read at scrape time.
-pub trait ExternalGauges: Send + Sync {
-    fn backend_up(&self, backend: usize) -> bool;
-    fn webhook(&self) -> WebhookGauges;
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WebhookGauges {
-    pub success: u64,
-    pub failure: u64,
-    pub queue_depth: u64,
-    pub spool_records: u64,
-}
-
-/// Everything `/metrics` shows.
+/// Everything `/metrics` shows: the cores' counters and the gauges owned elsewhere.
 pub struct Registry {
     pub backend_names: Vec<String>,
     pub cores: Vec<Arc<CoreMetrics>>,
-    pub tokens: Arc<TokenCounters>,
-    pub external: Box<dyn ExternalGauges>,
+    pub backends: Arc<crate::balancer::BackendSet>,
+    pub webhook: Arc<crate::webhook::WebhookStats>,
+    /// Records queued in memory for the webhook thread.
+    pub queue_depth: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 fn escape(v: &str) -> String {
@@ -144,7 +139,10 @@ impl Registry {
             Endpoint::Metrics,
             Endpoint::Unknown,
         ];
-        let _ = writeln!(out, "# HELP llmproxy_requests_total Requests answered, by endpoint, stream, backend and HTTP status.");
+        let _ = writeln!(
+            out,
+            "# HELP llmproxy_requests_total Requests answered, by endpoint, stream, backend and HTTP status."
+        );
         let _ = writeln!(out, "# TYPE llmproxy_requests_total counter");
         for ep in endpoints {
             for stream in [false, true] {
@@ -171,12 +169,22 @@ impl Registry {
                 }
             }
         }
-        self.histogram(&mut out, "llmproxy_latency_ms", "Request duration in milliseconds, head received to response end.", |c| &c.latency);
-        self.histogram(&mut out, "llmproxy_ttft_ms", "Streams: milliseconds from request to the first byte of the response body.", |c| &c.ttft);
+        self.histogram(
+            &mut out,
+            "llmproxy_latency_ms",
+            "Request duration in milliseconds, head received to response end.",
+            |c| &c.latency,
+        );
+        self.histogram(
+            &mut out,
+            "llmproxy_ttft_ms",
+            "Streams: milliseconds from request to the first byte of the response body.",
+            |c| &c.ttft,
+        );
 
         let _ = writeln!(out, "# HELP llmproxy_tokens_total Tokens reported by backends, by model and kind (prompt, completion).");
         let _ = writeln!(out, "# TYPE llmproxy_tokens_total counter");
-        if let Ok(m) = self.tokens.by_model.lock() {
+        if let Ok(m) = self.webhook.tokens.by_model.lock() {
             let mut models: Vec<_> = m.iter().collect();
             models.sort();
             for (model, [p, c]) in models {
@@ -185,25 +193,55 @@ impl Registry {
                 let _ = writeln!(out, "llmproxy_tokens_total{{model=\"{model}\",kind=\"completion\"}} {c}");
             }
         }
-        let w = self.external.webhook();
+        let w = &self.webhook;
         let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        scalar(&mut out, "llmproxy_webhook_success_total", "counter", "Usage records delivered to the webhook (2xx).", w.success);
-        scalar(&mut out, "llmproxy_webhook_failure_total", "counter", "Failed webhook delivery attempts.", w.failure);
-        scalar(&mut out, "llmproxy_webhook_queue_depth", "gauge", "Usage records queued in memory for the webhook thread.", w.queue_depth);
-        scalar(&mut out, "llmproxy_spool_records", "gauge", "Usage records waiting in the on-disk spool.", w.spool_records);
+        scalar(
+            &mut out,
+            "llmproxy_webhook_success_total",
+            "counter",
+            "Usage records delivered to the webhook (2xx).",
+            w.success.load(Relaxed),
+        );
+        scalar(
+            &mut out,
+            "llmproxy_webhook_failure_total",
+            "counter",
+            "Failed webhook delivery attempts.",
+            w.failure.load(Relaxed),
+        );
+        scalar(
+            &mut out,
+            "llmproxy_webhook_queue_depth",
+            "gauge",
+            "Usage records queued in memory for the webhook thread.",
+            (self.queue_depth)() as u64,
+        );
+        scalar(
+            &mut out,
+            "llmproxy_spool_records",
+            "gauge",
+            "Usage records waiting in the on-disk spool.",
+            w.spool_records.load(Relaxed),
+        );
         scalar(
             &mut out,
             "llmproxy_usage_missing_total",
             "counter",
             "Responses for which the backend reported no usage.",
-            self.tokens.usage_missing.load(Relaxed),
+            w.tokens.usage_missing.load(Relaxed),
         );
-        let _ = writeln!(out, "# HELP llmproxy_backend_up Backend health as the gateway sees it (1 up, 0 down).");
+        let _ =
+            writeln!(out, "# HELP llmproxy_backend_up Backend health as the gateway sees it (1 up, 0 down).");
         let _ = writeln!(out, "# TYPE llmproxy_backend_up gauge");
         for (i, name) in self.backend_names.iter().enumerate() {
-            let _ = writeln!(out, "llmproxy_backend_up{{backend=\"{}\"}} {}", escape(name), u8::from(self.external.backend_up(i)));
+            let _ = writeln!(
+                out,
+                "llmproxy_backend_up{{backend=\"{}\"}} {}",
+                escape(name),
+                u8::from(self.backends.is_up(i))
+            );
         }
         let _ = writeln!(out, "# HELP llmproxy_backend_inflight Requests in flight to each backend.");
         let _ = writeln!(out, "# TYPE llmproxy_backend_inflight gauge");
@@ -233,16 +271,6 @@ impl Registry {
 mod tests {
     use super::*;
 
-    struct Fixed;
-    impl ExternalGauges for Fixed {
-        fn backend_up(&self, b: usize) -> bool {
-            b == 0
-        }
-        fn webhook(&self) -> WebhookGauges {
-            WebhookGauges { success: 3, failure: 1, queue_depth: 2, spool_records: 5 }
-        }
-    }
-
     #[test]
     fn merges_cores_and_renders_every_family() {
         let cores: Vec<_> = (0..2).map(|_| Arc::new(CoreMetrics::new(2))).collect();
@@ -251,20 +279,39 @@ mod tests {
         cores[1].request(Endpoint::Unknown, false, None, 404);
         cores[0].latency.observe(7);
         cores[1].latency.observe(70_000_000);
+        let backends = Arc::new(crate::balancer::BackendSet::new(
+            ["http://127.0.0.1", "http://127.0.0.2"]
+                .iter()
+                .map(|u| {
+                    crate::config::Config::parse(&format!("[[backends]]\nurl = \"{u}:1\"\n"), "t")
+                        .unwrap()
+                        .backends
+                        .remove(0)
+                })
+                .collect(),
+            crate::config::Strategy::RoundRobin,
+        ));
+        backends.set_up(1, false);
+        let webhook = Arc::new(crate::webhook::WebhookStats::default());
+        webhook.spool_records.store(5, Relaxed);
         let reg = Registry {
-            backend_names: vec!["http://a".into(), "http://b".into()],
+            backend_names: vec!["http://a:1".into(), "http://b:1".into()],
             cores,
-            tokens: Arc::new(TokenCounters::default()),
-            external: Box::new(Fixed),
+            backends,
+            webhook,
+            queue_depth: Box::new(|| 2),
         };
         let text = reg.render();
-        assert!(text.contains("llmproxy_requests_total{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"http://b\",status=\"200\"} 2"), "{text}");
-        assert!(text.contains("llmproxy_requests_total{endpoint=\"other\",stream=\"false\",backend=\"none\",status=\"404\"} 1"));
+        assert!(text.contains("llmproxy_requests_total{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"http://b:1\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains(
+            "llmproxy_requests_total{endpoint=\"other\",stream=\"false\",backend=\"none\",status=\"404\"} 1"
+        ));
         assert!(text.contains("llmproxy_latency_ms_bucket{le=\"10\"} 1\n"));
         assert!(text.contains("llmproxy_latency_ms_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("llmproxy_backend_up{backend=\"http://a\"} 1"));
-        assert!(text.contains("llmproxy_backend_up{backend=\"http://b\"} 0"));
+        assert!(text.contains("llmproxy_backend_up{backend=\"http://a:1\"} 1"));
+        assert!(text.contains("llmproxy_backend_up{backend=\"http://b:1\"} 0"));
         assert!(text.contains("llmproxy_spool_records 5"));
+        assert!(text.contains("llmproxy_webhook_queue_depth 2"));
         assert!(text.contains("llmproxy_usage_missing_total 0"));
         assert!(text.contains("llmproxy_connections_active 0"));
     }

@@ -73,7 +73,9 @@ fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config:
     http1::push_header(out, b"host", backend.host_header.as_bytes());
     for s in &h.forward {
         let name = s.name(req.head_bytes);
-        if backend.api_key.is_some() && (name.eq_ignore_ascii_case(b"authorization") || name.eq_ignore_ascii_case(b"x-api-key")) {
+        if backend.api_key.is_some()
+            && (name.eq_ignore_ascii_case(b"authorization") || name.eq_ignore_ascii_case(b"x-api-key"))
+        {
             continue;
         }
         http1::push_header(out, name, s.value(req.head_bytes));
@@ -105,7 +107,14 @@ enum ClientFraming {
     None,
 }
 
-fn build_client_head(out: &mut Vec<u8>, resp: &ResponseHead, resp_bytes: &[u8], request_id: &str, framing: ClientFraming, keep: bool) {
+fn build_client_head(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead,
+    resp_bytes: &[u8],
+    request_id: &str,
+    framing: ClientFraming,
+    keep: bool,
+) {
     http1::push_status_line(out, resp.status);
     for s in &resp.forward {
         http1::push_header(out, s.name(resp_bytes), s.value(resp_bytes));
@@ -143,7 +152,9 @@ impl Decoder {
                 Ok((p, *rem == 0, data.len() > p))
             }
             Decoder::Chunked(d) => {
-                let r = d.decode_in_place(data).map_err(|_| GatewayError::BadGateway("invalid chunked body from backend"))?;
+                let r = d
+                    .decode_in_place(data)
+                    .map_err(|_| GatewayError::BadGateway("invalid chunked body from backend"))?;
                 Ok((r.payload, r.done, r.consumed < data.len()))
             }
             Decoder::Close => Ok((data.len(), false, false)),
@@ -176,7 +187,10 @@ pub async fn exchange(
     let (res, out) = conn.write_all(out).await;
     ctx.give_buf(out);
     if res.is_err() {
-        return Outcome::Retryable { connect: false, error: GatewayError::BadGateway("backend connection failed while sending") };
+        return Outcome::Retryable {
+            connect: false,
+            error: GatewayError::BadGateway("backend connection failed while sending"),
+        };
     }
 
     // Response head, within the first-byte timeout, watching the client meanwhile.
@@ -201,9 +215,14 @@ pub async fn exchange(
         buf = b.into_inner();
         match res {
             Ok(0) | Err(_) if buf.len() == PREFIX => {
-                return Outcome::Retryable { connect: false, error: GatewayError::BadGateway("backend closed the connection") }
+                return Outcome::Retryable {
+                    connect: false,
+                    error: GatewayError::BadGateway("backend closed the connection"),
+                }
             }
-            Ok(0) | Err(_) => return Outcome::Failed(GatewayError::BadGateway("backend closed the connection mid-head")),
+            Ok(0) | Err(_) => {
+                return Outcome::Failed(GatewayError::BadGateway("backend closed the connection mid-head"))
+            }
             Ok(_) => {}
         }
         match http1::parse_response(&buf[PREFIX..]) {
@@ -249,7 +268,8 @@ pub async fn exchange(
         BodyFraming::Close => Decoder::Close,
         BodyFraming::None => Decoder::Empty,
     };
-    let mut scanner = if sse { Scanner::Sse(SseScanner::new(strip)) } else { Scanner::Body(BodyUsageScanner::default()) };
+    let mut scanner =
+        if sse { Scanner::Sse(SseScanner::new(strip)) } else { Scanner::Body(BodyUsageScanner::default()) };
     let mut ttft = None;
     let mut stray = false;
     let idle = cfg.limits.stream_idle_timeout;
@@ -317,7 +337,8 @@ pub async fn exchange(
         }
         // Read more from the backend.
         buf.truncate(PREFIX);
-        let read = armed.until(monoio::time::timeout(idle, conn.read(buf.slice_mut(PREFIX..CAP - SUFFIX)))).await;
+        let read =
+            armed.until(monoio::time::timeout(idle, conn.read(buf.slice_mut(PREFIX..CAP - SUFFIX)))).await;
         let (res, b) = match read {
             Err(_) => {
                 buf = ctx.take_buf();

@@ -50,11 +50,7 @@ impl SseScanner {
         let mut w = 0; // end of the bytes kept so far
         let mut pos = 0; // where to look for the next newline
         let mut tail = self.tail;
-        loop {
-            let end = match find_event_end(data, pos, tail) {
-                Some(e) => e,
-                None => break,
-            };
+        while let Some(end) = find_event_end(data, pos, tail) {
             let continuing = self.partial_total > 0;
             let keep = if continuing {
                 self.push_partial(&data[r..end]);
@@ -121,7 +117,7 @@ impl SseScanner {
         self.released.clear();
         if self.partial_total > 0 {
             let strip = self.complete_event_from_partial();
-            if !(strip && self.held > 0) && self.held > 0 {
+            if !strip && self.held > 0 {
                 self.released.extend_from_slice(&self.partial[..self.held.min(self.partial.len())]);
             }
             self.partial.clear();

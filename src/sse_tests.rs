@@ -89,7 +89,9 @@ fn u(p: u64, c: u64, t: u64) -> Option<Usage> {
 }
 
 /// Usage each fixture stream reports, read off the files by hand.
-const FIXTURE_STREAMS: &[(&str, Option<(u64, u64, u64)>)] = &[
+type Expected = Option<(u64, u64, u64)>;
+
+const FIXTURE_STREAMS: &[(&str, Expected)] = &[
     ("openai/chat_stream.sse", None),
     ("openai/chat_stream_usage.sse", Some((12, 100, 112))),
     ("openai/completions_stream_usage.sse", Some((31, 25, 56))),

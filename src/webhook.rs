@@ -28,6 +28,8 @@ pub struct WebhookStats {
     pub spool_records: AtomicU64,
     /// Records ever written to the spool.
     pub spooled_total: AtomicU64,
+    /// Tokens by model and missing-usage count, kept here off the request path.
+    pub tokens: crate::metrics::TokenCounters,
 }
 
 /// State the webhook thread publishes for [`UsageSink::queue_depth`].
@@ -128,7 +130,7 @@ pub fn start(
         }
         None => std::thread::Builder::new()
             .name("llmproxy-webhook".into())
-            .spawn(move || worker::run_disabled(channels, echo_stdout))?,
+            .spawn(move || worker::run_disabled(channels, stats, echo_stdout))?,
     };
     Ok((UsageSink { tx, overflow, shared }, WebhookHandle { stop, thread }))
 }

@@ -168,6 +168,7 @@ impl Worker {
 
     /// Serializes a record (on this thread, not the core's) and echoes it if asked.
     fn admit(&self, rec: UsageRecord) -> Entry {
+        self.stats.tokens.observe(&rec);
         let json = rec.to_json();
         if self.echo {
             echo(&json);
@@ -347,10 +348,11 @@ impl Worker {
 }
 
 /// `enabled = false`: records are only echoed (if asked), never POSTed nor spooled.
-pub(crate) fn run_disabled(ch: Channels, echo_stdout: bool) {
+pub(crate) fn run_disabled(ch: Channels, stats: Arc<WebhookStats>, echo_stdout: bool) {
     loop {
         let stop = !matches!(ch.stop.recv_timeout(POLL), Err(RecvTimeoutError::Timeout));
         while let Ok(rec) = ch.rx.try_recv().or_else(|_| ch.overflow.try_recv()) {
+            stats.tokens.observe(&rec);
             if echo_stdout {
                 echo(&rec.to_json());
             }

@@ -1,0 +1,198 @@
+//! Starting and stopping a whole gateway: listeners bound once (port 0 resolved for every worker),
+//! the webhook and health threads, one pinned worker per core; then a graceful drain on stop.
+//! Used by `main` (run, demo) and by tests that want the gateway in-process.
+
+use crate::balancer::BackendSet;
+use crate::config::Config;
+use crate::core::{CoreCtx, Shared};
+use crate::cores::{self, Driver};
+use crate::metrics::{CoreMetrics, Registry};
+use crate::webhook::{self, WebhookHandle, WebhookStats};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub struct Options {
+    /// Print each usage record as a JSON line on stdout (`llmproxy demo`).
+    pub echo_records: bool,
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub driver: Driver,
+    shutdown: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    health: Option<JoinHandle<()>>,
+    health_stop: Arc<AtomicBool>,
+    webhook: Option<WebhookHandle>,
+}
+
+/// A SO_REUSEPORT listener; every worker gets its own on the same address.
+pub fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+impl Gateway {
+    pub fn start(config: Config, opts: Options) -> io::Result<Gateway> {
+        let config = Arc::new(config);
+        let driver = cores::choose_driver(config.runtime.driver)?;
+        let available = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
+        let plan = cores::plan(&config.runtime, available);
+
+        // Bind before starting anything: a taken port fails fast.
+        let first = reuse_port_listener(config.listen)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
+        let addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..plan.len() {
+            listeners.push(reuse_port_listener(addr)?);
+        }
+        let admin =
+            match config.admin_listen {
+                Some(a) => Some(reuse_port_listener(a).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on admin_listen {a}: {e}"))
+                })?),
+                None => None,
+            };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+
+        let stats = Arc::new(WebhookStats::default());
+        let (sink, webhook) = webhook::start(&config.usage_hook, stats.clone(), opts.echo_records)?;
+        let backends = Arc::new(BackendSet::new(config.backends.clone(), config.strategy));
+        let core_metrics: Vec<Arc<CoreMetrics>> =
+            (0..plan.len()).map(|_| Arc::new(CoreMetrics::new(backends.len()))).collect();
+        let depth_sink = sink.clone();
+        let registry = Arc::new(Registry {
+            backend_names: config.backends.iter().map(|b| b.url.clone()).collect(),
+            cores: core_metrics.clone(),
+            backends: backends.clone(),
+            webhook: stats,
+            queue_depth: Box::new(move || depth_sink.queue_depth()),
+        });
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            backends: backends.clone(),
+            registry,
+            records: Arc::new(move |r| sink.submit(r)),
+            shutdown: shutdown.clone(),
+            id_prefix: format!(
+                "{:08x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as u32)
+            ),
+        });
+
+        let health_stop = Arc::new(AtomicBool::new(false));
+        let health =
+            crate::health::spawn(backends.clone(), config.health_check.clone(), health_stop.clone())?;
+
+        log::info!("listening on {addr}");
+        if let Some(a) = admin_addr {
+            log::info!("admin endpoints (/health, /metrics) on {a}");
+        }
+        for b in &config.backends {
+            log::info!(
+                "backend {} (weight {}{})",
+                b.url,
+                b.weight,
+                if b.models.is_empty() { String::new() } else { format!(", models {:?}", b.models) }
+            );
+        }
+        let pinned: Vec<String> =
+            plan.iter().map(|c| c.map_or("unpinned".to_string(), |c| c.to_string())).collect();
+        log::info!("I/O driver {}; {} workers on cores [{}]", driver.name(), plan.len(), pinned.join(", "));
+
+        let workers_n = plan.len();
+        let mut admin = admin;
+        let mut workers = Vec::with_capacity(workers_n);
+        for (i, (core, listener)) in plan.into_iter().zip(listeners).enumerate() {
+            let shared = shared.clone();
+            let metrics = core_metrics[i].clone();
+            let admin_listener = if i == 0 { admin.take() } else { None };
+            let t = std::thread::Builder::new().name(format!("llmproxy-core-{i}")).spawn(move || {
+                if let Some(c) = core {
+                    if !cores::pin(c) {
+                        log::warn!("worker {i}: could not pin to core {c}");
+                    }
+                }
+                let run = cores::run_on(driver, || async move {
+                    let ctx = Rc::new(CoreCtx::new(shared.clone(), i, workers_n, metrics.clone()));
+                    if let Some(al) = admin_listener {
+                        match monoio::net::TcpListener::from_std(al) {
+                            Ok(l) => {
+                                let actx =
+                                    Rc::new(CoreCtx::new(shared.clone(), i, workers_n, metrics).admin_only());
+                                monoio::spawn(crate::server::serve(l, actx));
+                            }
+                            Err(e) => log::error!("admin listener: {e}"),
+                        }
+                    }
+                    match monoio::net::TcpListener::from_std(listener) {
+                        Ok(l) => crate::server::serve(l, ctx).await,
+                        Err(e) => log::error!("worker {i}: cannot use listener: {e}"),
+                    }
+                });
+                if let Err(e) = run {
+                    log::error!("worker {i}: cannot start the {} runtime: {e}", driver.name());
+                }
+            })?;
+            workers.push(t);
+        }
+        Ok(Gateway {
+            addr,
+            admin_addr,
+            driver,
+            shutdown,
+            workers,
+            health: Some(health),
+            health_stop,
+            webhook: Some(webhook),
+        })
+    }
+
+    /// The flag that starts a graceful stop when set (signal handlers set it).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, waits for in-flight requests (up to `shutdown_grace`), stops the health
+    /// thread, and flushes every pending usage record to the webhook or the spool.
+    pub fn stop(mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                log::error!("a worker thread panicked");
+            }
+        }
+        self.health_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.health.take() {
+            let _ = h.join();
+        }
+        if let Some(w) = self.webhook.take() {
+            w.shutdown();
+        }
+    }
+
+    /// Blocks until the shutdown flag is set, then stops.
+    pub fn run_until_shutdown(self) {
+        while !self.shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        log::info!("shutting down: draining in-flight requests");
+        self.stop();
+        log::info!("stopped");
+    }
+}

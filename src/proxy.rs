@@ -1,0 +1,214 @@
+//! A proxied request from body to usage record: read the gateway's fields, authenticate, inject
+//! include_usage, pick a backend, retry once on a connection failure before any response byte,
+//! and emit exactly one usage record. Runs on core threads.
+
+use crate::auth;
+use crate::config::IncludeUsage;
+use crate::core::CoreCtx;
+use crate::error::GatewayError;
+use crate::http1::RequestHead;
+use crate::record::{rfc3339_now, RecordStatus, UsageRecord};
+use crate::relay::{self, End, Outcome, Outgoing};
+use crate::request;
+use crate::upstream;
+use crate::watch::ClientWatch;
+use monoio::net::TcpStream;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+
+/// A client request ready to proxy.
+pub struct Request<'a> {
+    pub head: &'a RequestHead,
+    pub head_bytes: &'a [u8],
+    pub body: &'a [u8],
+    pub request_id: &'a str,
+    pub started: Instant,
+    pub arrived: SystemTime,
+    pub keep_alive: bool,
+}
+
+/// Proxies one request; returns whether the client connection stays open.
+pub async fn proxy(
+    ctx: &CoreCtx,
+    client: &mut TcpStream,
+    watch: Option<&ClientWatch>,
+    req: &Request<'_>,
+) -> bool {
+    let cfg = &ctx.shared.config;
+    let endpoint = req.head.endpoint;
+    let info = match request::scan(req.body) {
+        Ok(i) => i,
+        Err(e) => return reject(ctx, client, req, GatewayError::BadRequest(e.0), false).await,
+    };
+
+    // Who is calling.
+    let key = req.head.api_key.as_deref();
+    let matched = key.and_then(|k| auth::lookup(&cfg.auth, k));
+    if cfg.auth.required && matched.is_none() {
+        return reject(ctx, client, req, GatewayError::Unauthorized, info.stream).await;
+    }
+    let user_id =
+        matched.map(str::to_string).or_else(|| req.head.user_header.clone()).or_else(|| info.user.clone());
+    let api_key = key.and_then(|k| auth::format_key(k, cfg.usage_hook.api_key_format));
+
+    let edit = if cfg.usage_hook.include_usage == IncludeUsage::Inject && endpoint.takes_stream_options() {
+        info.include_usage_edit()
+    } else {
+        None
+    };
+    let out = Outgoing {
+        head: req.head,
+        head_bytes: req.head_bytes,
+        body: req.body,
+        edit,
+        request_id: req.request_id,
+        client_keep_alive: req.keep_alive,
+        strip_usage_only: edit.is_some(),
+    };
+
+    let set = &ctx.shared.backends;
+    let mut record = UsageRecord {
+        request_id: req.request_id.to_string(),
+        user_id,
+        api_key,
+        model: info.model.clone(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        total_tokens: 0,
+        is_stream: info.stream,
+        endpoint: endpoint.path().to_string(),
+        timestamp: rfc3339_now(req.arrived),
+        backend_url: None,
+        status: RecordStatus::Ok,
+        http_status: 0,
+        duration_ms: 0,
+        ttft_ms: None,
+        usage_missing: false,
+    };
+    let mut exclude = None;
+    let mut retried = false;
+    let (backend, result) = loop {
+        let b = match ctx.balancer.borrow_mut().pick(set, info.model.as_deref(), exclude) {
+            Ok(b) => b,
+            Err(e) => break (None, Err(e)),
+        };
+        set.begin(b);
+        ctx.metrics.inflight[b].fetch_add(1, Relaxed);
+        let outcome = attempt(ctx, b, client, watch, &out, req.started).await;
+        set.end(b);
+        ctx.metrics.inflight[b].fetch_sub(1, Relaxed);
+        match outcome {
+            Outcome::Retryable { connect, error } => {
+                if connect {
+                    ctx.pool.borrow_mut().clear(b);
+                    if set.set_up(b, false) {
+                        log::warn!(
+                            "request_id={} backend {} marked down: connect failed",
+                            req.request_id,
+                            set.backends[b].url
+                        );
+                    }
+                }
+                if retried {
+                    break (Some(b), Err(error));
+                }
+                log::info!(
+                    "request_id={} retrying after connection failure on {}",
+                    req.request_id,
+                    set.backends[b].url
+                );
+                retried = true;
+                exclude = Some(b);
+            }
+            other => break (Some(b), Ok(other)),
+        }
+    };
+    record.backend_url = backend.map(|b| set.backends[b].url.clone());
+    let keep = match result {
+        Err(e) | Ok(Outcome::Failed(e)) => {
+            record.status = RecordStatus::BackendError;
+            record.http_status = e.status();
+            if backend.is_none() {
+                record.status = RecordStatus::Rejected;
+            }
+            log::warn!("request_id={} failed: {} ({})", req.request_id, e.message(), e.status());
+            crate::connection::answer_error(client, &e, req.request_id, !req.keep_alive).await
+                && req.keep_alive
+        }
+        Ok(Outcome::ClientGone) => {
+            record.status = RecordStatus::ClientDisconnected;
+            record.http_status = 499;
+            false
+        }
+        Ok(Outcome::Relayed(r)) => {
+            record.http_status = r.status;
+            record.status = match r.end {
+                End::Complete => RecordStatus::Ok,
+                End::ClientGone => RecordStatus::ClientDisconnected,
+                End::BackendBroke => RecordStatus::BackendError,
+            };
+            record.ttft_ms = r.ttft.map(|t| t.as_millis() as u64);
+            if let Some(t) = r.ttft.filter(|_| info.stream) {
+                ctx.metrics.ttft.observe(t.as_millis() as u64);
+            }
+            match r.usage {
+                Some(u) => {
+                    record.prompt_tokens = u.prompt_tokens;
+                    record.completion_tokens = u.completion_tokens;
+                    record.total_tokens = u.total_tokens;
+                }
+                None => record.usage_missing = (200..300).contains(&r.status),
+            }
+            r.client_reusable
+        }
+        Ok(Outcome::Retryable { .. }) => unreachable!("retryable outcomes are resolved in the loop"),
+    };
+    let elapsed = req.started.elapsed();
+    record.duration_ms = elapsed.as_millis() as u64;
+    ctx.metrics.latency.observe(record.duration_ms);
+    ctx.metrics.request(endpoint, info.stream, backend, record.http_status);
+    (ctx.shared.records)(record);
+    keep
+}
+
+/// One try on backend `b`: a pooled connection or a new one, then the exchange.
+async fn attempt(
+    ctx: &CoreCtx,
+    b: usize,
+    client: &mut TcpStream,
+    watch: Option<&ClientWatch>,
+    out: &Outgoing<'_>,
+    started: Instant,
+) -> Outcome {
+    let pooled = ctx.pool.borrow_mut().take(b);
+    let conn = match pooled {
+        Some(c) => c,
+        None => {
+            let addr = ctx.shared.backends.backends[b].addr;
+            match upstream::connect(addr, ctx.shared.config.limits.upstream_connect_timeout).await {
+                Ok(c) => c,
+                Err(_) => {
+                    return Outcome::Retryable {
+                        connect: true,
+                        error: GatewayError::BadGateway("backend unreachable"),
+                    }
+                }
+            }
+        }
+    };
+    relay::exchange(ctx, b, conn, client, watch, out, started).await
+}
+
+/// Answers a request the gateway refuses before any backend sees it (no usage record: nothing
+/// was consumed).
+async fn reject(
+    ctx: &CoreCtx,
+    client: &mut TcpStream,
+    req: &Request<'_>,
+    e: GatewayError,
+    stream: bool,
+) -> bool {
+    ctx.metrics.request(req.head.endpoint, stream, None, e.status());
+    let close = !req.keep_alive || e.closes_connection();
+    crate::connection::answer_error(client, &e, req.request_id, close).await && !close
+}

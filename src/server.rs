@@ -1,0 +1,55 @@
+//! The per-core accept loop: `serve(listener, ctx)` accepts on this core's SO_REUSEPORT listener
+//! until shutdown, spawns a task per connection, then drains in-flight requests up to the grace.
+
+use crate::connection;
+use crate::core::CoreCtx;
+use crate::error::GatewayError;
+use monoio::net::TcpListener;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Resolves once the shared shutdown flag is set (checked every 50 ms, one timer per core).
+async fn shutdown_signal(ctx: Rc<CoreCtx>) {
+    while !ctx.shared.shutting_down() {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Serves connections accepted on `listener` until shutdown, then waits for in-flight requests
+/// (at most `shutdown_grace`). Idle keep-alive connections are closed when this returns.
+pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
+    let mut stop = std::pin::pin!(shutdown_signal(ctx.clone()));
+    loop {
+        monoio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if ctx.connections.get() >= ctx.max_connections {
+                        monoio::spawn(refuse(stream, ctx.clone()));
+                        continue;
+                    }
+                    monoio::spawn(connection::handle(ctx.clone(), stream, Instant::now()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    log::warn!("accept failed on core {}: {e}", ctx.core);
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + ctx.shared.config.shutdown_grace;
+    while ctx.inflight.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if ctx.inflight.get() > 0 {
+        log::warn!("core {}: shutdown grace over with {} requests in flight", ctx.core, ctx.inflight.get());
+    }
+}
+
+/// Over `max_connections`: a 503 and close.
+async fn refuse(mut stream: monoio::net::TcpStream, ctx: Rc<CoreCtx>) {
+    let rid = ctx.new_request_id();
+    let _ = connection::answer_error(&mut stream, &GatewayError::Overloaded, &rid, true).await;
+}
