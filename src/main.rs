@@ -32,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print which I/O drivers this machine allows (io_uring needs a recent kernel and no seccomp block)
+    Drivers,
     /// Run the gateway on 127.0.0.1:8080 in front of a built-in simulated backend, printing each
     /// usage record as a JSON line on stdout
     Demo {
@@ -86,6 +88,13 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Demo { listen }) => demo(listen),
+        Some(Command::Drivers) => {
+            let uring = monoio::utils::detect_uring();
+            println!("io_uring: {}", if uring { "available" } else { "unavailable" });
+            println!("epoll: available");
+            println!("auto: {}", if uring { "io_uring" } else { "epoll" });
+            ExitCode::SUCCESS
+        }
         None if cli.check_config => check_config(&cli.config),
         None => run(&cli.config),
     }

