@@ -113,7 +113,17 @@ impl Gateway {
         }
         let pinned: Vec<String> =
             plan.iter().map(|c| c.map_or("unpinned".to_string(), |c| c.to_string())).collect();
-        log::info!("I/O driver {}; {} workers on cores [{}]", driver.name(), plan.len(), pinned.join(", "));
+        let setup = if driver == Driver::IoUring {
+            format!(" (ring setup: {})", cores::uring_flags())
+        } else {
+            String::new()
+        };
+        log::info!(
+            "I/O driver {}{setup}; {} workers on cores [{}]",
+            driver.name(),
+            plan.len(),
+            pinned.join(", ")
+        );
 
         let workers_n = plan.len();
         let mut admin = admin;
