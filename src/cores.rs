@@ -68,6 +68,33 @@ pub fn plan(cfg: &RuntimeConfig, available: usize) -> Vec<Option<usize>> {
         .collect()
 }
 
+/// io_uring setup flags. Default: cooperative task running (no interrupt of the core when a
+/// completion arrives), single issuer and deferred task running (completions are reaped only when
+/// the core asks, in its one `io_uring_enter` per loop). `LLMPROXY_URING_FLAGS` (comma list of
+/// `coop`, `single`, `defer`, or `none`) overrides, for benchmarking.
+pub fn uring_flags() -> String {
+    std::env::var("LLMPROXY_URING_FLAGS").unwrap_or_else(|_| "coop,single,defer".to_string())
+}
+
+fn uring_builder(flags: &str) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    for f in flags.split(',').map(str::trim) {
+        match f {
+            "coop" => {
+                b.setup_coop_taskrun();
+            }
+            "single" => {
+                b.setup_single_issuer();
+            }
+            "defer" => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            _ => {}
+        }
+    }
+    b
+}
+
 /// Runs `make()`'s future on a fresh monoio runtime of the given driver on this thread.
 pub fn run_on<F, Fut>(driver: Driver, make: F) -> io::Result<()>
 where
@@ -76,10 +103,22 @@ where
 {
     match driver {
         Driver::IoUring => {
-            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(1024)
-                .enable_timer()
-                .build()?;
+            let flags = uring_flags();
+            let build = |flags: &str| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(1024)
+                    .uring_builder(uring_builder(flags))
+                    .enable_timer()
+                    .build()
+            };
+            let mut rt = match build(&flags) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    // Older kernels reject newer setup flags: run without them.
+                    log::warn!("io_uring setup flags [{flags}] rejected ({e}); using none");
+                    build("none")?
+                }
+            };
             rt.block_on(make());
         }
         Driver::Epoll => {
