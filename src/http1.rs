@@ -162,6 +162,15 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Keep-alive after a `Connection` header with `value`, given the version's default.
+fn connection_keep_alive(value: &[u8], default: bool) -> bool {
+    if has_token(value, b"close") {
+        false
+    } else {
+        has_token(value, b"keep-alive") || default
+    }
+}
+
 /// True when the comma-separated `list` contains `token` (case-insensitive).
 pub fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
@@ -224,11 +233,7 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
             continue;
         }
         if name.eq_ignore_ascii_case(b"connection") {
-            if has_token(value, b"close") {
-                keep_alive = false;
-            } else if has_token(value, b"keep-alive") {
-                keep_alive = true;
-            }
+            keep_alive = connection_keep_alive(value, keep_alive);
             connection_tokens = Some(value);
             continue;
         }
@@ -359,11 +364,7 @@ pub fn parse_response(buf: &[u8]) -> Parse<ResponseHead> {
             continue;
         }
         if name.eq_ignore_ascii_case(b"connection") {
-            if has_token(value, b"close") {
-                keep_alive = false;
-            } else if has_token(value, b"keep-alive") {
-                keep_alive = true;
-            }
+            keep_alive = connection_keep_alive(value, keep_alive);
             connection_tokens = Some(value);
             continue;
         }
@@ -411,6 +412,7 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
+        424 => "Failed Dependency",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

@@ -3,8 +3,9 @@
 
 use super::api::{self, alnum, hex, rand64};
 use super::flavor::{self, Ctx, Ev};
-use super::http::{http_date, reason, Framing, Out, ReadError, Reader, Request};
+use super::http::{http_date, Framing, Out, ReadError, Reader, Request};
 use super::{Flavor, RecordedRequest, Shared};
+use crate::http1::reason;
 use serde_json::Value;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
