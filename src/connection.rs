@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// How long an idle keep-alive connection may wait for its next request.
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 /// Read size for client bytes.
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 /// A connection's input buffer above this size is released after the request.
 const KEEP_INBUF: usize = 64 * 1024;
 
