@@ -43,7 +43,6 @@ fn webhook_outage_under_load_loses_nothing() {
     let b = mock(Flavor::Vllm);
     let r = Receiver::start_down();
     let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
-    let addr = gw.addr;
     let watcher = spool_seen(gw.addr);
     let mut done = load(gw.addr, "/v1/chat/completions", CHAT, 150, 8);
     done.extend(load(gw.addr, "/v1/chat/completions", STREAM, 150, 8));
