@@ -333,7 +333,9 @@ pub(super) fn stream(c: &Ctx) -> Vec<Ev> {
                 let ch = c.text_choice(i, &t, last);
                 let u = match f {
                     Flavor::Tgi if last && !c.no_usage => Some(c.usage(c.prompt_of(i), c.tokens, false)),
-                    Flavor::Llamacpp if last && !c.no_usage => Some(c.usage(p, c.tokens * choices, false)),
+                    // llama-server runs one task per prompt; each task's final chunk reports that
+                    // task's own usage (like TGI), not the request's total.
+                    Flavor::Llamacpp if last && !c.no_usage => Some(c.usage(c.prompt_of(i), c.tokens, false)),
                     _ => running(done),
                 };
                 evs.push(data_ev(i == 0, &c.envelope(&ch, u.as_deref(), evs.is_empty())));

@@ -1,0 +1,97 @@
+//! Helpers of the metering tests: webhook config sections, waiting for a request's usage record,
+//! reading `/metrics`, and a small concurrent load generator.
+#![allow(dead_code)]
+
+use crate::common::{connect, get, post, request, Receiver, Response};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A `[usage_hook]` section delivering to `r`, spooling into the gateway's temp dir, with quick
+/// retries so outages in tests resolve in well under a second; `extra` lines are appended.
+pub fn hook(r: &Receiver, extra: &str) -> String {
+    format!(
+        "[usage_hook]\nenabled = true\nurl = \"{}\"\nspool_dir = \"@SPOOL@\"\ntimeout = \"500ms\"\nretry = 0\nreplay_interval = \"100ms\"\n{extra}\n",
+        r.url()
+    )
+}
+
+/// The delivered record with this request_id, waiting up to 10 s for it.
+pub fn record_for(r: &Receiver, id: &str) -> Value {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = r.delivered().into_iter().find(|v| v["request_id"] == id) {
+            return v;
+        }
+        assert!(Instant::now() < end, "no usage record for {id}; delivered: {:?}", r.delivered());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many delivered records carry this request_id.
+pub fn count_for(r: &Receiver, id: &str) -> usize {
+    r.delivered().iter().filter(|v| v["request_id"] == id).count()
+}
+
+/// The response's x-request-id.
+pub fn rid(resp: &Response) -> String {
+    resp.header("x-request-id").expect("x-request-id on every response").to_string()
+}
+
+/// The value of one series of `/metrics` (`name` or `name{labels}` exactly as rendered).
+pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let r = request(addr, &get("/metrics"));
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().expect("metric value"))
+}
+
+/// Backend usage as the client saw it in a JSON body, mapped onto prompt/completion/total.
+pub fn body_usage(body: &Value) -> (u64, u64, u64) {
+    let u = &body["usage"];
+    assert!(u.is_object(), "backend body has no usage: {body}");
+    let g = |a: &str, b: &str| u[a].as_u64().or_else(|| u[b].as_u64());
+    let p = g("prompt_tokens", "input_tokens").unwrap_or(0);
+    let c = g("completion_tokens", "output_tokens").unwrap_or(0);
+    (p, c, u["total_tokens"].as_u64().unwrap_or(p + c))
+}
+
+/// The record's (prompt, completion, total) tokens.
+pub fn rec_tokens(rec: &Value) -> (u64, u64, u64) {
+    let g = |k: &str| rec[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {rec}"));
+    (g("prompt_tokens"), g("completion_tokens"), g("total_tokens"))
+}
+
+/// One finished request of [`load`].
+pub struct Done {
+    pub id: String,
+    pub status: u16,
+    pub elapsed: Duration,
+}
+
+/// `total` requests with `body` on `clients` keep-alive connections in parallel.
+pub fn load(addr: SocketAddr, path: &str, body: &str, total: usize, clients: usize) -> Vec<Done> {
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let n = total / clients + usize::from(t < total % clients);
+            let (path, body) = (path.to_string(), body.to_string());
+            std::thread::spawn(move || {
+                let mut out = Vec::with_capacity(n);
+                let mut c = connect(addr);
+                for _ in 0..n {
+                    let t0 = Instant::now();
+                    let r = c.request(&post(&path, &body, ""));
+                    out.push(Done { id: rid(&r), status: r.status, elapsed: t0.elapsed() });
+                    if r.closed || r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                        c = connect(addr);
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    threads.into_iter().flat_map(|t| t.join().expect("load thread")).collect()
+}
