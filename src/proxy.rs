@@ -147,7 +147,7 @@ pub async fn proxy(
                 End::ClientGone => RecordStatus::ClientDisconnected,
                 End::BackendBroke => RecordStatus::BackendError,
             };
-            record.ttft_ms = r.ttft.map(|t| t.as_millis() as u64);
+            record.ttft_ms = r.ttft.filter(|_| info.stream).map(|t| t.as_millis() as u64);
             if let Some(t) = r.ttft.filter(|_| info.stream) {
                 ctx.metrics.ttft.observe(t.as_millis() as u64);
             }

@@ -129,6 +129,8 @@ fn check_flavour(flavor: Flavor) {
         if case.stream {
             let ttft = rec["ttft_ms"].as_u64().unwrap_or_else(|| panic!("{what}: no ttft_ms in {rec}"));
             assert!((25..=duration).contains(&ttft), "{what}: ttft_ms {ttft}, duration_ms {duration}");
+        } else {
+            assert_eq!(rec["ttft_ms"], Value::Null, "{what}: time to first token is for streams only");
         }
         ids.push(id);
     }
