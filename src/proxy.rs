@@ -99,8 +99,10 @@ pub async fn proxy(
         ctx.metrics.inflight[b].fetch_sub(1, Relaxed);
         match outcome {
             Outcome::Retryable { connect, error } => {
+                // A refused connect or a pooled connection the backend had closed: the other idle
+                // connections to it are as old (a restart closed them all), so none is reused.
+                ctx.pool.borrow_mut().clear(b);
                 if connect {
-                    ctx.pool.borrow_mut().clear(b);
                     if set.set_up(b, false) {
                         log::warn!(
                             "request_id={} backend {} marked down: connect failed",
