@@ -102,14 +102,12 @@ pub async fn proxy(
                 // A refused connect or a pooled connection the backend had closed: the other idle
                 // connections to it are as old (a restart closed them all), so none is reused.
                 ctx.pool.borrow_mut().clear(b);
-                if connect {
-                    if set.set_up(b, false) {
-                        log::warn!(
-                            "request_id={} backend {} marked down: connect failed",
-                            req.request_id,
-                            set.backends[b].url
-                        );
-                    }
+                if connect && set.set_up(b, false) {
+                    log::warn!(
+                        "request_id={} backend {} marked down: connect failed",
+                        req.request_id,
+                        set.backends[b].url
+                    );
                 }
                 if retried {
                     break (Some(b), Err(error));
