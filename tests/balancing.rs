@@ -55,21 +55,23 @@ fn round_robin_is_even() {
     assert!(counts.iter().all(|&c| (95..=105).contains(&c)), "round robin over 300: {counts:?}");
 }
 
-/// Share of `n` concurrent requests that went to the slow backend under `strategy`.
-fn slow_share(strategy: &str) -> (usize, usize) {
-    let slow = mock_with(Flavor::Vllm, 1500, 0, 1);
+/// How `n` requests from 4 concurrent clients split between a slow and a fast backend under `strategy`.
+fn slow_share(strategy: &str, n: usize) -> (usize, usize) {
+    let slow = mock_with(Flavor::Vllm, 800, 0, 1);
     let fast = mock_with(Flavor::Vllm, 1, 0, 1);
     let extra = format!("[balancer]\nstrategy = \"{strategy}\"\n");
     let gw = Gateway::start(&config_for(&[slow.url(), fast.url()], &extra));
-    let st = load(gw.addr, 48, 4, "");
+    let t = std::time::Instant::now();
+    let st = load(gw.addr, n, 4, "");
+    eprintln!("{strategy}: {n} requests in {:?}", t.elapsed());
     assert!(st.iter().all(|&s| s == 200), "{st:?}");
     (hits(&slow, CHAT), hits(&fast, CHAT))
 }
 
 #[test]
 fn least_connections_prefers_the_less_loaded_backend() {
-    let (ls, lf) = slow_share("least_connections");
-    let (rs, rf) = slow_share("round_robin");
+    let (ls, lf) = slow_share("least_connections", 48);
+    let (rs, rf) = slow_share("round_robin", 16);
     eprintln!("least_connections slow:fast {ls}:{lf}; round_robin {rs}:{rf}");
     assert_eq!(ls + lf, 48);
     assert!(ls * 4 <= lf, "least_connections sent {ls} of 48 to the slow backend");

@@ -104,7 +104,7 @@ impl Client {
         let chunked = resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         let length: Option<usize> = resp.header("content-length").and_then(|v| v.parse().ok());
         let close = resp.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if status == 204 || status == 304 || (status >= 100 && status < 200) {
+        if status == 204 || status == 304 || (100..200).contains(&status) {
             return resp;
         }
         if chunked {

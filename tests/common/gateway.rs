@@ -124,8 +124,7 @@ impl Gateway {
     /// Stops and returns the temp dir (spool kept) for a restart.
     pub fn stop_keep_dir(mut self) -> tempfile::TempDir {
         assert_eq!(self.terminate(), Some(0), "gateway exit code; log:\n{}", self.log_text());
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 }
 
