@@ -232,7 +232,10 @@ async fn serve_request(
         // The body was not read: keep the connection only when there is none.
         let close = !keep || head.body != BodyFraming::None;
         ctx.metrics.request(endpoint, false, None, e.status());
-        return answer_error(client, &e, &rid, close).await && !close;
+        let keep = answer_error(client, &e, &rid, close).await && !close;
+        // Consume the head, or the next turn of the keep-alive loop would serve it again.
+        inbuf.drain(..head.head_len);
+        return keep;
     }
     let (body, next) = match read_body(ctx, client, inbuf, &head).await {
         Ok(b) => b,

@@ -99,15 +99,15 @@ pub async fn proxy(
         ctx.metrics.inflight[b].fetch_sub(1, Relaxed);
         match outcome {
             Outcome::Retryable { connect, error } => {
-                if connect {
-                    ctx.pool.borrow_mut().clear(b);
-                    if set.set_up(b, false) {
-                        log::warn!(
-                            "request_id={} backend {} marked down: connect failed",
-                            req.request_id,
-                            set.backends[b].url
-                        );
-                    }
+                // A refused connect or a pooled connection the backend had closed: the other idle
+                // connections to it are as old (a restart closed them all), so none is reused.
+                ctx.pool.borrow_mut().clear(b);
+                if connect && set.set_up(b, false) {
+                    log::warn!(
+                        "request_id={} backend {} marked down: connect failed",
+                        req.request_id,
+                        set.backends[b].url
+                    );
                 }
                 if retried {
                     break (Some(b), Err(error));

@@ -1,0 +1,197 @@
+//! Relay fidelity: real backend transcripts come out byte-identical for every framing and every
+//! split position; events keep the backend's pacing; a client that leaves stops the backend.
+mod common;
+use common::replay::{fixtures, split_events, Framing, Replay, Reply};
+use common::*;
+use llmproxy::mock::Flavor;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+const STREAM_USAGE: &str = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM_PLAIN: &str = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const FRAMINGS: [Framing; 5] = [
+    Framing::ChunkedPerEvent,
+    Framing::ChunkedEvery(7),
+    Framing::ChunkedEvery(4096),
+    Framing::Length,
+    Framing::Close,
+];
+
+/// The fixture as a client that did not ask for usage sees it: usage-only events cut.
+fn without_usage_only(body: &[u8]) -> Vec<u8> {
+    let needle = br#""choices":[]"#;
+    split_events(body)
+        .into_iter()
+        .filter(|e| !e.windows(needle.len()).any(|w| w == needle))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+fn status_of(name: &str) -> u16 {
+    name.split("error_").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse().ok()).unwrap_or(200)
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn fixtures_relay_byte_identical_in_every_framing() {
+    let sse = fixtures("sse");
+    let json = fixtures("json");
+    if sse.is_empty() && json.is_empty() {
+        return;
+    }
+    let rep = Replay::start(Reply::new(200, "text/plain", b"", Framing::Length));
+    let gw = Gateway::start(&config_for(&[rep.url()], ""));
+    let mut c = connect(gw.addr);
+    let mut checked = 0;
+    for (name, body) in &sse {
+        for framing in FRAMINGS {
+            rep.set(Reply::new(200, "text/event-stream; charset=utf-8", body, framing));
+            let r = c.request(&post("/v1/chat/completions", STREAM_USAGE, ""));
+            assert_eq!(r.status, 200, "{name} {framing:?}");
+            assert_eq!(r.header("content-type"), Some("text/event-stream; charset=utf-8"), "{name}");
+            assert!(
+                r.body == *body,
+                "{name} {framing:?}: body differs\n got: {}\nwant: {}",
+                show(&r.body),
+                show(body)
+            );
+            // The gateway injected include_usage: the usage-only event is cut, nothing else.
+            let r = c.request(&post("/v1/chat/completions", STREAM_PLAIN, ""));
+            let want = without_usage_only(body);
+            assert!(
+                r.body == want,
+                "{name} {framing:?} (injected): body differs\n got: {}\nwant: {}",
+                show(&r.body),
+                show(&want)
+            );
+            checked += 1;
+        }
+    }
+    for (name, body) in &json {
+        let status = status_of(name);
+        for framing in FRAMINGS {
+            rep.set(Reply::new(status, "application/json", body, framing));
+            let r = c.request(&post("/v1/chat/completions", &chat("m"), ""));
+            assert_eq!(r.status, status, "{name} {framing:?}");
+            assert_eq!(r.header("content-type"), Some("application/json"), "{name}");
+            assert!(
+                r.body == *body,
+                "{name} {framing:?}: body differs\n got: {}\nwant: {}",
+                show(&r.body),
+                show(body)
+            );
+            checked += 1;
+        }
+    }
+    // The backend saw the injected option exactly on the plain stream requests.
+    let seen = rep.seen();
+    let injected = seen.iter().filter(|s| show(&s.body).contains("\"include_usage\":true")).count();
+    assert_eq!(injected, 2 * sse.len() * FRAMINGS.len());
+    eprintln!("checked {checked} fixture/framing pairs");
+}
+
+#[test]
+fn every_split_position_gives_identical_output() {
+    let Some(dir) = common::replay::fixtures_dir() else { return };
+    let body = std::fs::read(dir.join("vllm/chat_stream_usage.sse")).expect("fixture");
+    let stripped = without_usage_only(&body);
+    assert!(stripped.len() < body.len(), "the fixture has a usage-only event");
+    let rep = Replay::start(Reply::new(200, "text/event-stream", &body, Framing::ChunkedPerEvent));
+    let gw = Gateway::start(&config_for(&[rep.url()], ""));
+    let mut c = connect(gw.addr);
+    let t0 = Instant::now();
+    for framing in [Framing::ChunkedPerEvent, Framing::Length] {
+        let mut reply = Reply::new(200, "text/event-stream", &body, framing);
+        let wire = reply.wire_body();
+        for at in 1..wire.len() {
+            reply.split_at = Some(at);
+            rep.set(reply.clone());
+            let r = c.request(&post("/v1/chat/completions", STREAM_USAGE, ""));
+            assert!(r.body == body, "{framing:?} split at {at}: got {}", show(&r.body));
+            if framing == Framing::ChunkedPerEvent {
+                // With the injected option the usage-only event is held and cut at every split.
+                let r = c.request(&post("/v1/chat/completions", STREAM_PLAIN, ""));
+                assert!(r.body == stripped, "{framing:?} split at {at} (injected): got {}", show(&r.body));
+            }
+        }
+    }
+    eprintln!("split positions checked in {:?}", t0.elapsed());
+}
+
+#[test]
+fn events_keep_the_backend_pacing() {
+    let m = mock(Flavor::Vllm);
+    let gw = Gateway::start(&config_for(&[m.url()], ""));
+    let r = request(
+        gw.addr,
+        &post(
+            "/v1/chat/completions",
+            STREAM_USAGE,
+            "x-mock-itl-ms: 60\r\nx-mock-tokens: 6\r\nx-mock-ttft-ms: 10\r\n",
+        ),
+    );
+    assert_eq!(r.status, 200);
+    // Times at which each content event arrived (one piece may hold several events).
+    let mut times = Vec::new();
+    for (t, data) in &r.pieces {
+        for ev in split_events(data) {
+            if show(ev).contains("\"content\":\"") && !show(ev).contains("\"content\":\"\"") {
+                times.push(*t);
+            }
+        }
+    }
+    assert!(times.len() >= 6, "expected 6 token events, got {} in {}", times.len(), r.text());
+    for w in times.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_millis(30), "events bunched: arrival times {times:?}");
+    }
+    let end = r.pieces.last().unwrap().0;
+    assert!(
+        times[0] + Duration::from_millis(200) < end,
+        "first event came only at the end: {times:?}, end {end:?}"
+    );
+}
+
+/// Reads from `s` until `n` SSE `data:` lines have arrived (bounded by a read timeout).
+fn read_events(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while show(&got).matches("data:").count() < n {
+        let k = s.read(&mut tmp).expect("read stream");
+        assert!(k > 0, "stream closed early: {}", show(&got));
+        got.extend_from_slice(&tmp[..k]);
+    }
+    got
+}
+
+#[test]
+fn client_disconnect_mid_stream_stops_the_backend() {
+    let m = mock(Flavor::Vllm);
+    let gw = Gateway::start(&config_for(&[m.url()], ""));
+    // A second stream runs alongside and must complete untouched.
+    let addr = gw.addr;
+    let other = std::thread::spawn(move || {
+        request(
+            addr,
+            &post("/v1/chat/completions", STREAM_PLAIN, "x-mock-itl-ms: 20\r\nx-mock-tokens: 40\r\n"),
+        )
+    });
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(&post("/v1/chat/completions", STREAM_PLAIN, "x-mock-itl-ms: 100\r\nx-mock-tokens: 100\r\n"))
+        .unwrap();
+    read_events(&mut s, 2);
+    let left = Instant::now();
+    drop(s);
+    eventually(3, "the backend saw the stream aborted", || m.streams_aborted() == 1);
+    assert!(left.elapsed() < Duration::from_millis(1500), "abort took {:?}", left.elapsed());
+    let r = other.join().unwrap();
+    assert_eq!(r.status, 200);
+    let data = r.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{}", r.text());
+    assert!(data.iter().filter(|d| d.contains("\"content\":\"")).count() >= 40, "{}", r.text());
+    assert_eq!(m.streams_aborted(), 1);
+}
