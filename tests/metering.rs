@@ -238,7 +238,7 @@ fn missing_usage_is_recorded_and_counted() {
     let b = mock(Flavor::Vllm);
     let r = Receiver::start();
     let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
-    assert_eq!(metric(gw.addr, "llmproxy_usage_missing_total"), Some(0.0));
+    assert_eq!(metric(&metrics(gw.addr), "llmproxy_usage_missing_total"), Some(0.0));
     let mut ids = Vec::new();
     for body in [CHAT_STREAM, r#"{"model":"m","messages":[{"role":"user","content":"a b"}]}"#] {
         let resp = request(gw.addr, &post("/v1/chat/completions", body, "x-mock-no-usage: 1\r\n"));
@@ -252,7 +252,9 @@ fn missing_usage_is_recorded_and_counted() {
     // A response with usage is not counted.
     let resp = request(gw.addr, &post("/v1/chat/completions", CHAT_STREAM, ""));
     assert!(record_for(&r, &rid(&resp)).get("usage_missing").is_none());
-    eventually(5, "usage_missing_total = 2", || metric(gw.addr, "llmproxy_usage_missing_total") == Some(2.0));
+    eventually(5, "usage_missing_total = 2", || {
+        metric(&metrics(gw.addr), "llmproxy_usage_missing_total") == Some(2.0)
+    });
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -427,16 +429,18 @@ fn metrics_count_tokens_by_model_and_webhook_success() {
         ("other-model", "prompt", 1.0),
         ("other-model", "completion", 7.0),
     ];
-    eventually(5, "webhook success 6", || metric(gw.addr, "llmproxy_webhook_success_total") == Some(6.0));
+    eventually(5, "webhook success 6", || {
+        metric(&metrics(gw.addr), "llmproxy_webhook_success_total") == Some(6.0)
+    });
     for (model, kind, n) in want {
         let series = format!("llmproxy_tokens_total{{model=\"{model}\",kind=\"{kind}\"}}");
-        assert_eq!(metric(gw.addr, &series), Some(n), "{series}");
+        assert_eq!(metric(&metrics(gw.addr), &series), Some(n), "{series}");
     }
-    assert_eq!(metric(gw.addr, "llmproxy_webhook_failure_total"), Some(0.0));
-    assert_eq!(metric(gw.addr, "llmproxy_usage_missing_total"), Some(0.0));
+    assert_eq!(metric(&metrics(gw.addr), "llmproxy_webhook_failure_total"), Some(0.0));
+    assert_eq!(metric(&metrics(gw.addr), "llmproxy_usage_missing_total"), Some(0.0));
     let series = format!(
         "llmproxy_requests_total{{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"{}\",status=\"200\"}}",
         b.url()
     );
-    assert_eq!(metric(gw.addr, &series), Some(3.0), "{series}");
+    assert_eq!(metric(&metrics(gw.addr), &series), Some(3.0), "{series}");
 }

@@ -18,7 +18,7 @@ fn spool_seen(addr: std::net::SocketAddr) -> std::thread::JoinHandle<bool> {
     std::thread::spawn(move || {
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
-            if metric(addr, "llmproxy_spool_records").unwrap_or(0.0) > 0.0 {
+            if metric(&metrics(addr), "llmproxy_spool_records").unwrap_or(0.0) > 0.0 {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -53,8 +53,8 @@ fn webhook_outage_under_load_loses_nothing() {
     assert!(r.delivered().is_empty());
     r.up();
     assert_all_delivered(&r, &want, 30);
-    eventually(10, "spool drained", || metric(gw.addr, "llmproxy_spool_records") == Some(0.0));
-    assert_eq!(metric(gw.addr, "llmproxy_webhook_queue_depth"), Some(0.0));
+    eventually(10, "spool drained", || metric(&metrics(gw.addr), "llmproxy_spool_records") == Some(0.0));
+    assert_eq!(metric(&metrics(gw.addr), "llmproxy_webhook_queue_depth"), Some(0.0));
     let dups = r.delivered_ids().len() - want.len();
     eprintln!("outage under load: {} records, {dups} delivered twice", want.len());
 }
@@ -86,7 +86,7 @@ fn restart_with_a_non_empty_spool_delivers_everything() {
     r.up();
     let gw = Gateway::start_in(dir, &config, &[]);
     assert_all_delivered(&r, &want, 20);
-    eventually(10, "spool drained", || metric(gw.addr, "llmproxy_spool_records") == Some(0.0));
+    eventually(10, "spool drained", || metric(&metrics(gw.addr), "llmproxy_spool_records") == Some(0.0));
     // A graceful stop after an orderly replay leaves nothing to send twice.
     assert_eq!(r.delivered_ids().len(), want.len(), "duplicates: {:?}", r.delivered_ids());
     let dir = gw.stop_keep_dir();
@@ -113,7 +113,7 @@ fn overflow_spills_to_the_spool_without_slowing_requests() {
     );
     assert!(watcher.join().unwrap(), "overflowing records never reached the spool");
     assert_all_delivered(&r, &want, 30);
-    eventually(10, "spool drained", || metric(gw.addr, "llmproxy_spool_records") == Some(0.0));
+    eventually(10, "spool drained", || metric(&metrics(gw.addr), "llmproxy_spool_records") == Some(0.0));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! reading `/metrics`, and a small concurrent load generator.
 #![allow(dead_code)]
 
-use crate::common::{connect, get, post, request, Receiver, Response};
+use crate::common::{connect, post, Receiver, Response};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -36,17 +36,6 @@ pub fn count_for(r: &Receiver, id: &str) -> usize {
 /// The response's x-request-id.
 pub fn rid(resp: &Response) -> String {
     resp.header("x-request-id").expect("x-request-id on every response").to_string()
-}
-
-/// The value of one series of `/metrics` (`name` or `name{labels}` exactly as rendered).
-pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
-    let r = request(addr, &get("/metrics"));
-    assert_eq!(r.status, 200);
-    let text = r.text();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().expect("metric value"))
 }
 
 /// Backend usage as the client saw it in a JSON body, mapped onto prompt/completion/total.
