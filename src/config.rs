@@ -390,7 +390,9 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in messages.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        // Syntax first (one error: the parser cannot go on), then the shape of every key (all
+        // problems at once: unknown keys and wrong types are removed and reported), then values.
+        let syntax = |e: toml::de::Error| {
             let line = e.span().map(|s| {
                 text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
             });
@@ -401,13 +403,142 @@ impl Config {
                     None => format!("{origin}: {msg}"),
                 }],
             }
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(syntax)?;
         let mut p = Problems { origin, source: text, list: Vec::new() };
+        check_shape(&mut table, "", &mut p);
+        let raw: RawConfig = match RawConfig::deserialize(toml::Value::Table(table)) {
+            Ok(r) => r,
+            Err(e) => {
+                p.list.push(format!("{origin}: {}", e.message()));
+                return Err(ConfigError { problems: p.list });
+            }
+        };
         let cfg = convert(raw, &mut p);
         if p.list.is_empty() {
             Ok(cfg)
         } else {
             Err(ConfigError { problems: p.list })
+        }
+    }
+}
+
+/// The TOML type a key must have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+    StrList,
+    IntList,
+    Table,
+    TableList,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Str => "a string",
+            Kind::Int => "an integer",
+            Kind::Bool => "true or false",
+            Kind::StrList => "a list of strings",
+            Kind::IntList => "a list of integers",
+            Kind::Table => "a [section]",
+            Kind::TableList => "a list of [[sections]]",
+        }
+    }
+
+    fn fits(self, v: &toml::Value) -> bool {
+        use toml::Value as V;
+        match (self, v) {
+            (Kind::Str, V::String(_)) | (Kind::Int, V::Integer(_)) | (Kind::Bool, V::Boolean(_)) => true,
+            (Kind::Table, V::Table(_)) => true,
+            (Kind::StrList, V::Array(a)) => a.iter().all(|x| x.is_str()),
+            (Kind::IntList, V::Array(a)) => a.iter().all(|x| x.is_integer()),
+            (Kind::TableList, V::Array(a)) => a.iter().all(|x| x.is_table()),
+            _ => false,
+        }
+    }
+}
+
+/// Every key the config accepts: `section.key` (list-of-table entries without an index).
+const SCHEMA: &[(&str, Kind)] = &[
+    ("listen", Kind::Str),
+    ("admin_listen", Kind::Str),
+    ("shutdown_grace", Kind::Str),
+    ("runtime", Kind::Table),
+    ("runtime.workers", Kind::Int),
+    ("runtime.pin_cores", Kind::Bool),
+    ("runtime.cores", Kind::IntList),
+    ("runtime.driver", Kind::Str),
+    ("backends", Kind::TableList),
+    ("backends.url", Kind::Str),
+    ("backends.weight", Kind::Int),
+    ("backends.models", Kind::StrList),
+    ("backends.api_key", Kind::Str),
+    ("balancer", Kind::Table),
+    ("balancer.strategy", Kind::Str),
+    ("limits", Kind::Table),
+    ("limits.max_request_body", Kind::Str),
+    ("limits.header_read_timeout", Kind::Str),
+    ("limits.upstream_connect_timeout", Kind::Str),
+    ("limits.upstream_first_byte_timeout", Kind::Str),
+    ("limits.stream_idle_timeout", Kind::Str),
+    ("limits.max_connections", Kind::Int),
+    ("usage_hook", Kind::Table),
+    ("usage_hook.enabled", Kind::Bool),
+    ("usage_hook.url", Kind::Str),
+    ("usage_hook.timeout", Kind::Str),
+    ("usage_hook.retry", Kind::Int),
+    ("usage_hook.queue_capacity", Kind::Int),
+    ("usage_hook.batch_max", Kind::Int),
+    ("usage_hook.batch_linger", Kind::Str),
+    ("usage_hook.spool_dir", Kind::Str),
+    ("usage_hook.replay_interval", Kind::Str),
+    ("usage_hook.secret", Kind::Str),
+    ("usage_hook.api_key_format", Kind::Str),
+    ("usage_hook.include_usage", Kind::Str),
+    ("health_check", Kind::Table),
+    ("health_check.interval", Kind::Str),
+    ("health_check.path", Kind::Str),
+    ("health_check.timeout", Kind::Str),
+    ("auth", Kind::Table),
+    ("auth.required", Kind::Bool),
+    ("auth.user_header", Kind::Str),
+    ("auth.keys", Kind::TableList),
+    ("auth.keys.key", Kind::Str),
+    ("auth.keys.key_sha256", Kind::Str),
+    ("auth.keys.user_id", Kind::Str),
+];
+
+/// Reports (and removes) unknown keys and values of the wrong type, recursively.
+fn check_shape(table: &mut toml::Table, prefix: &str, p: &mut Problems<'_>) {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let schema_path: String =
+            path.split('.').map(|s| s.split('[').next().unwrap_or(s)).collect::<Vec<_>>().join(".");
+        let Some(&(_, kind)) = SCHEMA.iter().find(|(k, _)| *k == schema_path) else {
+            p.push(&path, "unknown key");
+            table.remove(&key);
+            continue;
+        };
+        let Some(value) = table.get_mut(&key) else { continue };
+        if !kind.fits(value) {
+            p.push(&path, format_args!("must be {}", kind.name()));
+            table.remove(&key);
+            continue;
+        }
+        match value {
+            toml::Value::Table(t) => check_shape(t, &path, p),
+            toml::Value::Array(items) if kind == Kind::TableList => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        check_shape(t, &format!("{path}[{i}]"), p);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -640,6 +771,19 @@ mod tests {
         assert!(all.contains("balancer.strategy"), "{all}");
         assert!(all.contains("backends[0].url"), "{all}");
         assert!(all.contains("backends[0].weight"), "{all}");
+        assert_eq!(e.problems.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_all_reported_with_the_value_errors() {
+        let text = "lisen = \"x\"\n[runtime]\nworkers = \"two\"\n[limits]\ntimeout = \"1s\"\nheader_read_timeout = \"ten\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\nwieght = 2\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        let all = e.to_string();
+        assert!(all.contains("c.toml:1: lisen: unknown key"), "{all}");
+        assert!(all.contains("c.toml:3: runtime.workers: must be an integer"), "{all}");
+        assert!(all.contains("c.toml:5: limits.timeout: unknown key"), "{all}");
+        assert!(all.contains("c.toml:6: limits.header_read_timeout: invalid duration"), "{all}");
+        assert!(all.contains("backends[0].wieght: unknown key"), "{all}");
         assert_eq!(e.problems.len(), 5, "{all}");
     }
 
