@@ -114,6 +114,7 @@ fn build_client_head(
     request_id: &str,
     framing: ClientFraming,
     keep: bool,
+    http10: bool,
 ) {
     http1::push_status_line(out, resp.status);
     for s in &resp.forward {
@@ -130,6 +131,9 @@ fn build_client_head(
     }
     if !keep {
         http1::push_header(out, b"connection", b"close");
+    } else if http10 {
+        // HTTP/1.0 clients keep the connection only when told so.
+        http1::push_header(out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -255,7 +259,7 @@ pub async fn exchange(
     };
     let mut keep = req.client_keep_alive && framing != ClientFraming::Close;
     let mut pending = ctx.take_buf();
-    build_client_head(&mut pending, &resp, &buf[PREFIX..], req.request_id, framing, keep);
+    build_client_head(&mut pending, &resp, &buf[PREFIX..], req.request_id, framing, keep, http10);
     let mut pending = Some(pending);
     let body_at = PREFIX + resp.head_len;
     let body_len = buf.len() - body_at;
