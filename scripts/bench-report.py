@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 
 path, cmdline, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
+load_start = sys.argv[4] if len(sys.argv) > 4 else "?"
 rows = [json.loads(l) for l in open(path) if l.strip()]
 data = defaultdict(dict)  # (contender, metric) -> {round: value}
 for r in rows:
@@ -113,6 +114,8 @@ w(f"- command: `{cmdline}`")
 w(f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; commit {git_rev()}")
 w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), kernel {platform.release()}")
 w(f"- rounds: {rounds}, contenders alternating; every figure is the median over rounds")
+load_end = " ".join(open("/proc/loadavg").read().split()[:3])
+w(f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end} (see \"Spread and noise\" below)")
 w("- pinning: proxy under test alone on core 1 with one worker; wrk / sse-load, the nginx JSON backend,")
 w("  the nginx webhook receiver and `llmproxy mock-backend` (vllm, ttft 20 ms, itl 10 ms, 64 tokens) on core 0")
 w("- LLMProxy and the hyper baseline meter usage (webhook on: LLMProxy `batch_max = 100`, the baseline one POST")
@@ -141,6 +144,32 @@ for on, off in (("llmproxy-uring", "llmproxy-uring-nometer"), ("baseline", "base
     w(
         f"| {LABEL[on]} | {fmt(a, 'rps')} | {fmt(b, 'rps')} | {ratio(a, b)} | "
         f"{fmt(med(on, 'c32_cpu_us_per_req'), 'cpu')} | {fmt(med(off, 'c32_cpu_us_per_req'), 'cpu')} |"
+    )
+w("")
+w("Spread and noise: per-round values (round order) of the noisiest figures, and the share of the proxy's core")
+w("used by anything but the proxy during the run (other processes, interrupts; `foreign`) and its steal time.")
+w("")
+w("| contender | req/s 32 conns | added TTFT p50, 256 | added gap p99, 256 | foreign % core 1 (32 conns) | foreign % (256 streams) | steal % (256 streams) |")
+w("|---|---|---|---|---|---|---|")
+
+
+def per_round(contender, metric, unit, how="abs"):
+    c = data.get((contender, metric), {})
+    if how == "added":
+        d = data.get(("direct", metric), {})
+        vals = [c[r] - d[r] for r in sorted(c) if r in d]
+    else:
+        vals = [c[r] for r in sorted(c)]
+    return ", ".join(fmt(v, unit) for v in vals) if vals else "-"
+
+
+for c in MAIN + ["llmproxy-uring-nometer", "baseline-nometer"]:
+    w(
+        f"| {LABEL[c]} | {per_round(c, 'c32_rps', 'rps')} | "
+        f"{per_round(c, 's256_ttft_p50_us', 'us', 'added') if c != 'direct' else '-'} | "
+        f"{per_round(c, 's256_gap_p99_us', 'us', 'added') if c != 'direct' else '-'} | "
+        f"{per_round(c, 'c32_foreign_core_pct', '')} | {per_round(c, 's256_foreign_core_pct', '')} | "
+        f"{per_round(c, 's256_steal_core_pct', '')} |"
     )
 w("")
 errs = []

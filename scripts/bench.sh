@@ -113,6 +113,18 @@ wait_port() {
     return 1
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# core_ticks CORE: "busy total steal" clock ticks of one core (from /proc/stat).
+core_ticks() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9}' /proc/stat; }
+# noise_record ROUND NAME PREFIX "BEFORE" "AFTER" PROXY_TICKS: share of the proxy core used by anything other
+# than the proxy (other processes on the machine, interrupts), and its steal time, in percent.
+noise_record() {
+    local b0 t0 s0 b1 t1 s1
+    read -r b0 t0 s0 <<<"$4"
+    read -r b1 t1 s1 <<<"$5"
+    ((t1 > t0)) || return 0
+    record "$1" "$2" "$3_foreign_core_pct" "$(((b1 - b0 - $6) * 100 / (t1 - t0)))"
+    record "$1" "$2" "$3_steal_core_pct" "$(((s1 - s0) * 100 / (t1 - t0)))"
+}
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 record() { # record ROUND CONTENDER METRIC VALUE
     printf '{"round":%s,"contender":"%s","metric":"%s","value":%s}\n' "$1" "$2" "$3" "$4" >>"$RESULTS"
@@ -260,14 +272,17 @@ stop_contender() {
 
 # wrk_run ROUND NAME CONNS DUR PREFIX: records rps, p50/p99 (us), errors, cpu_us_per_req.
 wrk_run() {
-    local round=$1 name=$2 conns=$3 dur=$4 prefix=$5 out c0 c1
+    local round=$1 name=$2 conns=$3 dur=$4 prefix=$5 out c0 c1 k0 k1
     out=$WORK/wrk-$round-$name-$prefix.txt
+    k0=$(core_ticks "$CORE_PROXY")
     c0=0
     [[ -n $PID ]] && c0=$(cpu_ticks "$PID")
     taskset -c "$CORE_LOAD" wrk -t1 -c"$conns" -d"${dur}s" --latency -s "$WORK/post.lua" \
         "http://127.0.0.1:$PORT/v1/chat/completions" >"$out" 2>&1 || true
     c1=0
     [[ -n $PID ]] && c1=$(cpu_ticks "$PID")
+    k1=$(core_ticks "$CORE_PROXY")
+    noise_record "$round" "$name" "$prefix" "$k0" "$k1" "$((c1 - c0))"
     python3 - "$out" "$round" "$name" "$prefix" "$((c1 - c0))" "$(getconf CLK_TCK)" "$([[ -n $PID ]] && echo 1 || echo 0)" >>"$RESULTS" <<'PY'
 import json, re, sys
 path, rnd, name, prefix, ticks, hz, has_pid = sys.argv[1:]
@@ -301,9 +316,15 @@ PY
 sse_run() {
     local round=$1 name=$2 conc=$3 prefix=$4
     shift 4
-    local out=$WORK/sse-$round-$name-$prefix.json
+    local out=$WORK/sse-$round-$name-$prefix.json k0 k1 c0=0 c1=0
+    k0=$(core_ticks "$CORE_PROXY")
+    [[ -n $PID ]] && c0=$(cpu_ticks "$PID")
     taskset -c "$CORE_LOAD" "$SSELOAD" --url "http://127.0.0.1:$PORT/v1/chat/completions" -c "$conc" "$@" \
         >"$out" 2>>"$WORK/sse-load.log" || true
+    [[ -n $PID ]] && c1=$(cpu_ticks "$PID")
+    k1=$(core_ticks "$CORE_PROXY")
+    noise_record "$round" "$name" "$prefix" "$k0" "$k1" "$((c1 - c0))"
+    record "$round" "$name" "${prefix}_proxy_cpu_pct" "$(((c1 - c0) * 100 / ($(echo "$k1" | cut -d' ' -f2) - $(echo "$k0" | cut -d' ' -f2) + 1)))"
     python3 - "$out" "$round" "$name" "$prefix" >>"$RESULTS" <<'PY'
 import json, sys
 path, rnd, name, prefix = sys.argv[1:]
@@ -329,6 +350,7 @@ rotate() {
 
 # ---------------------------------------------------------------------------------------------
 log "work dir $WORK"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 start backends taskset -c "$CORE_LOAD" "$NGINX" -c "$WORK/backends.conf" -p "$WORK"
 wait_port $P_JSON
 wait_port $P_HOOK
@@ -391,4 +413,4 @@ done
 
 mkdir -p "$ROOT/bench-results"
 cp "$RESULTS" "$ROOT/bench-results/latest.jsonl"
-python3 "$ROOT/scripts/bench-report.py" "$RESULTS" "$CMDLINE" "$ROUNDS" | tee "$ROOT/bench-results/latest.md"
+python3 "$ROOT/scripts/bench-report.py" "$RESULTS" "$CMDLINE" "$ROUNDS" "$LOAD_START" | tee "$ROOT/bench-results/latest.md"
