@@ -100,7 +100,12 @@ struct Pending {
 }
 
 impl Pending {
-    fn finish(self, usage: Option<(u64, u64, u64)>, status: &'static str, ttft_ms: Option<u64>) -> UsageRecord {
+    fn finish(
+        self,
+        usage: Option<(u64, u64, u64)>,
+        status: &'static str,
+        ttft_ms: Option<u64>,
+    ) -> UsageRecord {
         let (p, c, t) = usage.unwrap_or((0, 0, 0));
         UsageRecord {
             request_id: self.request_id,
@@ -129,7 +134,10 @@ struct ChannelBody(mpsc::Receiver<Bytes>);
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -242,9 +250,14 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     };
     let request_id = match parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         Some(id) => id.to_string(),
-        None => format!("req_{:x}{:06x}", start.elapsed().as_nanos() as u64 ^ std::process::id() as u64, st.ids.fetch_add(1, Ordering::Relaxed)),
+        None => format!(
+            "req_{:x}{:06x}",
+            start.elapsed().as_nanos() as u64 ^ std::process::id() as u64,
+            st.ids.fetch_add(1, Ordering::Relaxed)
+        ),
     };
-    let user_id = parts.headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(String::from).or(body_user);
+    let user_id =
+        parts.headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(String::from).or(body_user);
     let api_key = parts
         .headers
         .get("authorization")
@@ -351,7 +364,8 @@ fn main() {
         match a.as_str() {
             "--config" => config_path = args.next(),
             "--workers" => {
-                workers = args.next().and_then(|w| w.parse().ok()).unwrap_or_else(|| usage_exit("--workers N"))
+                workers =
+                    args.next().and_then(|w| w.parse().ok()).unwrap_or_else(|| usage_exit("--workers N"))
             }
             "-h" | "--help" => usage_exit(""),
             other => usage_exit(&format!("unknown argument {other}")),
@@ -365,7 +379,12 @@ fn main() {
     }
     let listen = cfg.listen.unwrap_or_else(|| "0.0.0.0:8080".into());
     let hook = if cfg.usage_hook.enabled {
-        Some(cfg.usage_hook.url.parse::<hyper::Uri>().unwrap_or_else(|e| usage_exit(&format!("usage_hook.url: {e}"))))
+        Some(
+            cfg.usage_hook
+                .url
+                .parse::<hyper::Uri>()
+                .unwrap_or_else(|e| usage_exit(&format!("usage_hook.url: {e}"))),
+        )
     } else {
         None
     };

@@ -86,10 +86,14 @@ fn parse_args() -> Opts {
                 o.host = h.to_string();
                 o.path = if p.is_empty() { "/v1/chat/completions".into() } else { p.to_string() };
             }
-            "-c" | "--concurrency" => o.concurrency = args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()),
+            "-c" | "--concurrency" => {
+                o.concurrency = args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())
+            }
             "-d" | "--duration" => o.duration = secs(args.next()),
             "--grace" => o.grace = secs(args.next()),
-            "-n" | "--requests" => o.requests = args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()),
+            "-n" | "--requests" => {
+                o.requests = args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())
+            }
             "--header" => {
                 let h = args.next().unwrap_or_else(|| usage());
                 let (k, v) = h.split_once(':').unwrap_or_else(|| usage());
@@ -97,7 +101,10 @@ fn parse_args() -> Opts {
             }
             "--model" => o.model = args.next().unwrap_or_else(|| usage()),
             "--no-include-usage" => o.include_usage = false,
-            "--ramp-ms" => o.ramp = Duration::from_millis(args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())),
+            "--ramp-ms" => {
+                o.ramp =
+                    Duration::from_millis(args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()))
+            }
             "--ready-file" => o.ready_file = Some(args.next().unwrap_or_else(|| usage())),
             _ => usage(),
         }
@@ -253,7 +260,9 @@ async fn worker(i: usize, o: Arc<Opts>, c: Arc<Counters>, deadline: TInstant, ha
             }
         }
         let Some(snd) = sender.as_mut() else { continue };
-        match tokio::time::timeout_at(hard, one_stream(&o, &c, &mut s, snd, body.clone(), &mut counted_ready)).await {
+        match tokio::time::timeout_at(hard, one_stream(&o, &c, &mut s, snd, body.clone(), &mut counted_ready))
+            .await
+        {
             Ok(true) => {}
             Ok(false) => sender = None,
             Err(_) => {
@@ -293,8 +302,9 @@ fn main() {
         let now = TInstant::now();
         let deadline = now + o.duration;
         let hard = deadline + o.grace;
-        let tasks: Vec<_> =
-            (0..o.concurrency).map(|i| tokio::spawn(worker(i, o.clone(), c.clone(), deadline, hard))).collect();
+        let tasks: Vec<_> = (0..o.concurrency)
+            .map(|i| tokio::spawn(worker(i, o.clone(), c.clone(), deadline, hard)))
+            .collect();
         let mut all = Samples::default();
         for t in tasks {
             if let Ok(s) = t.await {
@@ -325,7 +335,13 @@ fn main() {
     });
     eprintln!(
         "sse-load: {} streams ok in {:.1}s, errors {}, ttft p50 {}us p99 {}us, gap p50 {}us p99 {}us",
-        out["streams_ok"], elapsed, out["errors"], out["ttft_us"]["p50"], out["ttft_us"]["p99"], out["gap_us"]["p50"], out["gap_us"]["p99"]
+        out["streams_ok"],
+        elapsed,
+        out["errors"],
+        out["ttft_us"]["p50"],
+        out["ttft_us"]["p99"],
+        out["gap_us"]["p50"],
+        out["gap_us"]["p99"]
     );
     println!("{out}");
 }
