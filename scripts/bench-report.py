@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench.sh's raw results (JSON lines: round, contender, metric, value) into the
+markdown report: medians over rounds, "added" latency against the direct run of the same round,
+and ratios of LLMProxy against nginx and against the hyper baseline."""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+path, cmdline, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
+load_start = sys.argv[4] if len(sys.argv) > 4 else "?"
+rows = [json.loads(l) for l in open(path) if l.strip()]
+data = defaultdict(dict)  # (contender, metric) -> {round: value}
+for r in rows:
+    data[(r["contender"], r["metric"])][r["round"]] = r["value"]
+
+MAIN = ["direct", "llmproxy-uring", "llmproxy-epoll", "baseline", "nginx"]
+LABEL = {
+    "direct": "direct",
+    "llmproxy-uring": "LLMProxy io_uring",
+    "llmproxy-epoll": "LLMProxy epoll",
+    "baseline": "hyper baseline",
+    "nginx": "nginx",
+    "llmproxy-uring-nometer": "LLMProxy io_uring, metering off",
+    "baseline-nometer": "hyper baseline, metering off",
+}
+
+
+def med(contender, metric):
+    v = list(data.get((contender, metric), {}).values())
+    return statistics.median(v) if v else None
+
+
+def added(contender, metric):
+    """Median over rounds of (through the proxy - direct) in the same round."""
+    c, d = data.get((contender, metric), {}), data.get(("direct", metric), {})
+    diffs = [c[r] - d[r] for r in c if r in d]
+    return statistics.median(diffs) if diffs else None
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if unit == "us":
+        return f"{v / 1000:.2f} ms" if abs(v) >= 1000 else f"{v:.0f} µs"
+    if unit == "rps":
+        return f"{v:,.0f}"
+    if unit == "kib":
+        return f"{v:.1f} KiB"
+    if unit == "cpu":
+        return f"{v:.1f} µs"
+    return f"{v:g}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b <= 0 or a < 0:
+        return "n/a"
+    return f"{a / b:.2f}×"
+
+
+# (title, metric, unit, how): how = abs | added
+METRICS = [
+    ("non-stream req/s, 32 conns", "c32_rps", "rps", "abs"),
+    ("non-stream p50 latency, 32 conns", "c32_p50_us", "us", "abs"),
+    ("non-stream p99 latency, 32 conns", "c32_p99_us", "us", "abs"),
+    ("non-stream p50 latency, 1 conn", "c1_p50_us", "us", "abs"),
+    ("non-stream p99 latency, 1 conn", "c1_p99_us", "us", "abs"),
+    ("proxy CPU time per request (32 conns)", "c32_cpu_us_per_req", "cpu", "abs"),
+    ("SSE added time to first event p50, 1 stream", "s1_ttft_p50_us", "us", "added"),
+    ("SSE added time to first event p99, 1 stream", "s1_ttft_p99_us", "us", "added"),
+    ("SSE added gap between events p50, 1 stream", "s1_gap_p50_us", "us", "added"),
+    ("SSE added gap between events p99, 1 stream", "s1_gap_p99_us", "us", "added"),
+    ("SSE added time to first event p50, 256 streams", "s256_ttft_p50_us", "us", "added"),
+    ("SSE added time to first event p99, 256 streams", "s256_ttft_p99_us", "us", "added"),
+    ("SSE added gap between events p50, 256 streams", "s256_gap_p50_us", "us", "added"),
+    ("SSE added gap between events p99, 256 streams", "s256_gap_p99_us", "us", "added"),
+    ("RSS per open stream (1,000 streams)", "mem_kib_per_stream", "kib", "abs"),
+]
+
+
+def value(contender, metric, how):
+    if how == "added":
+        return None if contender == "direct" else added(contender, metric)
+    return med(contender, metric)
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_rev():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+out = []
+w = out.append
+w("## Benchmark results")
+w("")
+w(f"- command: `{cmdline}`")
+w(f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; commit {git_rev()}")
+w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), kernel {platform.release()}")
+w(f"- rounds: {rounds}, contenders alternating; every figure is the median over rounds")
+load_end = " ".join(open("/proc/loadavg").read().split()[:3])
+w(f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end} (see \"Spread and noise\" below)")
+w("- pinning: proxy under test alone on core 1 with one worker; wrk / sse-load, the nginx JSON backend,")
+w("  the nginx webhook receiver and `llmproxy mock-backend` (vllm, ttft 20 ms, itl 10 ms, 64 tokens) on core 0")
+w("- LLMProxy and the hyper baseline meter usage (webhook on: LLMProxy `batch_max = 100`, the baseline one POST")
+w("  per request from a spawned task); nginx does not meter. \"added\" = through the proxy − direct, same round.")
+w("")
+w("| metric | " + " | ".join(LABEL[c] for c in MAIN) + " |")
+w("|---|" + "---:|" * len(MAIN))
+for title, metric, unit, how in METRICS:
+    w(f"| {title} | " + " | ".join(fmt(value(c, metric, how), unit) for c in MAIN) + " |")
+w("")
+w("Ratios (LLMProxy ÷ other). Throughput: above 1 is better; latency, CPU and memory: below 1 is better.")
+w("")
+w("| metric | io_uring ÷ nginx | io_uring ÷ baseline | epoll ÷ nginx | epoll ÷ baseline |")
+w("|---|---:|---:|---:|---:|")
+for title, metric, unit, how in METRICS:
+    u, e = value("llmproxy-uring", metric, how), value("llmproxy-epoll", metric, how)
+    n, b = value("nginx", metric, how), value("baseline", metric, how)
+    w(f"| {title} | {ratio(u, n)} | {ratio(u, b)} | {ratio(e, n)} | {ratio(e, b)} |")
+w("")
+w("Metering on vs off (non-stream, 32 connections):")
+w("")
+w("| contender | req/s on | req/s off | on ÷ off | CPU/req on | CPU/req off |")
+w("|---|---:|---:|---:|---:|---:|")
+for on, off in (("llmproxy-uring", "llmproxy-uring-nometer"), ("baseline", "baseline-nometer")):
+    a, b = med(on, "c32_rps"), med(off, "c32_rps")
+    w(
+        f"| {LABEL[on]} | {fmt(a, 'rps')} | {fmt(b, 'rps')} | {ratio(a, b)} | "
+        f"{fmt(med(on, 'c32_cpu_us_per_req'), 'cpu')} | {fmt(med(off, 'c32_cpu_us_per_req'), 'cpu')} |"
+    )
+w("")
+w("Spread and noise: per-round values (round order) of the noisiest figures, and the share of the proxy's core")
+w("taken from the proxy during the run: `other` = busy time of core 1 not spent in the proxy process, plus steal")
+w("(the hypervisor's share; the proxy's own CPU counters include steal, /proc/stat's busy ticks do not).")
+w("")
+w("| contender | req/s 32 conns | added TTFT p50, 256 | added gap p99, 256 | other % core 1 (32 conns) | steal % (32 conns) | other % (256 streams) | steal % (256 streams) |")
+w("|---|---|---|---|---|---|---|---|")
+
+
+def per_round(contender, metric, unit, how="abs"):
+    c = data.get((contender, metric), {})
+    if how == "added":
+        d = data.get(("direct", metric), {})
+        vals = [c[r] - d[r] for r in sorted(c) if r in d]
+    else:
+        vals = [c[r] for r in sorted(c)]
+    return ", ".join(fmt(v, unit) for v in vals) if vals else "-"
+
+
+def other(contender, prefix):
+    f, st = data.get((contender, prefix + "_foreign_core_pct"), {}), data.get((contender, prefix + "_steal_core_pct"), {})
+    vals = [f[r] + st[r] for r in sorted(f) if r in st]
+    return ", ".join(f"{v:g}" for v in vals) if vals else "-"
+
+
+for c in MAIN + ["llmproxy-uring-nometer", "baseline-nometer"]:
+    w(
+        f"| {LABEL[c]} | {per_round(c, 'c32_rps', 'rps')} | "
+        f"{per_round(c, 's256_ttft_p50_us', 'us', 'added') if c != 'direct' else '-'} | "
+        f"{per_round(c, 's256_gap_p99_us', 'us', 'added') if c != 'direct' else '-'} | "
+        f"{other(c, 'c32')} | {per_round(c, 'c32_steal_core_pct', '')} | "
+        f"{other(c, 's256')} | {per_round(c, 's256_steal_core_pct', '')} |"
+    )
+w("")
+errs = []
+for (c, m), byr in sorted(data.items()):
+    if m.endswith("errors") or m in ("mem_not_ready", "log_warn_error_lines"):
+        total = sum(byr.values())
+        if total:
+            errs.append(f"- {c}: {m} = {total:g} (rounds: {', '.join(f'{r}: {v:g}' for r, v in sorted(byr.items()))})")
+w("Errors (non-2xx, socket errors, broken or truncated streams, gateway warn/error log lines):")
+w("")
+w("\n".join(errs) if errs else "- none")
+print("\n".join(out))
