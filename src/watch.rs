@@ -1,6 +1,7 @@
 //! Noticing a client that went away while the gateway waits on the backend: a readiness poll on a
 //! duplicate of the client socket (cancelling a poll loses no data, unlike a pending read), then a
-//! non-blocking MSG_PEEK to tell end-of-stream from pipelined bytes.
+//! non-blocking MSG_PEEK to tell end-of-stream from pipelined bytes. The poll is armed only once a
+//! wait lasts longer than ARM_DELAY, so quick requests pay nothing for it.
 
 use monoio::net::TcpStream;
 use std::future::Future;
@@ -58,18 +59,60 @@ pub struct Disconnected;
 
 type Poller<'a> = Pin<Box<dyn Future<Output = std::io::Result<()>> + 'a>>;
 
-/// A watch armed for one request: `until` runs futures while watching the client.
+/// How long a request waits on the backend before the client socket is watched. Requests answered
+/// sooner never arm the poll (no extra kernel work); a client gone earlier is seen when armed.
+pub const ARM_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
+enum State<'a> {
+    /// Not watching yet: arm when the timer fires.
+    Waiting(Pin<Box<monoio::time::Sleep>>),
+    Polling(Poller<'a>),
+    /// No watch, or pipelined bytes arrived: nothing more to learn.
+    Off,
+}
+
+/// A watch for one request: `until` runs futures while watching the client.
 pub struct Armed<'a> {
-    fd: RawFd,
-    poll: Option<Poller<'a>>,
+    watch: Option<&'a ClientWatch>,
+    state: State<'a>,
 }
 
 impl<'a> Armed<'a> {
-    /// Arms `watch`; with None, `until` just runs its future.
+    /// Starts the arming timer for `watch`; with None, `until` just runs its future.
     pub fn new(watch: Option<&'a ClientWatch>) -> Self {
-        match watch {
-            Some(w) => Armed { fd: w.fd, poll: Some(Box::pin(w.stream.readable(false))) },
-            None => Armed { fd: -1, poll: None },
+        let state = match watch {
+            Some(_) => State::Waiting(Box::pin(monoio::time::sleep(ARM_DELAY))),
+            None => State::Off,
+        };
+        Armed { watch, state }
+    }
+
+    /// Polls the watch; Ready(()) when the client is gone.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.state {
+                State::Off => return Poll::Pending,
+                State::Waiting(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.state = match self.watch {
+                        Some(w) => State::Polling(Box::pin(w.stream.readable(false))),
+                        None => State::Off,
+                    };
+                }
+                State::Polling(p) => {
+                    if p.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let fd = self.watch.map_or(-1, |w| w.fd);
+                    match peek(fd) {
+                        Peek::Closed => return Poll::Ready(()),
+                        // Pipelined bytes of the next request, or a spurious wake: stop watching.
+                        Peek::Data | Peek::Nothing => self.state = State::Off,
+                    }
+                }
+            }
         }
     }
 
@@ -80,16 +123,10 @@ impl<'a> Armed<'a> {
             if let Poll::Ready(v) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(v));
             }
-            if let Some(p) = self.poll.as_mut() {
-                if p.as_mut().poll(cx).is_ready() {
-                    match peek(self.fd) {
-                        Peek::Closed => return Poll::Ready(Err(Disconnected)),
-                        // Pipelined bytes of the next request, or a spurious wake: stop watching.
-                        Peek::Data | Peek::Nothing => self.poll = None,
-                    }
-                }
+            match self.poll_gone(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Disconnected)),
+                Poll::Pending => Poll::Pending,
             }
-            Poll::Pending
         })
         .await
     }
