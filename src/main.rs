@@ -2,6 +2,9 @@
 //! run the simulated backend. Wires config, threads and signals; the work happens in the library.
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use llmproxy::config::Config;
 use llmproxy::gateway::{Gateway, Options};
 use llmproxy::mock::{Flavor, MockOptions};
