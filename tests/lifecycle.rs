@@ -16,7 +16,7 @@ fn sigterm_drains_a_stream_in_flight_then_refuses_and_exits_0() {
     let mut gw = Gateway::start(&config_for(&[m.url()], ""));
     if let Ok(d) = std::env::var("LLMPROXY_DRIVER") {
         // The startup log names the driver actually in use (logged just after the address).
-        let want = format!("I/O driver {d};");
+        let want = format!("I/O driver {d}");
         eventually(3, &want, || gw.log_text().contains(&want));
     }
     let addr = gw.addr;
