@@ -11,7 +11,8 @@ if ! python3 -c "import openai, pytest, flask" 2>/dev/null; then
 fi
 
 drivers=(epoll)
-if cargo run --quiet -- drivers 2>/dev/null | grep -q '^io_uring: available'; then
+available=$(cargo run --quiet -- drivers 2>/dev/null || true)
+if grep -q '^io_uring: available' <<<"$available"; then
     drivers=(io_uring epoll)
 else
     echo "NOTE: io_uring is not available on this kernel/seccomp profile: testing the epoll driver only" >&2
