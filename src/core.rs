@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Size of the buffer a relay reads backend bytes into (plus framing room).
-pub const RELAY_BUF: usize = 16 * 1024;
+pub const RELAY_BUF: usize = 8 * 1024;
 
 /// Where finished requests' usage records go (the webhook thread's non-blocking sink).
 pub type RecordSink = Arc<dyn Fn(UsageRecord) + Send + Sync>;

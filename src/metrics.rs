@@ -184,7 +184,16 @@ impl Registry {
 
         let _ = writeln!(out, "# HELP llmproxy_tokens_total Tokens reported by backends, by model and kind (prompt, completion).");
         let _ = writeln!(out, "# TYPE llmproxy_tokens_total counter");
-        if let Ok(m) = self.webhook.tokens.by_model.lock() {
+        // Scraped on a core thread: never block on the webhook thread's lock (it holds it for one
+        // map update at a time), try a bounded number of times instead.
+        let guard = (0..10_000).find_map(|_| match self.webhook.tokens.by_model.try_lock() {
+            Ok(g) => Some(g),
+            Err(_) => {
+                std::hint::spin_loop();
+                None
+            }
+        });
+        if let Some(m) = guard {
             let mut models: Vec<_> = m.iter().collect();
             models.sort();
             for (model, [p, c]) in models {

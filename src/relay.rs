@@ -205,11 +205,15 @@ pub async fn exchange(
     buf.resize(PREFIX, 0);
     let resp = loop {
         let left = deadline.saturating_duration_since(Instant::now());
+        if buf.len() + 512 >= buf.capacity() - SUFFIX {
+            // A head larger than the relay buffer: grow (once in a while), up to the head limit.
+            if buf.len() > http1::MAX_HEAD + PREFIX {
+                return Outcome::Failed(GatewayError::BadGateway("backend response head too large"));
+            }
+            buf.reserve(http1::MAX_HEAD + CAP - buf.len());
+        }
         let end = buf.capacity() - SUFFIX;
         let start = buf.len();
-        if start >= end {
-            return Outcome::Failed(GatewayError::BadGateway("backend response head too large"));
-        }
         let read = armed.until(monoio::time::timeout(left, conn.read(buf.slice_mut(start..end)))).await;
         let (res, b) = match read {
             Err(_) => return Outcome::ClientGone,

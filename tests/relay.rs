@@ -195,3 +195,27 @@ fn client_disconnect_mid_stream_stops_the_backend() {
     assert!(data.iter().filter(|d| d.contains("\"content\":\"")).count() >= 40, "{}", r.text());
     assert_eq!(m.streams_aborted(), 1);
 }
+
+/// A backend response head larger than the relay buffer (but under the 32 KiB head limit) is
+/// relayed whole; one over the limit is a 502, not a hang or a crash.
+#[test]
+fn large_backend_heads_are_relayed_up_to_the_limit() {
+    let mut reply = Reply::new(
+        200,
+        "application/json",
+        br#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        Framing::Length,
+    );
+    reply.headers.push(("X-Big".into(), "v".repeat(20 * 1024)));
+    let backend = Replay::start(reply.clone());
+    let gw = Gateway::start(&config_for(&[backend.url()], ""));
+    let r = request(gw.addr, &post("/v1/chat/completions", r#"{"model":"m"}"#, ""));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-big").map(str::len), Some(20 * 1024));
+    assert_eq!(r.body, reply.body);
+    let mut too_big = reply;
+    too_big.headers.push(("X-Bigger".into(), "v".repeat(40 * 1024)));
+    backend.set(too_big);
+    let r = request(gw.addr, &post("/v1/chat/completions", r#"{"model":"m"}"#, ""));
+    assert_eq!(r.status, 502, "{}", r.text());
+}
