@@ -39,13 +39,17 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const PROXIED: [Endpoint; 6] = [
+    /// Every endpoint, in `index()` order.
+    pub const ALL: [Endpoint; 9] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::Responses,
         Endpoint::Messages,
         Endpoint::Models,
+        Endpoint::Health,
+        Endpoint::Metrics,
+        Endpoint::Unknown,
     ];
 
     pub fn from_path(path: &str) -> Endpoint {

@@ -13,7 +13,7 @@ pub const BUCKETS_MS: [u64; 18] =
 /// Status codes with their own counter; others count under "other".
 const STATUS_SLOTS: [u16; 17] =
     [200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 422, 429, 431, 500, 502, 503, 504];
-const ENDPOINTS: usize = 9;
+const ENDPOINTS: usize = Endpoint::ALL.len();
 /// Most distinct model labels in `llmproxy_tokens_total`; more count under "other".
 const MAX_MODELS: usize = 200;
 
@@ -128,23 +128,12 @@ impl Registry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
         let nb = self.backend_names.len();
-        let endpoints = [
-            Endpoint::ChatCompletions,
-            Endpoint::Completions,
-            Endpoint::Embeddings,
-            Endpoint::Responses,
-            Endpoint::Messages,
-            Endpoint::Models,
-            Endpoint::Health,
-            Endpoint::Metrics,
-            Endpoint::Unknown,
-        ];
         let _ = writeln!(
             out,
             "# HELP llmproxy_requests_total Requests answered, by endpoint, stream, backend and HTTP status."
         );
         let _ = writeln!(out, "# TYPE llmproxy_requests_total counter");
-        for ep in endpoints {
+        for ep in Endpoint::ALL {
             for stream in [false, true] {
                 for b in 0..=nb {
                     for s in 0..=STATUS_SLOTS.len() {
