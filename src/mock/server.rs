@@ -5,7 +5,7 @@ use super::api::{self, alnum, hex, rand64};
 use super::flavor::{self, Ctx, Ev};
 use super::http::{http_date, Framing, Out, ReadError, Reader, Request};
 use super::{Flavor, RecordedRequest, Shared};
-use crate::http1::reason;
+use crate::http1::{reason, Endpoint, Method};
 use serde_json::Value;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
@@ -13,17 +13,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MAX_TOKENS: u32 = 100_000;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ep {
-    Chat,
-    Completions,
-    Embeddings,
-    Responses,
-    Messages,
-    Models,
-    Health,
-}
 
 enum Next {
     KeepAlive,
@@ -156,11 +145,11 @@ fn hname(f: Flavor, lower: &str) -> String {
     }
 }
 
-fn new_id(f: Flavor, ep: Ep) -> String {
-    let chat = ep == Ep::Chat;
+fn new_id(f: Flavor, ep: Endpoint) -> String {
+    let chat = ep == Endpoint::ChatCompletions;
     match (ep, f) {
-        (Ep::Responses, _) => format!("resp_{}", hex(48)),
-        (Ep::Messages, _) => format!("msg_01{}", alnum(22)),
+        (Endpoint::Responses, _) => format!("resp_{}", hex(48)),
+        (Endpoint::Messages, _) => format!("msg_01{}", alnum(22)),
         (_, Flavor::Tgi) => String::new(),
         (_, Flavor::Sglang) => hex(32),
         (_, Flavor::Vllm) if chat => format!("chatcmpl-{}", hex(16)),
@@ -185,17 +174,11 @@ fn route(sh: &Shared, req: &Request, k: &Knobs) -> Resp {
         return error(f, code, &format!("simulated failure (x-mock-status: {code})"));
     }
     let path = req.path.split('?').next().unwrap_or("");
-    let ep = match path {
-        "/v1/chat/completions" => Ep::Chat,
-        "/v1/completions" => Ep::Completions,
-        "/v1/embeddings" => Ep::Embeddings,
-        "/v1/responses" => Ep::Responses,
-        "/v1/messages" => Ep::Messages,
-        "/v1/models" => Ep::Models,
-        "/health" => Ep::Health,
-        _ => return error(f, 404, &format!("Not Found: {path}")),
+    let ep = match Endpoint::from_path(path) {
+        Endpoint::Unknown | Endpoint::Metrics => return error(f, 404, &format!("Not Found: {path}")),
+        ep => ep,
     };
-    let want = if matches!(ep, Ep::Models | Ep::Health) { "GET" } else { "POST" };
+    let want = if ep.method() == Method::Get { "GET" } else { "POST" };
     if req.method != want {
         return error(f, 405, &format!("Method {} not allowed on {path}", req.method));
     }
@@ -203,17 +186,17 @@ fn route(sh: &Shared, req: &Request, k: &Knobs) -> Resp {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let json = |body: String, delay| Resp {
         status: 200,
-        headers: api::headers(f, false, ep == Ep::Chat, &date),
+        headers: api::headers(f, false, ep == Endpoint::ChatCompletions, &date),
         body: Body::Json(body.into_bytes(), delay),
     };
     match ep {
-        Ep::Health => {
+        Endpoint::Health => {
             return json(
                 if f == Flavor::Llamacpp { r#"{"status":"ok"}"#.into() } else { String::new() },
                 Duration::ZERO,
             )
         }
-        Ep::Models => return json(api::models(f, sh.opts.model_id(), now), Duration::ZERO),
+        Endpoint::Models => return json(api::models(f, sh.opts.model_id(), now), Duration::ZERO),
         _ => {}
     }
     let v: Value = match serde_json::from_slice(&req.body) {
@@ -228,21 +211,21 @@ fn route(sh: &Shared, req: &Request, k: &Knobs) -> Resp {
         |o: Option<&Value>, key: &str| o.and_then(|o| o.get(key)).and_then(Value::as_bool) == Some(true);
     let words = |keys: &[&str]| keys.iter().filter_map(|key| v.get(*key)).map(api::count_words).sum::<u32>();
     let prompts = match ep {
-        Ep::Chat => vec![words(&["messages"]).max(1)],
-        Ep::Completions => api::prompt_list(v.get("prompt")),
-        Ep::Embeddings => api::prompt_list(v.get("input")),
-        Ep::Responses => vec![words(&["input", "instructions"]).max(1)],
+        Endpoint::ChatCompletions => vec![words(&["messages"]).max(1)],
+        Endpoint::Completions => api::prompt_list(v.get("prompt")),
+        Endpoint::Embeddings => api::prompt_list(v.get("input")),
+        Endpoint::Responses => vec![words(&["input", "instructions"]).max(1)],
         _ => vec![words(&["messages", "system"]).max(1)],
     };
     let n = match (ep, f) {
-        (Ep::Chat | Ep::Completions, f) if f != Flavor::Llamacpp => {
+        (Endpoint::ChatCompletions | Endpoint::Completions, f) if f != Flavor::Llamacpp => {
             v.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 16) as u32
         }
         _ => 1,
     };
     let c = Ctx {
         flavor: f,
-        chat: ep == Ep::Chat,
+        chat: ep == Endpoint::ChatCompletions,
         model: v
             .get("model")
             .and_then(Value::as_str)
@@ -261,25 +244,25 @@ fn route(sh: &Shared, req: &Request, k: &Knobs) -> Resp {
         itl_ms: itl.as_secs_f64() * 1000.0,
     };
     let gen_time = ttft + itl * tokens;
-    if ep == Ep::Embeddings {
+    if ep == Endpoint::Embeddings {
         return json(api::embeddings(&c), ttft);
     }
     if v.get("stream").and_then(Value::as_bool) != Some(true) {
         let body = match ep {
-            Ep::Responses => api::responses_body(&c),
-            Ep::Messages => api::messages_body(&c),
+            Endpoint::Responses => api::responses_body(&c),
+            Endpoint::Messages => api::messages_body(&c),
             _ => flavor::body(&c),
         };
         return json(body, gen_time);
     }
     let evs = match ep {
-        Ep::Responses => api::responses_stream(&c),
-        Ep::Messages => api::messages_stream(&c),
+        Endpoint::Responses => api::responses_stream(&c),
+        Endpoint::Messages => api::messages_stream(&c),
         _ => flavor::stream(&c),
     };
     Resp {
         status: 200,
-        headers: api::headers(f, true, ep == Ep::Chat, &date),
+        headers: api::headers(f, true, ep == Endpoint::ChatCompletions, &date),
         body: Body::Sse(evs, ttft, itl),
     }
 }
