@@ -125,7 +125,8 @@ pub async fn proxy(
     };
     record.backend_url = backend.map(|b| set.backends[b].url.clone());
     let keep = match result {
-        Err(e) | Ok(Outcome::Failed(e)) => {
+        // (The loop turns a second Retryable into Err; the pattern keeps the match total.)
+        Err(e) | Ok(Outcome::Failed(e)) | Ok(Outcome::Retryable { error: e, .. }) => {
             record.status = RecordStatus::BackendError;
             record.http_status = e.status();
             if backend.is_none() {
@@ -161,7 +162,6 @@ pub async fn proxy(
             }
             r.client_reusable
         }
-        Ok(Outcome::Retryable { .. }) => unreachable!("retryable outcomes are resolved in the loop"),
     };
     let elapsed = req.started.elapsed();
     record.duration_ms = elapsed.as_millis() as u64;

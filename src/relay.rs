@@ -302,39 +302,28 @@ pub async fn exchange(
         if release {
             if let Scanner::Sse(s) = &scanner {
                 let p = pending.get_or_insert_with(|| ctx.take_buf());
-                frame_into(p, s.released(), framing);
-            }
-        }
-        let mut tail_last = done;
-        if done {
-            if let Scanner::Sse(s) = &mut scanner {
-                let tail = s.finish();
-                if !tail.is_empty() {
-                    // Unterminated last event that was held: send data, then it, then the end.
-                    let p = pending.get_or_insert_with(|| ctx.take_buf());
-                    append_framed(p, &buf[PREFIX..PREFIX + forward], framing, false);
-                    frame_into(p, tail, framing);
-                    buf.truncate(PREFIX);
-                    buf.clear();
-                    buf.resize(PREFIX, 0);
-                    tail_last = true;
-                    let (ok, b) = send(client, buf, 0, tail_last, framing, &mut pending, ctx, idle).await;
-                    buf = b;
-                    if !ok {
-                        break End::ClientGone;
-                    }
-                    if ttft.is_none() {
-                        ttft = Some(started.elapsed());
-                    }
-                    break End::Complete;
-                }
+                append_framed(p, s.released(), framing, false);
             }
         }
         if forward > 0 && ttft.is_none() {
             ttft = Some(started.elapsed());
         }
-        if forward > 0 || tail_last || pending.is_some() {
-            let (ok, b) = send(client, buf, forward, tail_last, framing, &mut pending, ctx, idle).await;
+        let mut forward = forward;
+        if done {
+            if let Scanner::Sse(s) = &mut scanner {
+                let tail = s.finish();
+                if !tail.is_empty() {
+                    // An unterminated last event that was held goes after this read's data.
+                    let p = pending.get_or_insert_with(|| ctx.take_buf());
+                    append_framed(p, &buf[PREFIX..PREFIX + forward], framing, false);
+                    append_framed(p, tail, framing, false);
+                    forward = 0;
+                    ttft.get_or_insert_with(|| started.elapsed());
+                }
+            }
+        }
+        if forward > 0 || done || pending.is_some() {
+            let (ok, b) = send(client, buf, forward, done, framing, &mut pending, ctx, idle).await;
             buf = b;
             if !ok {
                 break End::ClientGone;
@@ -386,11 +375,7 @@ pub async fn exchange(
     Outcome::Relayed(Relayed { status: resp.status, usage, ttft, end, client_reusable: keep })
 }
 
-/// Appends `data` framed for the client (a whole chunk when chunked).
-fn frame_into(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {
-    append_framed(out, data, framing, false);
-}
-
+/// Appends `data` framed for the client (a whole chunk when chunked; the terminator when `last`).
 fn append_framed(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming, last: bool) {
     if framing == ClientFraming::Chunked {
         if !data.is_empty() {
