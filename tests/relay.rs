@@ -226,7 +226,7 @@ fn large_backend_heads_are_relayed_up_to_the_limit() {
 fn an_unterminated_held_last_event_is_flushed_at_the_end() {
     let body = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"id\":\"x\",\"model\":\"m\"";
     for framing in [Framing::Close, Framing::Length, Framing::ChunkedEvery(7)] {
-        let backend = Replay::start(Reply::new(200, "text/event-stream", body, framing.clone()));
+        let backend = Replay::start(Reply::new(200, "text/event-stream", body, framing));
         let gw = Gateway::start(&config_for(&[backend.url()], ""));
         // No stream_options: the gateway injects include_usage and cuts usage-only events.
         let r = request(gw.addr, &post("/v1/chat/completions", r#"{"model":"m","stream":true}"#, ""));
