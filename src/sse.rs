@@ -173,10 +173,15 @@ impl SseScanner {
     fn inspect_event(&mut self, ev: &[u8]) -> bool {
         self.events += 1;
         let mut found = false;
-        let choices = choices_of(ev);
+        // Where the choices are matters only for an event that carries usage: ordinary events
+        // cost one search, for the usage key.
+        let mut choices = Choices::Absent;
         let tracker = &mut self.tracker;
         for_each_report(ev, |r| {
-            found = true;
+            if !found {
+                found = true;
+                choices = choices_of(ev);
+            }
             match choices {
                 Choices::Absent | Choices::Empty => tracker.whole(r),
                 Choices::First(i) => tracker.per_choice(i, r),
@@ -200,6 +205,13 @@ enum Choices {
 
 const CHOICES_KEY: &[u8] = b"\"choices\":";
 
+/// Searcher for [`CHOICES_KEY`], built once: this runs on every event.
+fn find_choices_key(hay: &[u8]) -> Option<usize> {
+    static F: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(CHOICES_KEY));
+    F.find(hay)
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
         i += 1;
@@ -208,7 +220,7 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 fn choices_of(ev: &[u8]) -> Choices {
-    let Some(c) = memmem::find(ev, CHOICES_KEY) else { return Choices::Absent };
+    let Some(c) = find_choices_key(ev) else { return Choices::Absent };
     let i = skip_ws(ev, c + CHOICES_KEY.len());
     if ev.get(i) != Some(&b'[') {
         return Choices::Absent;
@@ -235,7 +247,7 @@ fn could_be_usage_only(partial: &[u8]) -> bool {
     if partial.first() == Some(&b':') {
         return false;
     }
-    match memmem::find(partial, CHOICES_KEY) {
+    match find_choices_key(partial) {
         None => true,
         Some(c) => {
             let i = skip_ws(partial, c + CHOICES_KEY.len());

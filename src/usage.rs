@@ -55,6 +55,13 @@ impl Report {
 }
 
 const USAGE_KEY: &[u8] = b"\"usage\":";
+
+/// Searcher for [`USAGE_KEY`], built once (`memmem::find` builds one on every call).
+pub(crate) fn find_usage_key(hay: &[u8]) -> Option<usize> {
+    static F: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
+    F.find(hay)
+}
 /// Largest usage object we accept; real ones are under 1 KiB even with every detail field.
 pub const MAX_USAGE_OBJECT: usize = 16 * 1024;
 
@@ -107,9 +114,8 @@ pub fn object_len(b: &[u8]) -> Option<usize> {
 /// Every usage report in one complete JSON text (an SSE event's data, or a whole small body).
 /// Calls `f` with each non-null usage object found.
 pub fn for_each_report(text: &[u8], mut f: impl FnMut(Report)) {
-    let finder = memmem::Finder::new(USAGE_KEY);
     let mut at = 0;
-    while let Some(i) = finder.find(&text[at..]) {
+    while let Some(i) = find_usage_key(&text[at..]) {
         let mut v = at + i + USAGE_KEY.len();
         while v < text.len() && matches!(text[v], b' ' | b'\t' | b'\r' | b'\n') {
             v += 1;
@@ -205,7 +211,7 @@ impl BodyUsageScanner {
             let h = rest.len().min(USAGE_KEY.len());
             joined[..c].copy_from_slice(&self.carry);
             joined[c..c + h].copy_from_slice(&rest[..h]);
-            if let Some(i) = memmem::find(&joined[..c + h], USAGE_KEY) {
+            if let Some(i) = find_usage_key(&joined[..c + h]) {
                 if i < c {
                     value_at = Some(i + USAGE_KEY.len() - c);
                 }
@@ -242,7 +248,7 @@ impl BodyUsageScanner {
         let mut at_value = at_value;
         loop {
             if !at_value {
-                match memmem::find(b, USAGE_KEY) {
+                match find_usage_key(b) {
                     Some(i) => b = &b[i + USAGE_KEY.len()..],
                     None => return b,
                 }
