@@ -104,7 +104,11 @@ impl TokenCounters {
         let Ok(mut m) = self.by_model.lock() else { return };
         let name = rec.model.as_deref().unwrap_or("unknown");
         let key = if m.contains_key(name) || m.len() < MAX_MODELS { name } else { "other" };
-        let e = m.entry(key.to_string()).or_insert([0, 0]);
+        // A model's key is allocated once, on its first record.
+        let e = match m.get_mut(key) {
+            Some(e) => e,
+            None => m.entry(key.to_string()).or_insert([0, 0]),
+        };
         e[0] += rec.prompt_tokens;
         e[1] += rec.completion_tokens;
     }
