@@ -3,7 +3,7 @@
 //!
 //! Core threads only ever `try_send` on a bounded lock-free channel, falling back to an unbounded
 //! lock-free overflow channel; nothing is dropped. The webhook thread never parks on those channels
-//! (it polls them every few milliseconds and sleeps on its own stop channel instead), so a submit
+//! (it polls them every few milliseconds and parks in between, woken early only to stop), so a submit
 //! never has to wake a sleeping thread: no mutex, no futex, no syscall on the core threads.
 
 mod deliver;
@@ -84,6 +84,7 @@ impl WebhookHandle {
     /// one attempt per batch (no long backoff), spool whatever fails, fsync the spool, join.
     pub fn shutdown(self) {
         let _ = self.stop.send(());
+        self.thread.thread().unpark();
         if self.thread.join().is_err() {
             log::error!("webhook thread panicked; queued usage records may be lost");
         }

@@ -6,7 +6,7 @@ use super::{Shared, WebhookStats};
 use crate::config::UsageHookConfig;
 use crate::record::UsageRecord;
 use crate::spool::{Entry, Spool};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,26 @@ pub(crate) struct Channels {
     pub rx: Receiver<UsageRecord>,
     pub overflow: Receiver<UsageRecord>,
     pub stop: Receiver<()>,
+}
+
+impl Channels {
+    /// Sleeps up to `d` (the thread is unparked on stop); true when asked to stop or when the
+    /// handle is gone. Parking, not a blocking `recv_timeout`: crossbeam spins with `sched_yield`
+    /// before it sleeps, which on a core shared with a worker costs that worker context switches.
+    fn wait_stop(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            match self.stop.try_recv() {
+                Ok(()) | Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            std::thread::park_timeout(until - now);
+        }
+    }
 }
 
 pub(crate) struct Worker {
@@ -106,9 +126,8 @@ impl Worker {
                 if self.has_backlog() {
                     deadline = deadline.min(self.next_replay);
                 }
-                match self.ch.stop.recv_timeout(deadline.saturating_duration_since(now)) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => self.stopping = true,
+                if self.ch.wait_stop(deadline.saturating_duration_since(now)) {
+                    self.stopping = true;
                 }
             }
         }
@@ -228,13 +247,10 @@ impl Worker {
                 }
             }
             if attempt < self.retry {
-                // Sleep on the stop channel, so a shutdown cuts the backoff short.
-                match self.ch.stop.recv_timeout(self.backoff.delay(attempt)) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                        self.stopping = true;
-                        break;
-                    }
+                // A shutdown cuts the backoff short.
+                if self.ch.wait_stop(self.backoff.delay(attempt)) {
+                    self.stopping = true;
+                    break;
                 }
             }
         }
@@ -350,7 +366,7 @@ impl Worker {
 /// `enabled = false`: records are only echoed (if asked), never POSTed nor spooled.
 pub(crate) fn run_disabled(ch: Channels, stats: Arc<WebhookStats>, echo_stdout: bool) {
     loop {
-        let stop = !matches!(ch.stop.recv_timeout(POLL), Err(RecvTimeoutError::Timeout));
+        let stop = ch.wait_stop(POLL);
         while let Ok(rec) = ch.rx.try_recv().or_else(|_| ch.overflow.try_recv()) {
             stats.tokens.observe(&rec);
             if echo_stdout {
