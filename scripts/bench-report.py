@@ -28,6 +28,7 @@ LABEL = {
     "nginx": "nginx",
     "llmproxy-uring-nometer": "LLMProxy io_uring, metering off",
     "baseline-nometer": "hyper baseline, metering off",
+    "floor": "floor (null-relay)",
 }
 
 
@@ -146,6 +147,17 @@ for on, off in (("llmproxy-uring", "llmproxy-uring-nometer"), ("baseline", "base
         f"{fmt(med(on, 'c32_cpu_us_per_req'), 'cpu')} | {fmt(med(off, 'c32_cpu_us_per_req'), 'cpu')} |"
     )
 w("")
+w("The floor: `null-relay` (benches/loadgen) copies bytes between each client connection and its own backend")
+w("connection with epoll, parsing nothing: the same four socket operations per request as any proxy, and no")
+w("other work. Its CPU time per request is the kernel's share, below which no proxy built on those operations")
+w("can go on this machine.")
+w("")
+w("| | req/s 32 conns | CPU/req | CPU/req ÷ nginx |")
+w("|---|---:|---:|---:|")
+for c in ("floor", "llmproxy-uring", "nginx"):
+    cpu = med(c, "c32_cpu_us_per_req")
+    w(f"| {LABEL[c]} | {fmt(med(c, 'c32_rps'), 'rps')} | {fmt(cpu, 'cpu')} | {ratio(cpu, med('nginx', 'c32_cpu_us_per_req'))} |")
+w("")
 w("Spread and noise: per-round values (round order) of the noisiest figures, and the share of the proxy's core")
 w("taken from the proxy during the run: `other` = busy time of core 1 not spent in the proxy process, plus steal")
 w("(the hypervisor's share; the proxy's own CPU counters include steal, /proc/stat's busy ticks do not).")
@@ -170,7 +182,7 @@ def other(contender, prefix):
     return ", ".join(f"{v:g}" for v in vals) if vals else "-"
 
 
-for c in MAIN + ["llmproxy-uring-nometer", "baseline-nometer"]:
+for c in MAIN + ["llmproxy-uring-nometer", "baseline-nometer", "floor"]:
     w(
         f"| {LABEL[c]} | {per_round(c, 'c32_rps', 'rps')} | "
         f"{per_round(c, 's256_ttft_p50_us', 'us', 'added') if c != 'direct' else '-'} | "

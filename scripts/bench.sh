@@ -60,6 +60,7 @@ fi
 LLMPROXY=$MAIN_TARGET/release/llmproxy
 BASELINE=$TOOLS_TARGET/release/llmproxy-baseline
 SSELOAD=$TOOLS_TARGET/release/sse-load
+NULLRELAY=$TOOLS_TARGET/release/null-relay
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 for b in "$LLMPROXY" "$BASELINE" "$SSELOAD" "$NGINX"; do
     [[ -x $b ]] || { echo "missing binary $b" >&2; exit 1; }
@@ -246,6 +247,10 @@ start_contender() {
         start "$name-$up" taskset -c "$CORE_PROXY" "$BASELINE" --config "$WORK/$name.toml" --workers 1
         PID=$LAST_PID
         ;;
+    floor)
+        start "floor-$up" taskset -c "$CORE_PROXY" "$NULLRELAY" --listen "127.0.0.1:$P_PROXY" --backend "127.0.0.1:$up"
+        PID=$LAST_PID
+        ;;
     nginx)
         nginx_proxy_conf "$up" >"$WORK/nginx-$up.conf"
         mkdir -p "$WORK/proxy-$up-body"
@@ -358,7 +363,7 @@ start mock taskset -c "$CORE_LOAD" "$LLMPROXY" mock-backend --listen "127.0.0.1:
     --ttft-ms 20 --itl-ms 10 --tokens 64
 wait_port $P_MOCK
 
-NONSTREAM=(direct llmproxy-uring llmproxy-epoll baseline nginx llmproxy-uring-nometer baseline-nometer)
+NONSTREAM=(direct llmproxy-uring llmproxy-epoll baseline nginx llmproxy-uring-nometer baseline-nometer floor)
 STREAM=(direct llmproxy-uring llmproxy-epoll baseline nginx)
 for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round/$ROUNDS: non-streaming"
@@ -366,7 +371,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         start_contender "$name" $P_JSON
         taskset -c "$CORE_LOAD" wrk -t1 -c32 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$PORT/v1/chat/completions" >/dev/null 2>&1 || true
         wrk_run "$round" "$name" 32 "$WRK_DUR" c32
-        case $name in *nometer) ;; *) wrk_run "$round" "$name" 1 "$WRK1_DUR" c1 ;; esac
+        case $name in *nometer | floor) ;; *) wrk_run "$round" "$name" 1 "$WRK1_DUR" c1 ;; esac
         stop_contender
         log "  $name done"
     done
