@@ -198,7 +198,14 @@ mod tests {
         for c in 0u8..0x80 {
             every_ascii.push(c as char);
         }
-        let strings = ["", "plain", "qu\"ote\\back", "line\nfeed\ttab\r\u{8}\u{c}\u{1}\u{1f}\u{7f}", "ünï😀\"x", &every_ascii];
+        let strings = [
+            "",
+            "plain",
+            "qu\"ote\\back",
+            "line\nfeed\ttab\r\u{8}\u{c}\u{1}\u{1f}\u{7f}",
+            "ünï😀\"x",
+            &every_ascii,
+        ];
         for (i, s) in strings.iter().enumerate() {
             for missing in [false, true] {
                 let r = UsageRecord {
