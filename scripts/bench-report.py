@@ -152,11 +152,17 @@ w("connection with epoll, parsing nothing: the same four socket operations per r
 w("other work. Its CPU time per request is the kernel's share, below which no proxy built on those operations")
 w("can go on this machine.")
 w("")
-w("| | req/s 32 conns | CPU/req | CPU/req ÷ nginx |")
-w("|---|---:|---:|---:|")
-for c in ("floor", "llmproxy-uring", "nginx"):
+w("The last column is the busy time of the load core (wrk and the backend) per request: with the proxy's own")
+w("core saturated it is the proxy's CPU that limits req/s; once it is not, the load core does.")
+w("")
+w("| | req/s 32 conns | CPU/req | CPU/req ÷ nginx | load core busy per request |")
+w("|---|---:|---:|---:|---:|")
+for c in ("direct", "floor", "llmproxy-uring", "nginx"):
     cpu = med(c, "c32_cpu_us_per_req")
-    w(f"| {LABEL[c]} | {fmt(med(c, 'c32_rps'), 'rps')} | {fmt(cpu, 'cpu')} | {ratio(cpu, med('nginx', 'c32_cpu_us_per_req'))} |")
+    w(
+        f"| {LABEL[c]} | {fmt(med(c, 'c32_rps'), 'rps')} | {fmt(cpu, 'cpu')} | "
+        f"{ratio(cpu, med('nginx', 'c32_cpu_us_per_req'))} | {fmt(med(c, 'c32_load_core_us_per_req'), 'cpu')} |"
+    )
 w("")
 w("Spread and noise: per-round values (round order) of the noisiest figures, and the share of the proxy's core")
 w("taken from the proxy during the run: `other` = busy time of core 1 not spent in the proxy process, plus steal")

@@ -277,9 +277,10 @@ stop_contender() {
 
 # wrk_run ROUND NAME CONNS DUR PREFIX: records rps, p50/p99 (us), errors, cpu_us_per_req.
 wrk_run() {
-    local round=$1 name=$2 conns=$3 dur=$4 prefix=$5 out c0 c1 k0 k1
+    local round=$1 name=$2 conns=$3 dur=$4 prefix=$5 out c0 c1 k0 k1 l0 l1 load_busy
     out=$WORK/wrk-$round-$name-$prefix.txt
     k0=$(core_ticks "$CORE_PROXY")
+    l0=$(core_ticks "$CORE_LOAD")
     c0=0
     [[ -n $PID ]] && c0=$(cpu_ticks "$PID")
     taskset -c "$CORE_LOAD" wrk -t1 -c"$conns" -d"${dur}s" --latency -s "$WORK/post.lua" \
@@ -287,10 +288,13 @@ wrk_run() {
     c1=0
     [[ -n $PID ]] && c1=$(cpu_ticks "$PID")
     k1=$(core_ticks "$CORE_PROXY")
+    l1=$(core_ticks "$CORE_LOAD")
     noise_record "$round" "$name" "$prefix" "$k0" "$k1" "$((c1 - c0))"
-    python3 - "$out" "$round" "$name" "$prefix" "$((c1 - c0))" "$(getconf CLK_TCK)" "$([[ -n $PID ]] && echo 1 || echo 0)" >>"$RESULTS" <<'PY'
+    # Busy ticks of the load core (wrk and the backend): what caps throughput once the proxy is fast.
+    load_busy=$(($(echo "$l1" | cut -d' ' -f1) - $(echo "$l0" | cut -d' ' -f1)))
+    python3 - "$out" "$round" "$name" "$prefix" "$((c1 - c0))" "$(getconf CLK_TCK)" "$([[ -n $PID ]] && echo 1 || echo 0)" "$load_busy" >>"$RESULTS" <<'PY'
 import json, re, sys
-path, rnd, name, prefix, ticks, hz, has_pid = sys.argv[1:]
+path, rnd, name, prefix, ticks, hz, has_pid, load_busy = sys.argv[1:]
 t = open(path).read()
 def dur_us(s):
     m = re.match(r"([\d.]+)(us|ms|s|m)$", s)
@@ -312,6 +316,8 @@ if m: errs += sum(int(x) for x in m.groups())
 out["errors"] = errs
 if has_pid == "1" and reqs:
     out["cpu_us_per_req"] = int(ticks) * 1e6 / int(hz) / reqs
+if reqs:
+    out["load_core_us_per_req"] = int(load_busy) * 1e6 / int(hz) / reqs
 for k, v in out.items():
     print(json.dumps({"round": int(rnd), "contender": name, "metric": "%s_%s" % (prefix, k), "value": v}))
 PY
