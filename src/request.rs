@@ -52,7 +52,7 @@ pub struct BodyError(pub &'static str);
 /// Reads the gateway's fields from a request body. An empty body gives defaults.
 pub fn scan(body: &[u8]) -> Result<RequestInfo, BodyError> {
     let mut info = RequestInfo::default();
-    let mut i = ws(body, 0);
+    let mut i = skip_ws(body, 0);
     if i == body.len() {
         return Ok(info);
     }
@@ -64,7 +64,7 @@ pub fn scan(body: &[u8]) -> Result<RequestInfo, BodyError> {
     let mut stream_options: Option<(usize, usize)> = None;
     let mut empty = true;
     loop {
-        i = ws(body, i);
+        i = skip_ws(body, i);
         match body.get(i) {
             Some(b'}') => break,
             Some(b'"') => {}
@@ -73,11 +73,11 @@ pub fn scan(body: &[u8]) -> Result<RequestInfo, BodyError> {
         empty = false;
         let key_end = skip_string(body, i).ok_or(BodyError("invalid JSON in request body"))?;
         let key = &body[i + 1..key_end - 1];
-        i = ws(body, key_end);
+        i = skip_ws(body, key_end);
         if body.get(i) != Some(&b':') {
             return Err(BodyError("invalid JSON in request body"));
         }
-        let v = ws(body, i + 1);
+        let v = skip_ws(body, i + 1);
         let v_end = skip_value(body, v).ok_or(BodyError("invalid JSON in request body"))?;
         let value = &body[v..v_end];
         match key {
@@ -87,14 +87,14 @@ pub fn scan(body: &[u8]) -> Result<RequestInfo, BodyError> {
             b"stream_options" => stream_options = Some((v, v_end)),
             _ => {}
         }
-        i = ws(body, v_end);
+        i = skip_ws(body, v_end);
         match body.get(i) {
             Some(b',') => i += 1,
             Some(b'}') => break,
             _ => return Err(BodyError("invalid JSON in request body")),
         }
     }
-    if ws(body, i + 1) != body.len() {
+    if skip_ws(body, i + 1) != body.len() {
         return Err(BodyError("invalid JSON in request body: data after the object"));
     }
     info.edit_point = Some(match stream_options {
@@ -126,21 +126,21 @@ fn stream_options_edit(
     let mut empty = true;
     let mut found = None;
     while i < v_end {
-        i = ws(body, i);
+        i = skip_ws(body, i);
         if body.get(i) == Some(&b'}') {
             break;
         }
         empty = false;
         let key_end = skip_string(body, i).ok_or(bad)?;
         let key = &body[i + 1..key_end - 1];
-        i = ws(body, key_end) + 1;
-        let s = ws(body, i);
+        i = skip_ws(body, key_end) + 1;
+        let s = skip_ws(body, i);
         let e = skip_value(body, s).ok_or(bad)?;
         if key == b"include_usage" {
             info.include_usage = Some(&body[s..e] == b"true");
             found = Some((s, e));
         }
-        i = ws(body, e);
+        i = skip_ws(body, e);
         if body.get(i) == Some(&b',') {
             i += 1;
         }
@@ -155,7 +155,8 @@ fn stream_options_edit(
     })
 }
 
-fn ws(b: &[u8], mut i: usize) -> usize {
+/// First index at or after `i` that is not JSON whitespace (the one helper for every byte scanner).
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
         i += 1;
     }

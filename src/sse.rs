@@ -2,6 +2,7 @@
 //! event boundaries; only events that carry usage are parsed; usage-only events we caused are cut out.
 //! Runs on core threads; pure, no I/O; keeps at most one partial event between reads.
 
+use crate::request::skip_ws;
 use crate::usage::{for_each_report, Usage, UsageTracker};
 use memchr::memmem;
 
@@ -65,7 +66,7 @@ impl SseScanner {
                     true
                 }
             } else {
-                !self.inspect(r, end, data)
+                !self.inspect_event(&data[r..end])
             };
             if continuing {
                 self.partial.clear();
@@ -73,7 +74,10 @@ impl SseScanner {
                 self.held = 0;
             }
             if keep {
-                data.copy_within(r..end, w);
+                // Until an event is cut, kept bytes are already in place (w == r).
+                if w != r {
+                    data.copy_within(r..end, w);
+                }
                 w += end - r;
             }
             r = end;
@@ -96,7 +100,9 @@ impl SseScanner {
                     self.release_held();
                     release = true;
                 }
-                data.copy_within(r..data.len(), w);
+                if w != r {
+                    data.copy_within(r..data.len(), w);
+                }
                 w += data.len() - r;
             }
             self.tail = tail_state(&data[r..], tail);
@@ -165,10 +171,6 @@ impl SseScanner {
         strip
     }
 
-    fn inspect(&mut self, start: usize, end: usize, data: &[u8]) -> bool {
-        self.inspect_event(&data[start..end])
-    }
-
     /// Records usage carried by one complete event; true when the event must be cut.
     fn inspect_event(&mut self, ev: &[u8]) -> bool {
         self.events += 1;
@@ -210,13 +212,6 @@ fn find_choices_key(hay: &[u8]) -> Option<usize> {
     static F: std::sync::LazyLock<memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memmem::Finder::new(CHOICES_KEY));
     F.find(hay)
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
-        i += 1;
-    }
-    i
 }
 
 fn choices_of(ev: &[u8]) -> Choices {

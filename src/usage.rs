@@ -2,6 +2,7 @@
 //! parsed alone (never the whole response), and the rules that turn many reports into one total.
 //! Runs on core threads; pure, no I/O.
 
+use crate::request::skip_ws;
 use memchr::memmem;
 use serde::Deserialize;
 
@@ -116,10 +117,7 @@ pub fn object_len(b: &[u8]) -> Option<usize> {
 pub fn for_each_report(text: &[u8], mut f: impl FnMut(Report)) {
     let mut at = 0;
     while let Some(i) = find_usage_key(&text[at..]) {
-        let mut v = at + i + USAGE_KEY.len();
-        while v < text.len() && matches!(text[v], b' ' | b'\t' | b'\r' | b'\n') {
-            v += 1;
-        }
+        let v = skip_ws(text, at + i + USAGE_KEY.len());
         at = v;
         if text.get(v) == Some(&b'{') {
             if let Some(n) = object_len(&text[v..]) {
@@ -218,13 +216,9 @@ impl BodyUsageScanner {
             }
         }
         match value_at {
-            Some(v) => {
-                self.scan(&rest[v..], true);
-            }
-            None => {
-                self.scan(rest, false);
-            }
-        }
+            Some(v) => self.scan(&rest[v..], true),
+            None => self.scan(rest, false),
+        };
         if self.capturing {
             self.carry.clear();
         } else {
@@ -254,8 +248,7 @@ impl BodyUsageScanner {
                 }
             }
             at_value = false;
-            let ws = b.iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n')).count();
-            b = &b[ws..];
+            b = &b[skip_ws(b, 0)..];
             if b.first() != Some(&b'{') {
                 if b.is_empty() {
                     // Value not here yet: treat what follows as a possible object start.
@@ -284,8 +277,7 @@ impl BodyUsageScanner {
     fn continue_capture<'a>(&mut self, piece: &'a [u8]) -> &'a [u8] {
         if self.capture.is_empty() {
             // Waiting for the value after a key that ended a piece.
-            let ws = piece.iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n')).count();
-            let piece = &piece[ws..];
+            let piece = &piece[skip_ws(piece, 0)..];
             match piece.first() {
                 None => return piece,
                 Some(b'{') => {}
@@ -295,7 +287,7 @@ impl BodyUsageScanner {
                 }
             }
             self.capturing = false;
-            return self.scan_from_object(piece);
+            return self.scan(piece, true);
         }
         let old = self.capture.len();
         let take = piece.len().min(MAX_USAGE_OBJECT.saturating_sub(old));
@@ -315,24 +307,6 @@ impl BodyUsageScanner {
                 &piece[take..]
             }
             None => &[],
-        }
-    }
-
-    fn scan_from_object<'a>(&mut self, b: &'a [u8]) -> &'a [u8] {
-        match object_len(b) {
-            Some(n) => {
-                if let Some(r) = parse_usage_object(&b[..n]) {
-                    self.tracker.whole(r);
-                }
-                let rest = &b[n..];
-                self.scan(rest, false)
-            }
-            None => {
-                self.capturing = true;
-                self.capture.clear();
-                self.capture.extend_from_slice(b);
-                &[]
-            }
         }
     }
 
