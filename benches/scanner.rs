@@ -7,7 +7,7 @@
 
 use llmproxy::chunked::ChunkedDecoder;
 use llmproxy::request::scan;
-use llmproxy::sse::SseScanner;
+use llmproxy::usage::sse::SseScanner;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 use crate::balancer::{BackendSet, Balancer};
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, Registry};
-use crate::record::UsageRecord;
 use crate::upstream::Pool;
+use crate::usage::record::UsageRecord;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -16,13 +16,13 @@ pub mod metrics;
 pub mod mock;
 pub mod models;
 pub mod proxy;
-pub mod record;
 pub mod relay;
 pub mod request;
 pub mod server;
 pub mod spool;
-pub mod sse;
 pub mod upstream;
 pub mod usage;
+// Old paths kept so code written against them keeps compiling.
+pub use usage::{record, sse};
 pub mod watch;
 pub mod webhook;

@@ -94,7 +94,7 @@ pub struct TokenCounters {
 }
 
 impl TokenCounters {
-    pub fn observe(&self, rec: &crate::record::UsageRecord) {
+    pub fn observe(&self, rec: &crate::usage::record::UsageRecord) {
         if rec.usage_missing {
             self.usage_missing.fetch_add(1, Relaxed);
         }

@@ -7,7 +7,7 @@ use crate::core::{CoreCtx, RELAY_BUF};
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Parse, RequestHead, ResponseHead};
 use crate::request::Edit;
-use crate::sse::SseScanner;
+use crate::usage::sse::SseScanner;
 use crate::usage::{BodyUsageScanner, Usage};
 use crate::watch::{Armed, ClientWatch};
 use monoio::buf::{IoBuf, IoBufMut};

@@ -10,8 +10,8 @@ mod deliver;
 mod worker;
 
 use crate::config::UsageHookConfig;
-use crate::record::UsageRecord;
 use crate::spool::Spool;
+use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Sender, TrySendError};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

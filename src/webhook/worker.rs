@@ -4,8 +4,8 @@
 use super::deliver::{Backoff, Deliverer};
 use super::{Shared, WebhookStats};
 use crate::config::UsageHookConfig;
-use crate::record::UsageRecord;
 use crate::spool::{Entry, Spool};
+use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
 use std::io::Write;

@@ -2,8 +2,8 @@
 //! event boundaries; only events that carry usage are parsed; usage-only events we caused are cut out.
 //! Runs on core threads; pure, no I/O; keeps at most one partial event between reads.
 
+use super::{for_each_report, Usage, UsageTracker};
 use crate::request::skip_ws;
-use crate::usage::{for_each_report, Usage, UsageTracker};
 use memchr::memmem;
 
 /// An event larger than this is not kept for usage scanning (usage events are a few hundred bytes).
