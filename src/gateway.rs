@@ -6,8 +6,8 @@ use crate::balancer::BackendSet;
 use crate::config::Config;
 use crate::core::{CoreCtx, Shared};
 use crate::cores::{self, Driver};
+use crate::delivery::{self, WebhookHandle, WebhookStats};
 use crate::metrics::{CoreMetrics, Registry};
-use crate::webhook::{self, WebhookHandle, WebhookStats};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -68,7 +68,7 @@ impl Gateway {
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
 
         let stats = Arc::new(WebhookStats::default());
-        let (sink, webhook) = webhook::start(&config.usage_hook, stats.clone(), opts.echo_records)?;
+        let (sink, webhook) = delivery::start(&config.usage_hook, stats.clone(), opts.echo_records)?;
         let backends = Arc::new(BackendSet::new(config.backends.clone(), config.strategy));
         let core_metrics: Vec<Arc<CoreMetrics>> =
             (0..plan.len()).map(|_| Arc::new(CoreMetrics::new(backends.len()))).collect();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod core;
 pub mod cores;
+pub mod delivery;
 pub mod error;
 pub mod gateway;
 pub mod health;
@@ -19,10 +20,8 @@ pub mod proxy;
 pub mod relay;
 pub mod request;
 pub mod server;
-pub mod spool;
 pub mod upstream;
 pub mod usage;
 // Old paths kept so code written against them keeps compiling.
 pub use usage::{record, sse};
 pub mod watch;
-pub mod webhook;

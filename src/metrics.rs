@@ -119,7 +119,7 @@ pub struct Registry {
     pub backend_names: Vec<String>,
     pub cores: Vec<Arc<CoreMetrics>>,
     pub backends: Arc<crate::balancer::BackendSet>,
-    pub webhook: Arc<crate::webhook::WebhookStats>,
+    pub webhook: Arc<crate::delivery::WebhookStats>,
     /// Records queued in memory for the webhook thread.
     pub queue_depth: Box<dyn Fn() -> usize + Send + Sync>,
 }
@@ -294,7 +294,7 @@ mod tests {
             crate::config::Strategy::RoundRobin,
         ));
         backends.set_up(1, false);
-        let webhook = Arc::new(crate::webhook::WebhookStats::default());
+        let webhook = Arc::new(crate::delivery::WebhookStats::default());
         webhook.spool_records.store(5, Relaxed);
         let reg = Registry {
             backend_names: vec!["http://a:1".into(), "http://b:1".into()],

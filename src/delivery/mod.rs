@@ -1,16 +1,18 @@
-//! Usage-record delivery: the non-blocking [`UsageSink`] that core threads submit to, and the one
-//! dedicated blocking thread ("llmproxy-webhook") that POSTs records, retries, spools and replays.
+//! Usage-record delivery (entry point of `src/delivery/`): the non-blocking [`UsageSink`] that core
+//! threads submit to, and the one dedicated blocking thread ("llmproxy-webhook") that POSTs records,
+//! retries, spools and replays.
 //!
 //! Core threads only ever `try_send` on a bounded lock-free channel, falling back to an unbounded
 //! lock-free overflow channel; nothing is dropped. The webhook thread never parks on those channels
 //! (it polls them every few milliseconds and parks in between, woken early only to stop), so a submit
 //! never has to wake a sleeping thread: no mutex, no futex, no syscall on the core threads.
 
-mod deliver;
+mod http;
+pub mod spool;
 mod worker;
 
 use crate::config::UsageHookConfig;
-use crate::spool::Spool;
+use crate::delivery::spool::Spool;
 use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Sender, TrySendError};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

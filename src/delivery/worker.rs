@@ -1,10 +1,10 @@
 //! The webhook thread's loop: batching with linger, live delivery with retries, the spool backlog
 //! (kept strictly behind older records) and its replay, and the graceful shutdown flush.
 
-use super::deliver::{Backoff, Deliverer};
+use super::http::{Backoff, Deliverer};
 use super::{Shared, WebhookStats};
 use crate::config::UsageHookConfig;
-use crate::spool::{Entry, Spool};
+use crate::delivery::spool::{Entry, Spool};
 use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;

@@ -1,7 +1,7 @@
 //! One webhook POST: body (object or array), Idempotency-Key, HMAC signature, 2xx check; plus the
 //! retry backoff with jitter. Runs on the webhook thread only (blocking I/O).
 
-use crate::spool::Entry;
+use crate::delivery::spool::Entry;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::io::Read;
