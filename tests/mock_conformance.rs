@@ -2,6 +2,8 @@
 //! chunk kind, the same top-level keys and the same usage placement (skipped when the folder is absent).
 
 mod mock_util;
+#[path = "common/prereq.rs"]
+mod prereq;
 
 use llmproxy::mock::Flavor;
 use mock_util::*;
@@ -136,13 +138,13 @@ fn shape(text: &str, case: &Case) -> Shape {
 fn simulator_matches_captured_streams() {
     let dir = Path::new(FIXTURES);
     if !dir.is_dir() {
-        println!("note: {FIXTURES} not found; conformance test skipped");
+        prereq::missing(&format!("the fixtures at {FIXTURES}"));
         return;
     }
     let mut failures = Vec::new();
     for case in cases() {
         let Ok(text) = std::fs::read_to_string(dir.join(case.fixture)) else {
-            println!("note: {} missing; case skipped", case.fixture);
+            prereq::missing(&format!("fixture {}", case.fixture));
             continue;
         };
         let want = shape(&text, &case);
@@ -169,7 +171,7 @@ fn simulator_matches_captured_streams() {
 fn continuous_usage_runs_like_the_capture() {
     let path = Path::new(FIXTURES).join("vllm/chat_stream_continuous_usage.sse");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        println!("note: {} not found; skipped", path.display());
+        prereq::missing(&format!("fixture {}", path.display()));
         return;
     };
     let comp = |t: &str| -> Vec<u64> {

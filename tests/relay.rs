@@ -41,6 +41,7 @@ fn fixtures_relay_byte_identical_in_every_framing() {
     let sse = fixtures("sse");
     let json = fixtures("json");
     if sse.is_empty() && json.is_empty() {
+        common::prereq::missing("fixture files (*.sse, *.json) under ../shared/fixtures/backends");
         return;
     }
     let rep = Replay::start(Reply::new(200, "text/plain", b"", Framing::Length));

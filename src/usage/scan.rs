@@ -388,6 +388,9 @@ mod fixture_tests {
     fn fixture_bodies_at_every_split() {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/backends");
         if !dir.exists() {
+            // Skips on a developer's machine; under CI (`CI=true`) a missing folder fails.
+            let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+            assert!(!ci, "fixtures folder {} missing under CI", dir.display());
             eprintln!("fixtures folder {} missing: skipping", dir.display());
             return;
         }

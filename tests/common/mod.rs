@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod prereq;
 pub mod receiver;
 pub mod replay;
 

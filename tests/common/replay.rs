@@ -197,13 +197,14 @@ fn serve(stream: TcpStream, reply: Arc<Mutex<Reply>>, seen: Arc<Mutex<Vec<Seen>>
     }
 }
 
-/// The fixtures directory (`../shared/fixtures/backends`), or None (with a note) when missing.
+/// The fixtures directory (`../shared/fixtures/backends`), or None (with a note) when missing;
+/// under CI a missing directory fails the test (`prereq::missing`).
 pub fn fixtures_dir() -> Option<std::path::PathBuf> {
     let p = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/backends"));
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!("note: fixtures not found at {}; skipping", p.display());
+        super::prereq::missing(&format!("the fixtures at {}", p.display()));
         None
     }
 }

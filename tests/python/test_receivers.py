@@ -4,11 +4,15 @@ import hashlib
 import hmac
 import importlib.util
 import json
+import os
 import pathlib
 
 import pytest
 
-pytest.importorskip("flask")
+if os.environ.get("CI", "").lower() in ("true", "1"):
+    import flask  # noqa: F401  (under CI a missing flask fails the run instead of skipping it)
+else:
+    pytest.importorskip("flask")
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "webhook"
 
