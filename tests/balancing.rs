@@ -55,27 +55,36 @@ fn round_robin_is_even() {
     assert!(counts.iter().all(|&c| (95..=105).contains(&c)), "round robin over 300: {counts:?}");
 }
 
-/// How `n` requests from 4 concurrent clients split between a slow and a fast backend under `strategy`.
-fn slow_share(strategy: &str, n: usize) -> (usize, usize) {
-    let slow = mock_with(Flavor::Vllm, 800, 0, 1);
-    let fast = mock_with(Flavor::Vllm, 1, 0, 1);
+/// Holds one request in flight on one of two backends (a 60 s first token, from a client that
+/// never reads), then sends 20 quick requests one after another on another connection. Returns how
+/// many of the 20 went to the busy backend. Deterministic under any machine load: each quick
+/// request has ended (and left the in-flight count) before the next is picked, so at every pick
+/// the busy backend counts 1 in flight and the other 0.
+fn picks_of_busy_backend(strategy: &str) -> usize {
+    let a = mock(Flavor::Vllm);
+    let b = mock(Flavor::Vllm);
     let extra = format!("[balancer]\nstrategy = \"{strategy}\"\n");
-    let gw = Gateway::start(&config_for(&[slow.url(), fast.url()], &extra));
-    let t = std::time::Instant::now();
-    let st = load(gw.addr, n, 4, "");
-    eprintln!("{strategy}: {n} requests in {:?}", t.elapsed());
-    assert!(st.iter().all(|&s| s == 200), "{st:?}");
-    (hits(&slow, CHAT), hits(&fast, CHAT))
+    let gw = Gateway::start(&config_for(&[a.url(), b.url()], &extra));
+    let mut holder = connect(gw.addr);
+    holder.send(&post(CHAT, &chat("m"), "x-mock-ttft-ms: 60000\r\n"));
+    eventually(30, "the held request reaches a backend", || hits(&a, CHAT) + hits(&b, CHAT) == 1);
+    let (busy, idle) = if hits(&a, CHAT) == 1 { (&a, &b) } else { (&b, &a) };
+    let mut c = connect(gw.addr);
+    for _ in 0..20 {
+        assert_eq!(c.request(&post(CHAT, &chat("m"), FAST)).status, 200);
+    }
+    assert_eq!(hits(busy, CHAT) + hits(idle, CHAT), 21);
+    drop(holder);
+    hits(busy, CHAT) - 1
 }
 
 #[test]
 fn least_connections_prefers_the_less_loaded_backend() {
-    let (ls, lf) = slow_share("least_connections", 48);
-    let (rs, rf) = slow_share("round_robin", 16);
-    eprintln!("least_connections slow:fast {ls}:{lf}; round_robin {rs}:{rf}");
-    assert_eq!(ls + lf, 48);
-    assert!(ls * 4 <= lf, "least_connections sent {ls} of 48 to the slow backend");
-    assert!(rs * 3 >= rs + rf, "round_robin should not avoid the slow one: {rs}:{rf}");
+    let least = picks_of_busy_backend("least_connections");
+    assert_eq!(least, 0, "least_connections sent {least} of 20 to the backend with a request in flight");
+    // The contrast: round robin alternates regardless of load.
+    let rr = picks_of_busy_backend("round_robin");
+    assert!((8..=12).contains(&rr), "round_robin sent {rr} of 20 to the busy backend");
 }
 
 #[test]
