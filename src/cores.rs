@@ -1,6 +1,7 @@
-//! Worker threads: how many and on which cores (pure planning), the I/O driver (io_uring, or epoll
-//! where the kernel or a seccomp profile forbids it), and one pinned thread per worker running
-//! its own monoio runtime around `server::serve`.
+//! Worker placement and runtimes: how many workers and on which cores (pure planning), the I/O
+//! driver (io_uring, or epoll where the kernel or a seccomp profile forbids it), the io_uring ring
+//! flags, and `run_on`/`pin`, which the worker threads that `gateway.rs` spawns call on themselves
+//! (pin to their core, then run a monoio runtime around `server::serve`).
 
 use crate::config::{DriverChoice, RuntimeConfig};
 use std::io;

@@ -11,7 +11,8 @@ pub enum GatewayError {
     NotFound,
     /// Known path, wrong method (405); `allow` is the method to use.
     MethodNotAllowed(&'static str),
-    /// The head did not arrive within `header_read_timeout`.
+    /// The head did not arrive within `header_read_timeout`, or the body stalled: no body bytes for
+    /// `header_read_timeout` between two reads.
     RequestTimeout,
     PayloadTooLarge,
     HeadTooLarge,
@@ -83,7 +84,7 @@ impl GatewayError {
             GatewayError::NotFound => "no such endpoint on this gateway",
             GatewayError::ModelNotFound => "no backend serves the requested model",
             GatewayError::MethodNotAllowed(_) => "method not allowed for this endpoint",
-            GatewayError::RequestTimeout => "request head not received in time",
+            GatewayError::RequestTimeout => "request head or body not received in time",
             GatewayError::PayloadTooLarge => "request body larger than limits.max_request_body",
             GatewayError::HeadTooLarge => "request head too large or too many headers",
             GatewayError::NoHealthyBackend => "no healthy backend available",

@@ -1,6 +1,7 @@
 //! One exchange with a backend on a core thread: send the request, read the response head, then the
 //! hot loop relaying backend bytes to the client as they arrive, each read fed to the usage scanner
-//! in place (no second copy). Knows nothing of retries or records; `proxy.rs` decides those.
+//! in place (no second copy). It tells a failure before any response byte (`Outcome::Retryable`,
+//! `Failed`) from one after; `proxy.rs` decides whether to retry and builds the record.
 
 use crate::chunked::{size_line, ChunkedDecoder};
 use crate::core::{CoreCtx, RELAY_BUF};

@@ -41,7 +41,8 @@ struct Shared {
     in_thread: AtomicUsize,
 }
 
-/// Where core threads hand over usage records. Cheap to clone; one per core thread.
+/// Where core threads hand over usage records. Cheap to clone; the gateway wraps one in
+/// `Shared::records`, which every core thread calls.
 #[derive(Clone)]
 pub struct UsageSink {
     tx: Sender<UsageRecord>,
@@ -50,7 +51,7 @@ pub struct UsageSink {
 }
 
 impl UsageSink {
-    /// Called on io_uring core threads once per request: never blocks, locks or does I/O. Tries the
+    /// Called on core threads (io_uring or epoll) once per request: never blocks, locks or does I/O. Tries the
     /// bounded channel; when it is full, the record goes to the unbounded overflow channel, which
     /// the webhook thread writes straight to the spool. Never drops a record while the webhook
     /// thread runs.

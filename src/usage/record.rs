@@ -13,7 +13,8 @@ pub enum RecordStatus {
     ClientDisconnected,
     /// The backend failed, broke off or timed out; `http_status` says what the client saw.
     BackendError,
-    /// The gateway refused the request (auth, no backend, bad body) before a backend saw it.
+    /// No backend could be chosen (none healthy, no backend for the model). Requests refused before
+    /// that (auth, malformed HTTP, an invalid body) produce no record: nothing was consumed.
     Rejected,
 }
 
