@@ -40,19 +40,24 @@ pub async fn proxy(
         Ok(i) => i,
         Err(e) => return reject(ctx, client, req, GatewayError::BadRequest(e.0), false).await,
     };
+    // What the backend will do: the OpenAI-style APIs stream only when asked.
+    let stream = info.streams(false);
 
     // Who is calling.
     let key = req.head.api_key.as_deref();
     let matched = key.and_then(|k| auth::lookup(&cfg.auth, k));
     if cfg.auth.required && matched.is_none() {
-        return reject(ctx, client, req, GatewayError::Unauthorized, info.stream).await;
+        return reject(ctx, client, req, GatewayError::Unauthorized, stream).await;
     }
     let user_id =
         matched.map(str::to_string).or_else(|| req.head.user_header.clone()).or_else(|| info.user.clone());
     let api_key = key.and_then(|k| auth::format_key(k, cfg.usage_hook.api_key_format));
 
-    let edit = if cfg.usage_hook.include_usage == IncludeUsage::Inject && endpoint.takes_stream_options() {
-        info.include_usage_edit()
+    let edit = if cfg.usage_hook.include_usage == IncludeUsage::Inject
+        && endpoint.takes_stream_options()
+        && stream
+    {
+        info.usage_edit(true, false)
     } else {
         None
     };
@@ -63,7 +68,7 @@ pub async fn proxy(
         edit,
         request_id: req.request_id,
         client_keep_alive: req.keep_alive,
-        strip_usage_only: edit.is_some(),
+        strip_usage_only: edit.is_some() && !info.include_usage,
     };
 
     let set = &ctx.shared.backends;
@@ -75,7 +80,7 @@ pub async fn proxy(
         prompt_tokens: 0,
         completion_tokens: 0,
         total_tokens: 0,
-        is_stream: info.stream,
+        is_stream: stream,
         endpoint: endpoint.path().to_string(),
         timestamp: rfc3339_now(req.arrived),
         backend_url: None,
@@ -148,8 +153,8 @@ pub async fn proxy(
                 End::ClientGone => RecordStatus::ClientDisconnected,
                 End::BackendBroke => RecordStatus::BackendError,
             };
-            record.ttft_ms = r.ttft.filter(|_| info.stream).map(|t| t.as_millis() as u64);
-            if let Some(t) = r.ttft.filter(|_| info.stream) {
+            record.ttft_ms = r.ttft.filter(|_| stream).map(|t| t.as_millis() as u64);
+            if let Some(t) = r.ttft.filter(|_| stream) {
                 ctx.metrics.ttft.observe(t.as_millis() as u64);
             }
             match r.usage {
@@ -166,7 +171,7 @@ pub async fn proxy(
     let elapsed = req.started.elapsed();
     record.duration_ms = elapsed.as_millis() as u64;
     ctx.metrics.latency.observe(record.duration_ms);
-    ctx.metrics.request(endpoint, info.stream, backend, record.http_status);
+    ctx.metrics.request(endpoint, stream, backend, record.http_status);
     (ctx.shared.records)(record);
     keep
 }
