@@ -172,6 +172,7 @@ mod tests {
                 weight: w,
                 models: vec![],
                 api_key: None,
+                tls: None,
             })
             .collect();
         BackendSet::new(backends, strategy)

@@ -1,6 +1,10 @@
 //! Configuration: the raw TOML shape (`RawConfig`, unknown keys rejected) and its conversion into the
 //! validated, typed `Config` that the rest of the gateway uses. Every problem is reported at once.
 
+mod tls;
+
+pub use tls::ListenerTlsConfig;
+
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,6 +55,8 @@ pub struct Config {
     pub usage_hook: UsageHookConfig,
     pub health_check: HealthCheckConfig,
     pub auth: AuthConfig,
+    /// `[tls]`: TLS on `listen`; None = plain HTTP.
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +80,8 @@ pub struct BackendConfig {
     pub weight: u32,
     pub models: Vec<String>,
     pub api_key: Option<String>,
+    /// For an https:// backend: roots, client certificate, server name.
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +148,7 @@ struct RawConfig {
     usage_hook: RawUsageHook,
     health_check: RawHealthCheck,
     auth: RawAuth,
+    tls: tls::RawTls,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -158,6 +167,10 @@ struct RawBackend {
     weight: Option<i64>,
     models: Option<Vec<String>>,
     api_key: Option<String>,
+    tls_ca_file: Option<String>,
+    tls_client_cert: Option<String>,
+    tls_client_key: Option<String>,
+    tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -353,11 +366,24 @@ fn parse_addr(p: &mut Problems<'_>, key: &str, s: &str) -> Option<SocketAddr> {
     }
 }
 
-/// Splits `http://host[:port][/base]` into (addr, host header, base path). Resolves the name once.
-fn parse_backend_url(p: &mut Problems<'_>, key: &str, url: &str) -> Option<(SocketAddr, String, String)> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        p.push(key, format_args!("{url:?}: only http:// backends are supported"));
-        return None;
+/// A backend URL taken apart.
+struct BackendUrl {
+    addr: SocketAddr,
+    /// `host[:port]` as written, for the Host header.
+    authority: String,
+    base_path: String,
+    https: bool,
+}
+
+/// Splits `http(s)://host[:port][/base]`. Resolves the name once.
+fn parse_backend_url(p: &mut Problems<'_>, key: &str, url: &str) -> Option<BackendUrl> {
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => {
+            p.push(key, format_args!("{url:?}: a backend url starts with http:// or https://"));
+            return None;
+        }
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -373,10 +399,18 @@ fn parse_backend_url(p: &mut Problems<'_>, key: &str, url: &str) -> Option<(Sock
         {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if https { 443 } else { 80 })
         };
     let addr = parse_addr(p, key, &with_port)?;
-    Some((addr, authority.to_string(), path.to_string()))
+    Some(BackendUrl { addr, authority: authority.to_string(), base_path: path.to_string(), https })
+}
+
+/// The host part of `host[:port]` (brackets kept for IPv6).
+fn host_of(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !authority.ends_with(']') => h,
+        _ => authority,
+    }
 }
 
 impl Config {
@@ -476,6 +510,13 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("backends.weight", Kind::Int),
     ("backends.models", Kind::StrList),
     ("backends.api_key", Kind::Str),
+    ("backends.tls_ca_file", Kind::Str),
+    ("backends.tls_client_cert", Kind::Str),
+    ("backends.tls_client_key", Kind::Str),
+    ("backends.tls_server_name", Kind::Str),
+    ("tls", Kind::Table),
+    ("tls.cert_file", Kind::Str),
+    ("tls.key_file", Kind::Str),
     ("balancer", Kind::Table),
     ("balancer.strategy", Kind::Str),
     ("limits", Kind::Table),
@@ -582,15 +623,23 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
         };
         let url = url.trim_end_matches('/').to_string();
         let weight = p.int(&format!("backends[{i}].weight"), b.weight, 1, 1, 1_000_000) as u32;
-        if let Some((addr, host_header, base_path)) = parse_backend_url(p, &key, &url) {
+        if let Some(u) = parse_backend_url(p, &key, &url) {
             if backends.iter().any(|x: &BackendConfig| x.url == url) {
                 p.push(&key, format_args!("{url:?} is listed twice"));
             }
+            let keys = tls::BackendTlsKeys {
+                ca_file: b.tls_ca_file.clone().unwrap_or_default(),
+                client_cert: b.tls_client_cert.clone().unwrap_or_default(),
+                client_key: b.tls_client_key.clone().unwrap_or_default(),
+                server_name: b.tls_server_name.clone().unwrap_or_default(),
+            };
+            let tls = tls::backend(p, i, u.https, host_of(&u.authority), &keys);
             backends.push(BackendConfig {
                 url,
-                addr,
-                host_header,
-                base_path,
+                addr: u.addr,
+                host_header: u.authority,
+                base_path: u.base_path,
+                tls,
                 weight,
                 models: b.models.clone().unwrap_or_default(),
                 api_key: b.api_key.clone().filter(|k| !k.is_empty()),
@@ -732,7 +781,9 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
         keys,
     };
 
+    let tls = tls::listener(p, &raw.tls);
     Config {
+        tls,
         listen,
         admin_listen,
         shutdown_grace,

@@ -4,10 +4,10 @@
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Endpoint, Method, Parse, RequestHead};
+use crate::net::Stream;
 use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -35,29 +35,36 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
-/// Serves one client connection until it closes, errs, or the gateway drains.
-pub async fn handle(ctx: Rc<CoreCtx>, mut client: TcpStream, accepted: Instant) {
+/// Serves one client connection until it closes, errs, or the gateway drains; a TLS client then
+/// gets a close_notify.
+pub async fn handle(ctx: Rc<CoreCtx>, mut client: Stream, accepted: Instant) {
     ctx.connections.set(ctx.connections.get() + 1);
     ctx.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _guard = ConnGuard(&ctx);
-    let _ = client.set_nodelay(true);
+    serve_connection(&ctx, &mut client, accepted).await;
+    if client.is_tls() {
+        client.close().await;
+    }
+}
+
+async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant) {
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut watch: Option<ClientWatch> = None;
     let mut since = Some(accepted);
     loop {
-        let head = match read_head(&ctx, &mut client, &mut inbuf, since).await {
+        let head = match read_head(ctx, client, &mut inbuf, since).await {
             Ok(h) => h,
             Err(HeadError::Closed) => return,
             Err(HeadError::Answer(e)) => {
                 let rid = ctx.new_request_id();
                 ctx.metrics.request(Endpoint::Unknown, false, None, e.status());
-                let _ = answer_error(&mut client, &e, &rid, true).await;
+                let _ = answer_error(client, &e, &rid, true).await;
                 return;
             }
         };
         since = None;
         ctx.inflight.set(ctx.inflight.get() + 1);
-        let keep = serve_request(&ctx, &mut client, &mut inbuf, &mut watch, head).await;
+        let keep = serve_request(ctx, client, &mut inbuf, &mut watch, head).await;
         ctx.inflight.set(ctx.inflight.get() - 1);
         if !keep || ctx.shared.shutting_down() {
             return;
@@ -72,7 +79,7 @@ pub async fn handle(ctx: Rc<CoreCtx>, mut client: TcpStream, accepted: Instant) 
 /// head timeout counts from accept); later ones first wait up to KEEP_ALIVE_IDLE for a first byte.
 async fn read_head(
     ctx: &CoreCtx,
-    client: &mut TcpStream,
+    client: &mut Stream,
     inbuf: &mut Vec<u8>,
     accepted: Option<Instant>,
 ) -> Result<RequestHead, HeadError> {
@@ -109,7 +116,7 @@ enum ReadMore {
 }
 
 /// Appends at least one byte read from the client to `inbuf`, within `wait`.
-async fn read_more(client: &mut TcpStream, inbuf: &mut Vec<u8>, wait: Duration) -> ReadMore {
+async fn read_more(client: &mut Stream, inbuf: &mut Vec<u8>, wait: Duration) -> ReadMore {
     if inbuf.capacity() - inbuf.len() < 1024 {
         inbuf.reserve(READ_CHUNK);
     }
@@ -143,7 +150,7 @@ pub enum Body {
 /// Reads the body; returns it and where the next request starts in `inbuf`.
 async fn read_body(
     ctx: &CoreCtx,
-    client: &mut TcpStream,
+    client: &mut Stream,
     inbuf: &mut Vec<u8>,
     head: &RequestHead,
 ) -> Result<(Body, usize), GatewayError> {
@@ -208,7 +215,7 @@ async fn read_body(
 /// Handles one request whose head is at the start of `inbuf`; returns whether to keep the connection.
 async fn serve_request(
     ctx: &CoreCtx,
-    client: &mut TcpStream,
+    client: &mut Stream,
     inbuf: &mut Vec<u8>,
     watch: &mut Option<ClientWatch>,
     head: RequestHead,
@@ -298,7 +305,7 @@ async fn serve_request(
     keep
 }
 
-async fn answer_health(ctx: &CoreCtx, client: &mut TcpStream, rid: &str, keep: bool) -> bool {
+async fn answer_health(ctx: &CoreCtx, client: &mut Stream, rid: &str, keep: bool) -> bool {
     let set = &ctx.shared.backends;
     let up = (0..set.len()).filter(|&i| set.is_up(i)).count();
     let status = if up > 0 { 200 } else { 503 };
@@ -313,7 +320,7 @@ async fn answer_health(ctx: &CoreCtx, client: &mut TcpStream, rid: &str, keep: b
 
 /// Writes a whole response with a body; true when it was written.
 pub async fn answer(
-    client: &mut TcpStream,
+    client: &mut Stream,
     status: u16,
     content_type: &[u8],
     body: &[u8],
@@ -335,7 +342,7 @@ pub async fn answer(
 }
 
 /// Writes a gateway error response; true when it was written.
-pub async fn answer_error(client: &mut TcpStream, e: &GatewayError, rid: &str, close: bool) -> bool {
+pub async fn answer_error(client: &mut Stream, e: &GatewayError, rid: &str, close: bool) -> bool {
     let mut out = Vec::with_capacity(384);
     e.write_response(&mut out, rid, close || e.closes_connection());
     client.write_all(out).await.0.is_ok()

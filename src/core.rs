@@ -25,6 +25,8 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     /// Distinguishes request ids of this process from earlier runs.
     pub id_prefix: String,
+    /// The listener's TLS certificates (`[tls]`), swappable on reload; None = plain HTTP.
+    pub listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 impl Shared {

@@ -30,6 +30,7 @@ pub struct Gateway {
     health: Option<JoinHandle<()>>,
     health_stop: Arc<AtomicBool>,
     webhook: Option<WebhookHandle>,
+    listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// A SO_REUSEPORT listener; every worker gets its own on the same address.
@@ -81,6 +82,8 @@ impl Gateway {
             queue_depth: Box::new(move || depth_sink.queue_depth()),
         });
         let shutdown = Arc::new(AtomicBool::new(false));
+        let listener_tls =
+            config.tls.as_ref().map(|t| Arc::new(crate::tls::ListenerTls::new(t.server.clone())));
         let shared = Arc::new(Shared {
             config: config.clone(),
             backends: backends.clone(),
@@ -93,6 +96,7 @@ impl Gateway {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as u32)
             ),
+            listener_tls: listener_tls.clone(),
         });
 
         let health_stop = Arc::new(AtomicBool::new(false));
@@ -100,6 +104,9 @@ impl Gateway {
             crate::health::spawn(backends.clone(), config.health_check.clone(), health_stop.clone())?;
 
         log::info!("listening on {addr}");
+        if listener_tls.is_some() {
+            log::info!("the listener speaks TLS (HTTP/1.1 via ALPN); admin_listen stays plain");
+        }
         if let Some(a) = admin_addr {
             log::info!("admin endpoints (/health, /metrics) on {a}");
         }
@@ -170,7 +177,14 @@ impl Gateway {
             health: Some(health),
             health_stop,
             webhook: Some(webhook),
+            listener_tls,
         })
+    }
+
+    /// The listener's certificates, for a reload to swap (`ListenerTls::reload` with the new
+    /// config's `tls.server`); None when the listener is plain (turning TLS on needs a restart).
+    pub fn listener_tls(&self) -> Option<Arc<crate::tls::ListenerTls>> {
+        self.listener_tls.clone()
     }
 
     /// The flag that starts a graceful stop when set (signal handlers set it).

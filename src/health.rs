@@ -1,10 +1,11 @@
 //! Active health checks on their own thread (never on a core): every `interval`, a blocking
-//! `GET <path>` to each backend; 2xx marks it up, anything else down. Cores mark down passively.
+//! `GET <path>` to each backend (over TLS for https ones, through `net::dial`); 2xx marks it up,
+//! anything else down, except a TLS rejection (e.g. a certificate that does not verify), which is
+//! logged and leaves the backend up so requests answer 502 with the reason. Cores mark down passively.
 
 use crate::balancer::BackendSet;
 use crate::config::HealthCheckConfig;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,10 +15,17 @@ use std::time::{Duration, Instant};
 pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
     let b = &set.backends[i];
     let deadline = Instant::now() + cfg.timeout;
-    let Ok(mut s) = TcpStream::connect_timeout(&b.addr, cfg.timeout) else { return false };
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let _ = s.set_read_timeout(Some(left));
-    let _ = s.set_write_timeout(Some(left));
+    let mut s = match crate::net::connect_blocking(b.addr, b.tls.as_ref(), cfg.timeout) {
+        Ok(s) => s,
+        // Alive, but its TLS does not match the settings: kept up so requests get a 502 that
+        // says why (see proxy), and said here too.
+        Err(e) if e.is_tls_rejection() => {
+            log::warn!("health check of {}: {e}", b.url);
+            return true;
+        }
+        Err(_) => return false,
+    };
+    let _ = deadline;
     let req = format!(
         "GET {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: llmproxy-health\r\nConnection: close\r\n\r\n",
         b.base_path, cfg.path, b.host_header

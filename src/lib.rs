@@ -16,10 +16,12 @@ pub mod http1;
 pub mod metrics;
 pub mod mock;
 pub mod models;
+pub mod net;
 pub mod proxy;
 pub mod relay;
 pub mod request;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod usage;
 // Old paths kept so code written against them keeps compiling.

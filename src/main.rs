@@ -61,6 +61,15 @@ enum Command {
         /// Model name to report (default: the flavour's usual model)
         #[arg(long, default_value = "")]
         model: String,
+        /// Serve TLS with this PEM certificate chain (with --tls-key)
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<String>,
+        /// The PEM private key of --tls-cert
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<String>,
+        /// Require a client certificate signed by this PEM CA (mutual TLS)
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<String>,
     },
 }
 
@@ -74,7 +83,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Some(Command::MockBackend { listen, flavor, ttft_ms, itl_ms, tokens, model }) => {
+        Some(Command::MockBackend {
+            listen,
+            flavor,
+            ttft_ms,
+            itl_ms,
+            tokens,
+            model,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+        }) => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => {
+                    match llmproxy::mock::tls_front::server_config(&c, &k, tls_client_ca.as_deref()) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            log::error!("mock-backend: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let opts = MockOptions {
                 model: if model.is_empty() { flavor.default_model().to_string() } else { model },
                 flavor,
@@ -82,7 +113,7 @@ fn main() -> ExitCode {
                 itl: Duration::from_millis(itl_ms),
                 tokens,
             };
-            match llmproxy::mock::run(listen, opts) {
+            match llmproxy::mock::run(listen, opts, tls) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("mock-backend: {e}");

@@ -53,7 +53,14 @@ pub async fn merged(ctx: &CoreCtx, rid: &str) -> (u16, Vec<u8>) {
 async fn fetch(ctx: &CoreCtx, b: usize, rid: &str) -> Option<Vec<u8>> {
     let limits = &ctx.shared.config.limits;
     let bc = &ctx.shared.backends.backends[b];
-    let mut conn = crate::upstream::connect(bc.addr, limits.upstream_connect_timeout).await.ok()?;
+    let mut conn = match crate::net::connect(bc.addr, bc.tls.as_ref(), limits.upstream_connect_timeout).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("request_id={rid} /v1/models from {}: {e}", bc.url);
+            return None;
+        }
+    };
     let mut req = format!(
         "GET {}/v1/models HTTP/1.1\r\nhost: {}\r\nx-request-id: {rid}\r\n",
         bc.base_path, bc.host_header

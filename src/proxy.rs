@@ -7,12 +7,11 @@ use crate::config::IncludeUsage;
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
 use crate::http1::RequestHead;
+use crate::net::{DialError, Stream};
 use crate::relay::{self, End, Outcome, Outgoing};
 use crate::request;
-use crate::upstream;
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord};
 use crate::watch::ClientWatch;
-use monoio::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
 
@@ -30,7 +29,7 @@ pub struct Request<'a> {
 /// Proxies one request; returns whether the client connection stays open.
 pub async fn proxy(
     ctx: &CoreCtx,
-    client: &mut TcpStream,
+    client: &mut Stream,
     watch: Option<&ClientWatch>,
     req: &Request<'_>,
 ) -> bool {
@@ -180,7 +179,7 @@ pub async fn proxy(
 async fn attempt(
     ctx: &CoreCtx,
     b: usize,
-    client: &mut TcpStream,
+    client: &mut Stream,
     watch: Option<&ClientWatch>,
     out: &Outgoing<'_>,
     started: Instant,
@@ -189,14 +188,19 @@ async fn attempt(
     let conn = match pooled {
         Some(c) => c,
         None => {
-            let addr = ctx.shared.backends.backends[b].addr;
-            match upstream::connect(addr, ctx.shared.config.limits.upstream_connect_timeout).await {
+            let bc = &ctx.shared.backends.backends[b];
+            let timeout = ctx.shared.config.limits.upstream_connect_timeout;
+            match crate::net::connect(bc.addr, bc.tls.as_ref(), timeout).await {
                 Ok(c) => c,
-                Err(_) => {
-                    return Outcome::Retryable {
-                        connect: true,
-                        error: GatewayError::BadGateway("backend unreachable"),
-                    }
+                Err(e) => {
+                    log::warn!("request_id={} backend {}: {e}", out.request_id, bc.url);
+                    // A certificate that does not verify is a configuration error: a 502 (after
+                    // one retry elsewhere), but the backend is not marked down for it.
+                    let error = match e {
+                        DialError::Connect(_) => GatewayError::BadGateway("backend unreachable"),
+                        DialError::Tls { .. } => GatewayError::BadGateway("backend TLS handshake failed"),
+                    };
+                    return Outcome::Retryable { connect: !e.is_tls_rejection(), error };
                 }
             }
         }
@@ -208,7 +212,7 @@ async fn attempt(
 /// was consumed).
 async fn reject(
     ctx: &CoreCtx,
-    client: &mut TcpStream,
+    client: &mut Stream,
     req: &Request<'_>,
     e: GatewayError,
     stream: bool,

@@ -7,13 +7,13 @@ use crate::chunked::{size_line, ChunkedDecoder};
 use crate::core::{CoreCtx, RELAY_BUF};
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Parse, RequestHead, ResponseHead};
+use crate::net::Stream;
 use crate::request::Edit;
 use crate::usage::sse::SseScanner;
 use crate::usage::{BodyUsageScanner, Usage};
 use crate::watch::{Armed, ClientWatch};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Room before the payload for a chunk-size line.
@@ -179,8 +179,8 @@ enum Scanner {
 pub async fn exchange(
     ctx: &CoreCtx,
     backend: usize,
-    mut conn: TcpStream,
-    client: &mut TcpStream,
+    mut conn: Stream,
+    client: &mut Stream,
     watch: Option<&ClientWatch>,
     req: &Outgoing<'_>,
     started: Instant,
@@ -397,7 +397,7 @@ fn append_framed(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming, last: b
 /// Writes `buf[PREFIX..PREFIX + n]` framed (after any pending bytes, in one write).
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    client: &mut TcpStream,
+    client: &mut Stream,
     mut buf: Vec<u8>,
     n: usize,
     last: bool,

@@ -1,9 +1,11 @@
 //! The per-core accept loop: `serve(listener, ctx)` accepts on this core's SO_REUSEPORT listener
-//! until shutdown, spawns a task per connection, then drains in-flight requests up to the grace.
+//! until shutdown, spawns a task per connection (after the TLS handshake on a TLS listener), then
+//! drains in-flight requests up to the grace.
 
 use crate::connection;
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
+use crate::net::Stream;
 use monoio::net::TcpListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -19,16 +21,38 @@ async fn shutdown_signal(ctx: Rc<CoreCtx>) {
 /// (at most `shutdown_grace`). Idle keep-alive connections are closed when this returns.
 pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
     let mut stop = std::pin::pin!(shutdown_signal(ctx.clone()));
+    // The admin listener stays plain.
+    let tls = if ctx.admin_only { None } else { ctx.shared.listener_tls.clone() };
     loop {
         monoio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if ctx.connections.get() >= ctx.max_connections {
-                        monoio::spawn(refuse(stream, ctx.clone()));
-                        continue;
+                    let accepted = Instant::now();
+                    match &tls {
+                        None => {
+                            let _ = stream.set_nodelay(true);
+                            let stream = Stream::Plain(stream);
+                            if ctx.connections.get() >= ctx.max_connections {
+                                monoio::spawn(refuse(stream, ctx.clone()));
+                                continue;
+                            }
+                            monoio::spawn(connection::handle(ctx.clone(), stream, accepted));
+                        }
+                        // Over max_connections a TLS client is just closed: a plain 503 would
+                        // be noise to it, and a handshake to refuse is work to avoid.
+                        Some(_) if ctx.connections.get() >= ctx.max_connections => drop(stream),
+                        Some(t) => {
+                            let config = t.current();
+                            let ctx = ctx.clone();
+                            monoio::spawn(async move {
+                                let timeout = ctx.shared.config.limits.header_read_timeout;
+                                if let Some(s) = crate::net::accept_tls(stream, config, timeout).await {
+                                    connection::handle(ctx, s, accepted).await;
+                                }
+                            });
+                        }
                     }
-                    monoio::spawn(connection::handle(ctx.clone(), stream, Instant::now()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -49,7 +73,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
 }
 
 /// Over `max_connections`: a 503 and close.
-async fn refuse(mut stream: monoio::net::TcpStream, ctx: Rc<CoreCtx>) {
+async fn refuse(mut stream: Stream, ctx: Rc<CoreCtx>) {
     let rid = ctx.new_request_id();
     let _ = connection::answer_error(&mut stream, &GatewayError::Overloaded, &rid, true).await;
 }

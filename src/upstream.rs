@@ -1,8 +1,8 @@
-//! Backend connections on a core: connect with a timeout, and a per-core pool of idle keep-alive
-//! connections (LIFO, dropped once idle long enough that the backend may have closed them).
+//! Backend connections on a core: a per-core pool of idle keep-alive connections, plain or TLS
+//! (LIFO, dropped once idle long enough that the backend may have closed them). Opening one is
+//! `net::dial`'s job.
 
-use monoio::net::TcpStream;
-use std::net::SocketAddr;
+use crate::net::Stream;
 use std::time::{Duration, Instant};
 
 /// Idle connections older than this are not reused: uvicorn (vLLM, SGLang) closes idle
@@ -12,7 +12,7 @@ pub const MAX_IDLE: Duration = Duration::from_secs(4);
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
 
 pub struct Pool {
-    idle: Vec<Vec<(TcpStream, Instant)>>,
+    idle: Vec<Vec<(Stream, Instant)>>,
 }
 
 impl Pool {
@@ -21,7 +21,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection to `backend` that is still fresh.
-    pub fn take(&mut self, backend: usize) -> Option<TcpStream> {
+    pub fn take(&mut self, backend: usize) -> Option<Stream> {
         let list = &mut self.idle[backend];
         while let Some((s, since)) = list.pop() {
             if since.elapsed() < MAX_IDLE {
@@ -31,7 +31,7 @@ impl Pool {
         None
     }
 
-    pub fn put(&mut self, backend: usize, s: TcpStream) {
+    pub fn put(&mut self, backend: usize, s: Stream) {
         let list = &mut self.idle[backend];
         if list.len() >= MAX_IDLE_PER_BACKEND {
             list.remove(0);
@@ -42,17 +42,5 @@ impl Pool {
     /// Drops every idle connection to `backend` (it was found down).
     pub fn clear(&mut self, backend: usize) {
         self.idle[backend].clear();
-    }
-}
-
-/// Connects to a backend within `timeout`. A timed-out connect is cancelled and its socket closed.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
     }
 }

@@ -1,8 +1,16 @@
 //! Noticing a client that went away while the gateway waits on the backend: a readiness poll on a
 //! duplicate of the client socket (cancelling a poll loses no data, unlike a pending read), then a
 //! non-blocking MSG_PEEK to tell end-of-stream from pipelined bytes. The poll is armed only once a
-//! wait lasts longer than ARM_DELAY, so quick requests pay nothing for it.
+//! wait lasts longer than ARM_DELAY, so quick requests pay nothing for it. Runs on core threads.
+//!
+//! A TLS client's bytes cannot be read without decrypting them: a close_notify alert (in TLS 1.3 an
+//! encrypted record like any other) looks like pipelined data to a peek. So for TLS, bytes waiting
+//! are not taken as "the client is still there": the socket is re-checked every TLS_RECHECK for
+//! the peer's FIN (POLLRDHUP, which a poll reports even with unread bytes queued), which is what
+//! a closing client sends after its close_notify. A close_notify without a FIN (a half-close) is
+//! not taken as a disconnect.
 
+use crate::net::Stream;
 use monoio::net::TcpStream;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -13,11 +21,13 @@ use std::task::{Context, Poll};
 pub struct ClientWatch {
     stream: TcpStream,
     fd: RawFd,
+    /// The client speaks TLS: peeked bytes may be a close_notify.
+    tls: bool,
 }
 
 impl ClientWatch {
     /// Duplicates the client socket's descriptor.
-    pub fn new(client: &TcpStream) -> std::io::Result<ClientWatch> {
+    pub fn new(client: &Stream) -> std::io::Result<ClientWatch> {
         // SAFETY: dup of a descriptor we own; the result is owned by the new std stream.
         let fd = unsafe { libc::dup(client.as_raw_fd()) };
         if fd < 0 {
@@ -26,7 +36,7 @@ impl ClientWatch {
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
         std.set_nonblocking(true)?;
-        Ok(ClientWatch { stream: TcpStream::from_std(std)?, fd })
+        Ok(ClientWatch { stream: TcpStream::from_std(std)?, fd, tls: client.is_tls() })
     }
 }
 
@@ -53,6 +63,17 @@ fn peek(fd: RawFd) -> Peek {
     }
 }
 
+/// Whether the peer shut down its side (FIN), or the socket failed, whatever bytes are queued.
+fn peer_shut(fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd; timeout 0, so this never blocks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// How often a TLS client with bytes waiting is checked for a FIN.
+pub const TLS_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The client went away while `fut` was pending.
 #[derive(Debug)]
 pub struct Disconnected;
@@ -67,6 +88,8 @@ enum State<'a> {
     /// Not watching yet: arm when the timer fires.
     Waiting(Pin<Box<monoio::time::Sleep>>),
     Polling(Poller<'a>),
+    /// A TLS client has bytes waiting (maybe a close_notify): check for its FIN when this fires.
+    Rechecking(Pin<Box<monoio::time::Sleep>>),
     /// No watch, or pipelined bytes arrived: nothing more to learn.
     Off,
 }
@@ -105,12 +128,27 @@ impl<'a> Armed<'a> {
                     if p.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    let fd = self.watch.map_or(-1, |w| w.fd);
+                    let (fd, tls) = self.watch.map_or((-1, false), |w| (w.fd, w.tls));
                     match peek(fd) {
                         Peek::Closed => return Poll::Ready(()),
+                        Peek::Data if tls => {
+                            if peer_shut(fd) {
+                                return Poll::Ready(());
+                            }
+                            self.state = State::Rechecking(Box::pin(monoio::time::sleep(TLS_RECHECK)));
+                        }
                         // Pipelined bytes of the next request, or a spurious wake: stop watching.
                         Peek::Data | Peek::Nothing => self.state = State::Off,
                     }
+                }
+                State::Rechecking(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if peer_shut(self.watch.map_or(-1, |w| w.fd)) {
+                        return Poll::Ready(());
+                    }
+                    self.state = State::Rechecking(Box::pin(monoio::time::sleep(TLS_RECHECK)));
                 }
             }
         }

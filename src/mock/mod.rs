@@ -26,6 +26,7 @@ mod api;
 mod flavor;
 mod http;
 mod server;
+pub mod tls_front;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -324,15 +325,28 @@ impl Drop for ConnGuard {
     }
 }
 
-/// `llmproxy mock-backend` entry: bind, announce on stderr, serve forever.
-pub fn run(listen: SocketAddr, opts: MockOptions) -> std::io::Result<()> {
+/// `llmproxy mock-backend` entry: bind, announce on stderr, serve forever. With `tls`, the port
+/// speaks TLS (see [`tls_front`]) in front of a plain mock on a loopback port.
+pub fn run(
+    listen: SocketAddr,
+    opts: MockOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let flavor = opts.flavor;
-    let backend = MockBackend::start(listener, opts);
-    eprintln!("mock-backend ({flavor}) listening on http://{addr}");
+    let (backend, front) = match tls {
+        None => (MockBackend::start(listener, opts), None),
+        Some(config) => {
+            let backend = MockBackend::start(TcpListener::bind(("127.0.0.1", 0))?, opts);
+            let front = tls_front::TlsFront::start(listener, backend.addr(), config)?;
+            (backend, Some(front))
+        }
+    };
+    let scheme = if front.is_some() { "https" } else { "http" };
+    eprintln!("mock-backend ({flavor}) listening on {scheme}://{addr}");
     loop {
         std::thread::park();
-        let _ = &backend;
+        let _ = (&backend, &front);
     }
 }

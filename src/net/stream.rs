@@ -1,0 +1,151 @@
+//! `Stream`: one connection as the core threads see it, plain TCP or TLS (client side to an https
+//! backend, server side on a TLS listener). An enum, so the plain path is a direct call on the
+//! `TcpStream` with no box and no copy; the TLS variants are boxed (rustls state is large).
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use monoio_rustls::{ClientTlsStream, ServerTlsStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+/// How long a TLS close (close_notify, then FIN) may take before the socket is just dropped.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+
+/// A TLS stream with its socket's descriptor kept at hand (monoio-rustls does not lend the socket).
+pub struct Tls<S> {
+    fd: RawFd,
+    io: S,
+    /// Set while an operation is in flight; still set after one was cancelled (its future dropped
+    /// by a timeout or the client watch). monoio-rustls' buffers are then gone (it would panic on
+    /// the next use), so every later operation fails and no close_notify is attempted.
+    broken: bool,
+}
+
+fn broken() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "TLS stream unusable after a cancelled operation")
+}
+
+/// Runs one operation on a TLS stream, marking it broken if the operation never completes.
+macro_rules! tls_op {
+    ($t:expr, $buf:ident, $op:ident) => {{
+        let t = &mut **$t;
+        if t.broken {
+            return (Err(broken()), $buf);
+        }
+        t.broken = true;
+        let r = t.io.$op($buf).await;
+        t.broken = false;
+        r
+    }};
+    ($t:expr, $op:ident) => {{
+        let t = &mut **$t;
+        if t.broken {
+            return Err(broken());
+        }
+        t.broken = true;
+        let r = t.io.$op().await;
+        t.broken = false;
+        r
+    }};
+}
+
+pub enum Stream {
+    Plain(TcpStream),
+    /// To an https backend.
+    Client(Box<Tls<ClientTlsStream<TcpStream>>>),
+    /// From a client of the TLS listener.
+    Server(Box<Tls<ServerTlsStream<TcpStream>>>),
+}
+
+impl Stream {
+    pub fn client_tls(fd: RawFd, io: ClientTlsStream<TcpStream>) -> Stream {
+        Stream::Client(Box::new(Tls { fd, io, broken: false }))
+    }
+
+    pub fn server_tls(fd: RawFd, io: ServerTlsStream<TcpStream>) -> Stream {
+        Stream::Server(Box::new(Tls { fd, io, broken: false }))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
+    }
+
+    /// Ends the connection: a TLS stream sends close_notify first (bounded by a short wait, after
+    /// which the socket is simply closed); a plain one is dropped.
+    pub async fn close(self) {
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Client(mut t) if !t.broken => {
+                let _ = monoio::time::timeout(CLOSE_NOTIFY_WAIT, t.io.shutdown()).await;
+            }
+            Stream::Server(mut t) if !t.broken => {
+                let _ = monoio::time::timeout(CLOSE_NOTIFY_WAIT, t.io.shutdown()).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Client(t) => t.fd,
+            Stream::Server(t) => t.fd,
+        }
+    }
+}
+
+impl AsyncReadRent for Stream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Client(t) => tls_op!(t, buf, read),
+            Stream::Server(t) => tls_op!(t, buf, read),
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.readv(buf).await,
+            Stream::Client(t) => tls_op!(t, buf, readv),
+            Stream::Server(t) => tls_op!(t, buf, readv),
+        }
+    }
+}
+
+impl AsyncWriteRent for Stream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.write(buf).await,
+            Stream::Client(t) => tls_op!(t, buf, write),
+            Stream::Server(t) => tls_op!(t, buf, write),
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.writev(buf).await,
+            Stream::Client(t) => tls_op!(t, buf, writev),
+            Stream::Server(t) => tls_op!(t, buf, writev),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush().await,
+            Stream::Client(t) => tls_op!(t, flush),
+            Stream::Server(t) => tls_op!(t, flush),
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Client(t) => tls_op!(t, shutdown),
+            Stream::Server(t) => tls_op!(t, shutdown),
+        }
+    }
+}
