@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh                 # ROUNDS=3
 #   ROUNDS=5 WRK_DUR=15 scripts/bench.sh
+#   scripts/bench.sh streams         # streams at scale instead: scripts/bench-streams.sh (its own knobs)
 #
 # Env: ROUNDS (3), WRK_DUR (10 s, 32 connections), WRK1_DUR (5 s, 1 connection), SSE_DUR (5 s per
 # stream run), MEM_STREAMS (1000), CORE_LOAD (0), CORE_PROXY (1), SKIP_INSTALL=1, SKIP_BUILD=1,
@@ -13,6 +14,9 @@
 # Output: a markdown report on stdout and in bench-results/latest.md (raw data: bench-results/latest.jsonl).
 set -euo pipefail
 
+if [[ "${1:-}" == streams ]]; then
+    exec "$(dirname "$0")/bench-streams.sh"
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${ROUNDS:-3}
 WRK_DUR=${WRK_DUR:-10}

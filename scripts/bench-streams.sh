@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Streams at scale (issue 14, CONTRACT section 11): N slow SSE streams held open at once through one
+# proxy worker on one pinned core, against LLMProxy (io_uring and epoll), the hyper baseline and nginx
+# (`proxy_buffering off`), with "direct" (client to backend) as the delay reference. Contenders
+# alternate within each round; the report quotes medians over rounds.
+#
+#   scripts/bench-streams.sh                    # or: scripts/bench.sh streams
+#   STREAMS=10000 EVERY_MS=1000 ROUNDS=3 scripts/bench-streams.sh
+#
+# benches/loadgen's stream-backend (one epoll thread) sends one small chunk per stream every EVERY_MS
+# with its send time embedded; stream-load (one epoll thread) holds the N streams, times each event
+# from that stamp, and over a WINDOW_MS window (once all N are open and SETTLE_MS has passed) reads
+# the proxy's CPU time (all threads) and RSS. Both run on CORE_LOAD, the proxy alone on CORE_PROXY.
+# Figures: RSS per open stream ((RSS with N open - idle RSS) / N), CPU per relayed event, and delay
+# per event p50/p99 (added = contender - direct, same round).
+#
+# Env: STREAMS (10000, lowered to what the open-files limit allows: LLMProxy holds 3 descriptors a
+# stream), EVERY_MS (1000), RAMP_MS (1 ms a stream), SETTLE_MS (3000), WINDOW_MS (15000), ROUNDS (3),
+# CONTENDERS ("direct llmproxy-uring llmproxy-epoll baseline nginx"), CORE_LOAD (0), CORE_PROXY (1),
+# SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1.
+# Output: markdown on stdout and in bench-results/streams-latest.md (raw: streams-latest.jsonl).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=${ROUNDS:-3}
+EVERY_MS=${EVERY_MS:-1000}
+SETTLE_MS=${SETTLE_MS:-3000}
+WINDOW_MS=${WINDOW_MS:-15000}
+CORE_LOAD=${CORE_LOAD:-0}
+CORE_PROXY=${CORE_PROXY:-1}
+CONTENDERS=(${CONTENDERS:-direct llmproxy-uring llmproxy-epoll baseline nginx})
+P_HOOK=18002    # nginx: usage webhook receiver (return 200)
+P_BACKEND=18004 # stream-backend
+P_PROXY=18010   # the contender under test
+
+log() { echo "[bench-streams $(date +%H:%M:%S)] $*" >&2; }
+
+if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
+    need=()
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+    command -v taskset >/dev/null || need+=(util-linux)
+    command -v curl >/dev/null || need+=(curl)
+    command -v python3 >/dev/null || need+=(python3)
+    command -v pgrep >/dev/null || need+=(procps)
+    if ((${#need[@]})); then
+        log "installing ${need[*]}"
+        SUDO=""
+        [[ $(id -u) == 0 ]] || SUDO=sudo
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+fi
+MAIN_TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+TOOLS_TARGET=$MAIN_TARGET/bench-tools
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    log "building llmproxy, baseline and loadgen (release)"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$MAIN_TARGET cargo build --release --quiet --bin llmproxy)
+    (cd "$ROOT/benches/baseline" && CARGO_TARGET_DIR=$TOOLS_TARGET cargo build --release --quiet)
+    (cd "$ROOT/benches/loadgen" && CARGO_TARGET_DIR=$TOOLS_TARGET cargo build --release --quiet)
+fi
+LLMPROXY=$MAIN_TARGET/release/llmproxy
+BASELINE=$TOOLS_TARGET/release/llmproxy-baseline
+SLOAD=$TOOLS_TARGET/release/stream-load
+SBACKEND=$TOOLS_TARGET/release/stream-backend
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_bins=("$SLOAD" "$SBACKEND" "$NGINX")
+[[ " ${CONTENDERS[*]} " == *" llmproxy-"* ]] && need_bins+=("$LLMPROXY")
+[[ " ${CONTENDERS[*]} " == *" baseline "* ]] && need_bins+=("$BASELINE")
+for b in "${need_bins[@]}"; do
+    [[ -x $b ]] || { echo "missing binary $b" >&2; exit 1; }
+done
+if (($(nproc) <= CORE_PROXY)); then
+    echo "need at least $((CORE_PROXY + 1)) cores (have $(nproc))" >&2
+    exit 1
+fi
+
+# Open files: every process here raises its soft limit to the hard one; N is what the proxy that
+# needs most descriptors can hold (LLMProxy: client socket, backend socket, the client watch's dup).
+ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+WANT=${STREAMS:-10000}
+FIT=$(((NOFILE - 300) / 3 / 1000 * 1000))
+STREAMS=$WANT
+if ((STREAMS > FIT)); then
+    log "open-files hard limit $NOFILE holds $FIT streams through LLMProxy (3 descriptors each), not $WANT: using $FIT"
+    STREAMS=$FIT
+fi
+RAMP_MS=${RAMP_MS:-$STREAMS}
+# Every stream outlives ramp + settle + window with 5 s to spare.
+EVENTS=$(((RAMP_MS + SETTLE_MS + WINDOW_MS + 5000 + EVERY_MS - 1) / EVERY_MS))
+CMDLINE="STREAMS=$WANT EVERY_MS=$EVERY_MS WINDOW_MS=$WINDOW_MS ROUNDS=$ROUNDS scripts/bench-streams.sh"
+
+WORK=$(mktemp -d /tmp/llmproxy-bench-streams.XXXXXX)
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+PIDS=()
+cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ "${KEEP_WORK:-0}" == 1 || $rc != 0 ]]; then echo "work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+start() { # start NAME CMD...: background, log to $WORK/NAME.log, sets LAST_PID
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+stop() {
+    local pid=$1 keep=() p
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+wait_tcp() { # a TCP connect, not an HTTP request: through a proxy any path here is a stream
+    local i
+    for ((i = 0; i < 100; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+record() { printf '{"round":%s,"contender":"%s","metric":"%s","value":%s}\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
+
+nginx_head() { # prefix
+    cat <<EOF
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+daemon off;
+master_process on;
+pid $WORK/$1.pid;
+error_log $WORK/$1.err warn;
+events { worker_connections $((NOFILE - 100)); multi_accept on; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $WORK/$1-body;
+    proxy_temp_path $WORK/$1-proxy;
+    fastcgi_temp_path $WORK/$1-fcgi;
+    uwsgi_temp_path $WORK/$1-uwsgi;
+    scgi_temp_path $WORK/$1-scgi;
+EOF
+}
+{
+    nginx_head hook
+    echo "    server { listen 127.0.0.1:$P_HOOK backlog=4096; client_body_buffer_size 1m; location / { return 200; } }"
+    echo "}"
+} >"$WORK/hook.conf"
+{
+    nginx_head proxy
+    cat <<EOF
+    upstream backend { server 127.0.0.1:$P_BACKEND; keepalive 1024; keepalive_requests 10000000; }
+    server {
+        listen 127.0.0.1:$P_PROXY backlog=65535;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 300s;
+        }
+    }
+}
+EOF
+} >"$WORK/nginx.conf"
+llmproxy_conf() { # driver
+    cat <<EOF
+listen = "127.0.0.1:$P_PROXY"
+shutdown_grace = "2s"
+[runtime]
+workers = 1
+pin_cores = true
+cores = [$CORE_PROXY]
+driver = "$1"
+[limits]
+max_connections = 1000000
+[[backends]]
+url = "http://127.0.0.1:$P_BACKEND"
+[usage_hook]
+enabled = true
+url = "http://127.0.0.1:$P_HOOK/llm-usage"
+batch_max = 100
+spool_dir = "$WORK/spool-$1"
+EOF
+}
+cat >"$WORK/baseline.toml" <<EOF
+listen = "127.0.0.1:$P_PROXY"
+[[backends]]
+url = "http://127.0.0.1:$P_BACKEND"
+[usage_hook]
+enabled = true
+url = "http://127.0.0.1:$P_HOOK/llm-usage"
+EOF
+
+# start_contender NAME: sets PORT, PID (the process measured: nginx's worker) and MAINPID.
+start_contender() {
+    PID="" MAINPID="" PORT=$P_PROXY
+    case $1 in
+    direct) PORT=$P_BACKEND; return 0 ;;
+    llmproxy-uring | llmproxy-epoll)
+        local d=io_uring
+        [[ $1 == llmproxy-epoll ]] && d=epoll
+        llmproxy_conf "$d" >"$WORK/$1.toml"
+        start "$1" env LLMPROXY_DRIVER=$d RUST_LOG=warn taskset -c "$CORE_PROXY" "$LLMPROXY" --config "$WORK/$1.toml"
+        ;;
+    baseline) start baseline taskset -c "$CORE_PROXY" "$BASELINE" --config "$WORK/baseline.toml" --workers 1 ;;
+    nginx)
+        mkdir -p "$WORK/proxy-body"
+        start nginx taskset -c "$CORE_PROXY" "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+        ;;
+    *) echo "unknown contender $1" >&2; return 1 ;;
+    esac
+    MAINPID=$LAST_PID
+    wait_tcp $P_PROXY
+    PID=$MAINPID
+    if [[ $1 == nginx ]]; then PID=$(pgrep -P "$MAINPID" | head -1); fi
+}
+
+log "work dir $WORK; $STREAMS streams, one event every $EVERY_MS ms, $EVENTS events each; open files $NOFILE"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+start hook taskset -c "$CORE_LOAD" "$NGINX" -c "$WORK/hook.conf" -p "$WORK"
+start backend taskset -c "$CORE_LOAD" "$SBACKEND" --listen "127.0.0.1:$P_BACKEND" --every-ms "$EVERY_MS" --events "$EVENTS"
+wait_tcp $P_HOOK
+wait_tcp $P_BACKEND
+URL_PATH=/v1/chat/completions
+for ((round = 1; round <= ROUNDS; round++)); do
+    n=${#CONTENDERS[@]}
+    for ((i = 0; i < n; i++)); do
+        name=${CONTENDERS[$(((i + round) % n))]}
+        log "round $round/$ROUNDS: $name"
+        start_contender "$name"
+        # Warm-up (not measured): 200 short streams, so pools and allocator arenas exist before the idle RSS.
+        taskset -c "$CORE_LOAD" "$SLOAD" --url "http://127.0.0.1:$PORT$URL_PATH" -c 200 --ramp-ms 200 \
+            --settle-ms 0 --window-ms 100 --header 'x-stream-events: 3' >/dev/null 2>>"$WORK/load.log" || true
+        sleep 1
+        out=$WORK/r$round-$name.json
+        pidarg=()
+        [[ -n $PID ]] && pidarg=(--pid "$PID")
+        taskset -c "$CORE_LOAD" "$SLOAD" --url "http://127.0.0.1:$PORT$URL_PATH" -c "$STREAMS" --ramp-ms "$RAMP_MS" \
+            --settle-ms "$SETTLE_MS" --window-ms "$WINDOW_MS" --expect-events "$EVENTS" "${pidarg[@]}" \
+            --timeout-s $(((RAMP_MS + SETTLE_MS + WINDOW_MS) / 1000 + EVENTS * EVERY_MS / 1000 + 60)) \
+            >"$out" 2>>"$WORK/load.log" || true
+        python3 - "$out" "$round" "$name" >>"$RESULTS" <<'PY'
+import json, sys
+path, rnd, name = sys.argv[1:]
+try:
+    d = json.load(open(path))
+except Exception:
+    d = {"errors": {"unparsable_output": 1}}
+def rec(m, v):
+    if v is not None:
+        print(json.dumps({"round": int(rnd), "contender": name, "metric": m, "value": v}))
+dl = d.get("delay_us", {})
+for k in ("p50", "p99", "p999"):
+    rec("delay_%s_us" % k, dl.get(k))
+for k in ("kib_per_stream", "cpu_us_per_event", "proxy_cpu_pct", "rss_idle_kib", "window_events", "streams_ok", "open_at_window_end"):
+    rec(k, d.get(k))
+rec("errors", sum(d.get("errors", {}).values()))
+PY
+        if [[ $name == llmproxy-* ]]; then
+            # Every record right: the webhook thread's token counters (built from the records) must
+            # hold every stream's completion tokens, warm-up included.
+            sleep 2
+            want=$((STREAMS * EVENTS + 200 * 3))
+            got=$(curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | awk '/^llmproxy_tokens_total\{.*kind="completion"/ {s += $NF} END {print s + 0}')
+            record "$round" "$name" completion_tokens_missing "$((want - got))"
+        fi
+        [[ -n $MAINPID ]] && stop "$MAINPID"
+        n_err=$(grep -cE 'ERROR|WARN' "$WORK/$name.log" 2>/dev/null || true)
+        ((${n_err:-0} == 0)) || record "$round" "$name" log_warn_error_lines "$n_err"
+        log "  $name: $(tr -d '\n' <"$out" | cut -c1-400)"
+    done
+done
+
+mkdir -p "$ROOT/bench-results"
+cp "$RESULTS" "$ROOT/bench-results/streams-latest.jsonl"
+python3 "$ROOT/scripts/bench-streams-report.py" "$RESULTS" "$CMDLINE" "$ROUNDS" "$LOAD_START" "$STREAMS" "$EVERY_MS" \
+    "$EVENTS" "$WINDOW_MS" "$NOFILE" | tee "$ROOT/bench-results/streams-latest.md"
