@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 /// Checks one backend once; true when it answered 2xx in time.
 pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
     let b = &set.backends[i];
-    let deadline = Instant::now() + cfg.timeout;
     let mut s = match crate::net::connect_blocking(b.addr, b.tls.as_ref(), cfg.timeout) {
         Ok(s) => s,
         // Alive, but its TLS does not match the settings: kept up so requests get a 502 that
@@ -25,7 +24,6 @@ pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
         }
         Err(_) => return false,
     };
-    let _ = deadline;
     let req = format!(
         "GET {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: llmproxy-health\r\nConnection: close\r\n\r\n",
         b.base_path, cfg.path, b.host_header
@@ -37,6 +35,15 @@ pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
     let mut n = 0;
     while n < 12 {
         match s.read(&mut buf[n..]) {
+            Err(e) if crate::net::dial::tls_rejection(&e).is_some() => {
+                // Refused after the handshake (TLS 1.3 servers check client certificates then).
+                log::warn!(
+                    "health check of {}: TLS: {}",
+                    b.url,
+                    crate::net::dial::tls_rejection(&e).map_or(String::new(), |r| r.to_string())
+                );
+                return true;
+            }
             Ok(0) | Err(_) => return false,
             Ok(k) => n += k,
         }

@@ -222,6 +222,12 @@ pub async fn exchange(
             Ok(Ok(r)) => r,
         };
         buf = b.into_inner();
+        if let Err(e) = &res {
+            // A TLS backend that refuses us after the handshake (TLS 1.3: e.g. no client certificate).
+            if let Some(why) = crate::net::dial::tls_rejection(e) {
+                log::warn!("request_id={} backend {}: TLS: {why}", req.request_id, bcfg.url);
+            }
+        }
         match res {
             Ok(0) | Err(_) if buf.len() == PREFIX => {
                 return Outcome::Retryable {

@@ -43,10 +43,16 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "timed out")
 }
 
+/// The rustls error inside an I/O error on a TLS stream, if any: the peer spoke TLS and refused
+/// (e.g. a TLS 1.3 server's alert after the handshake when it wanted a client certificate).
+pub fn tls_rejection(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+}
+
 /// A handshake error with its reason (rustls' own message, e.g. "invalid peer certificate:
 /// UnknownIssuer"); a rustls error inside means the peer spoke TLS and the sides disagreed.
 fn tls_error(e: &io::Error) -> DialError {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+    match tls_rejection(e) {
         Some(r) => DialError::Tls { reason: r.to_string(), rejected: true },
         None => DialError::Tls { reason: e.to_string(), rejected: false },
     }
