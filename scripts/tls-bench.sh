@@ -42,7 +42,7 @@ printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedK
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out server.pem -extfile ext 2>/dev/null
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; cat "$WORK"/*.log >&2 2>/dev/null; exit 1; }
 # CPU ticks (utime+stime) of a process and its threads/children given as pids.
 ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat))); done; echo $t; }
 HZ=$(getconf CLK_TCK)
@@ -53,25 +53,20 @@ PIDS+=($!)
 wait_port "$MOCK_PORT"
 
 GW_TLS=$(free_port); GW_PLAIN=$(free_port)
-gateway() { # port tls(0|1)
-    local tls=""
-    [ "$2" = 1 ] && tls=$'[tls]\ncert_file = "'$WORK'/server.pem"\nkey_file = "'$WORK'/server.key"'
-    cat > "gw$1.toml" <<CFG
-listen = "127.0.0.1:$1"
-[runtime]
-workers = 1
-pin_cores = true
-cores = [$CORE_SERVER]
-[usage_hook]
-enabled = false
-spool_dir = "$WORK/spool"
-[[backends]]
-url = "http://127.0.0.1:$MOCK_PORT"
-$tls
-CFG
+# gateway PORT TLS(0|1): starts a one-worker gateway pinned to CORE_SERVER; its pid in GW_PID.
+gateway() {
+    {
+        printf 'listen = "127.0.0.1:%s"\n' "$1"
+        if [ "$2" = 1 ]; then
+            printf '[tls]\ncert_file = "%s/server.pem"\nkey_file = "%s/server.key"\n' "$WORK" "$WORK"
+        fi
+        printf '[runtime]\nworkers = 1\npin_cores = true\ncores = [%s]\n' "$CORE_SERVER"
+        printf '[usage_hook]\nenabled = false\nspool_dir = "%s/spool"\n' "$WORK"
+        printf '[[backends]]\nurl = "http://127.0.0.1:%s"\n' "$MOCK_PORT"
+    } > "gw$1.toml"
     RUST_LOG=warn "$LLMPROXY" --config "gw$1.toml" 2>"gw$1.log" &
-    PIDS+=($!)
-    echo $!
+    GW_PID=$!
+    PIDS+=("$GW_PID")
 }
 NG_TLS=$(free_port); NG_PLAIN=$(free_port)
 BODY='{"status":"ok","backends_up":1,"backends":1}'
@@ -117,7 +112,7 @@ keepalive() {
     t0=$(ticks "$@")
     out=$(taskset -c "$CORE_LOAD" h2load --h1 -c "$CONNS" -n "$REQUESTS" "$url" 2>&1)
     t1=$(ticks "$@")
-    echo "$out" | grep -q "succeeded, 0 errored" || { echo "$out" | grep -E 'requests:|status codes' >&2; }
+    echo "$out" | grep -q " 0 failed, 0 errored" || { echo "$out" | grep -E "requests:|status codes" >&2; }
     rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     awk -v name="$name" -v n="$REQUESTS" -v rps="$rps" -v c=$((t1 - t0)) -v hz="$HZ" \
         'BEGIN { printf "%s keep-alive: %s req/s, server CPU %.2f us per request\n", name, rps, c/hz*1e6/n }'
@@ -126,8 +121,8 @@ keepalive() {
 }
 
 : > results
-GWT=$(gateway "$GW_TLS" 1); wait_port "$GW_TLS"
-GWP=$(gateway "$GW_PLAIN" 0); wait_port "$GW_PLAIN"
+gateway "$GW_TLS" 1; GWT=$GW_PID; wait_port "$GW_TLS"
+gateway "$GW_PLAIN" 0; GWP=$GW_PID; wait_port "$GW_PLAIN"
 taskset -c "$CORE_SERVER" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
 PIDS+=($!)
 wait_port "$NG_TLS"
