@@ -309,3 +309,48 @@ fn openai_python_sdk_over_the_tls_listener_with_a_custom_ca() {
     assert!(out.status.success(), "{text}\n{}", gw.log_text());
     assert!(text.contains("passed") && !text.contains("skipped"), "{text}");
 }
+
+/// A TLS client that trusts `ca` completes a handshake with the gateway and gets /health.
+fn health_over_tls(addr: std::net::SocketAddr, ca: &str) -> Result<String, String> {
+    let mut c = tls_client(addr, ca);
+    c.write_all(&get("/health")).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+#[test]
+fn listener_certificates_swap_on_reload_and_open_connections_keep_theirs() {
+    // The entry point a reload calls (in-process gateway: the swap itself, not the signal).
+    let certs = Certs::make();
+    let b = mock(llmproxy::mock::Flavor::Vllm);
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[runtime]\nworkers = 2\npin_cores = false\n[usage_hook]\nenabled = false\nspool_dir = \"{}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[[backends]]\nurl = \"{}\"\n",
+        certs.path("spool"),
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        b.url()
+    );
+    let cfg = llmproxy::config::Config::parse(&text, "test").unwrap();
+    let gw =
+        llmproxy::gateway::Gateway::start(cfg, llmproxy::gateway::Options { echo_records: false }).unwrap();
+    let (ca, other) = (certs.path("ca.pem"), certs.path("other_ca.pem"));
+    assert!(health_over_tls(gw.addr, &ca).unwrap().starts_with("HTTP/1.1 200"));
+    assert!(health_over_tls(gw.addr, &other).is_err(), "the other CA did not sign the first certificate");
+    // A connection opened before the swap.
+    let mut old = tls_client(gw.addr, &ca);
+    old.write_all(&get("/health")).unwrap();
+    read_until(&mut old, |t| t.contains("}\n"));
+
+    let tls = gw.listener_tls().expect("TLS listener");
+    let bad = tls.reload_files(&certs.path("missing.pem"), &certs.path("other_server.key"));
+    assert!(bad.is_err_and(|p| p[0].0 == "tls.cert_file"), "a bad file changes nothing");
+    assert!(health_over_tls(gw.addr, &ca).is_ok());
+    tls.reload_files(&certs.path("other_server.pem"), &certs.path("other_server.key")).unwrap();
+    assert!(health_over_tls(gw.addr, &other).unwrap().starts_with("HTTP/1.1 200"));
+    assert!(health_over_tls(gw.addr, &ca).is_err(), "new handshakes use the new certificate");
+    old.write_all(&get("/health")).unwrap();
+    assert!(read_until(&mut old, |t| t.contains("}\n")).starts_with("HTTP/1.1 200"));
+    drop(old);
+    gw.stop();
+}

@@ -97,3 +97,38 @@ pub(super) fn backend(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(text: &str) -> String {
+        Config::parse(text, "c.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn listener_files_come_in_pairs_and_are_read() {
+        let all = problems(
+            "[tls]\ncert_file = \"/nonexistent/cert.pem\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n",
+        );
+        assert!(all.contains("tls.key_file: missing"), "{all}");
+        let all = problems(
+            "[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n",
+        );
+        assert!(all.contains("tls.cert_file: cannot read \"/nonexistent/c.pem\""), "{all}");
+        assert!(all.contains("tls.key_file: cannot read \"/nonexistent/k.pem\""), "{all}");
+    }
+
+    #[test]
+    fn backend_tls_keys_need_https_and_name_their_key() {
+        let all = problems("[[backends]]\nurl = \"http://127.0.0.1:1\"\ntls_ca_file = \"/x.pem\"\n");
+        assert!(all.contains("backends[0].url: tls_* keys are set but the url is http://"), "{all}");
+        let all = problems(
+            "[[backends]]\nurl = \"https://127.0.0.1:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"\ntls_client_cert = \"/nonexistent/c.pem\"\n",
+        );
+        assert!(all.contains("backends[0].tls_ca_file: cannot read"), "{all}");
+        assert!(all.contains("backends[0].tls_client_key: missing"), "{all}");
+        let all = problems("[[backends]]\nurl = \"ftp://127.0.0.1:1\"\n");
+        assert!(all.contains("starts with http:// or https://"), "{all}");
+    }
+}
