@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod usage_hook;
+pub use usage_hook::{DeliveryConfig, RecordFormat, SinkKind};
+
 /// Balancing strategy across backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -108,6 +111,8 @@ pub struct UsageHookConfig {
     pub secret: Option<String>,
     pub api_key_format: ApiKeyFormat,
     pub include_usage: IncludeUsage,
+    /// Journal, concurrency, TLS, format and sink (`config/usage_hook.rs`).
+    pub delivery: DeliveryConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +210,13 @@ struct RawUsageHook {
     secret: Option<String>,
     api_key_format: Option<String>,
     include_usage: Option<String>,
+    crash_window: Option<String>,
+    concurrency: Option<i64>,
+    tls_ca_file: Option<String>,
+    format: Option<String>,
+    sink: Option<String>,
+    nats_url: Option<String>,
+    nats_subject: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -539,6 +551,13 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("usage_hook.secret", Kind::Str),
     ("usage_hook.api_key_format", Kind::Str),
     ("usage_hook.include_usage", Kind::Str),
+    ("usage_hook.concurrency", Kind::Int),
+    (usage_hook::KEYS[0], Kind::Str),
+    (usage_hook::KEYS[1], Kind::Str),
+    (usage_hook::KEYS[2], Kind::Str),
+    (usage_hook::KEYS[3], Kind::Str),
+    (usage_hook::KEYS[4], Kind::Str),
+    (usage_hook::KEYS[5], Kind::Str),
     ("health_check", Kind::Table),
     ("health_check.interval", Kind::Str),
     ("health_check.path", Kind::Str),
@@ -682,15 +701,7 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
     let u = &raw.usage_hook;
     let enabled = u.enabled.unwrap_or(true);
     let url = u.url.clone().unwrap_or_else(|| "http://127.0.0.1:3001/llm-usage".to_string());
-    if enabled && !url.starts_with("http://") && !url.starts_with("https://") {
-        p.push("usage_hook.url", format_args!("{url:?} must start with http://"));
-    }
-    if url.starts_with("https://") {
-        p.push(
-            "usage_hook.url",
-            "https is not supported by this build; put the webhook behind http or a local TLS sidecar",
-        );
-    }
+    let delivery = usage_hook::parse(p, u, enabled, &url);
     let batch_max = p.int("usage_hook.batch_max", u.batch_max, 1, 1, 10_000) as usize;
     let queue_capacity = p.int("usage_hook.queue_capacity", u.queue_capacity, 65536, 1, 100_000_000) as usize;
     let usage_hook = UsageHookConfig {
@@ -721,6 +732,7 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
             IncludeUsage::Inject,
             &[("inject", IncludeUsage::Inject), ("passthrough", IncludeUsage::Passthrough)],
         ),
+        delivery,
     };
     if usage_hook.spool_dir.as_os_str().is_empty() {
         p.push("usage_hook.spool_dir", "must not be empty: undelivered records wait there");

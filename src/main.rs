@@ -178,6 +178,14 @@ fn serve(config: Config, opts: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // SIGUSR1/SIGUSR2 would terminate the process by default, skipping the usage journal's final
+    // commit: catch them and do nothing.
+    let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
+        if let Err(e) = signal_hook::flag::register(sig, ignored.clone()) {
+            log::warn!("cannot ignore signal {sig}: {e}");
+        }
+    }
     gw.run_until_shutdown();
     ExitCode::SUCCESS
 }

@@ -224,9 +224,10 @@ impl Registry {
             &mut out,
             "llmproxy_spool_records",
             "gauge",
-            "Usage records waiting in the on-disk spool.",
+            "Usage records in the journal (spool_dir) not yet delivered.",
             w.spool_records.load(Relaxed),
         );
+        crate::delivery::render_metrics(&mut out, w);
         scalar(
             &mut out,
             "llmproxy_usage_missing_total",

@@ -81,7 +81,7 @@ fn restart_with_a_non_empty_spool_delivers_everything() {
     for id in &want {
         assert!(text.contains(&format!("\"request_id\":\"{id}\"")), "{id} not in the spool");
     }
-    assert_eq!(llmproxy::delivery::spool::Spool::open(&spool).unwrap().len(), want.len() as u64);
+    assert_eq!(llmproxy::delivery::journal::read_pending(&spool).unwrap().len(), want.len());
 
     r.up();
     let gw = Gateway::start_in(dir, &config, &[]);
@@ -90,7 +90,7 @@ fn restart_with_a_non_empty_spool_delivers_everything() {
     // A graceful stop after an orderly replay leaves nothing to send twice.
     assert_eq!(r.delivered_ids().len(), want.len(), "duplicates: {:?}", r.delivered_ids());
     let dir = gw.stop_keep_dir();
-    assert_eq!(llmproxy::delivery::spool::Spool::open(&dir.path().join("spool")).unwrap().len(), 0);
+    assert_eq!(llmproxy::delivery::journal::read_pending(&dir.path().join("spool")).unwrap().len(), 0);
 }
 
 #[test]

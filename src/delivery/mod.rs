@@ -1,43 +1,69 @@
-//! Usage-record delivery (entry point of `src/delivery/`): the non-blocking [`UsageSink`] that core
-//! threads submit to, and the one dedicated blocking thread ("llmproxy-webhook") that POSTs records,
-//! retries, spools and replays.
+//! Usage-record delivery (entry point of `src/delivery/`): the non-blocking [`UsageSink`] core
+//! threads submit to, and the threads behind it: one journal thread ("llmproxy-webhook",
+//! [`worker`]) that journals records to `spool_dir` ([`journal`]) and hands batches to
+//! `usage_hook.concurrency` delivery threads ("llmproxy-deliver-N", [`sink`]), each with its own
+//! keep-alive connection to the webhook ([`http`], [`client`], [`tls`]) in the configured format
+//! ([`format`]).
 //!
 //! Core threads only ever `try_send` on a bounded lock-free channel, falling back to an unbounded
-//! lock-free overflow channel; nothing is dropped. The webhook thread never parks on those channels
-//! (it polls them every few milliseconds and parks in between, woken early only to stop), so a submit
-//! never has to wake a sleeping thread: no mutex, no futex, no syscall on the core threads.
+//! lock-free overflow channel; nothing is dropped. The journal thread never parks on those channels
+//! (it polls them every few milliseconds and parks in between, woken early only by its own delivery
+//! threads or a stop), so a submit never has to wake a sleeping thread: no mutex, no futex, no
+//! syscall on the core threads.
 
+mod backoff;
+pub mod client;
+pub mod format;
 mod http;
-pub mod spool;
+pub mod journal;
+pub mod sink;
+mod tls;
 mod worker;
 
 use crate::config::UsageHookConfig;
-use crate::delivery::spool::Spool;
 use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Sender, TrySendError};
+use journal::Journal;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Counters for `/metrics`, shared with the webhook thread.
+pub use http::sign;
+
+/// One record as delivered: its idempotency key and its exact JSON (section 5/7 record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub request_id: String,
+    pub json: String,
+}
+
+/// Counters for `/metrics`, shared with the delivery threads.
 #[derive(Debug, Default)]
 pub struct WebhookStats {
     /// Records delivered (2xx).
     pub success: AtomicU64,
-    /// Failed POST attempts.
+    /// Failed delivery attempts (batches).
     pub failure: AtomicU64,
-    /// Records waiting in the spool now.
+    /// Records in the journal not yet delivered.
     pub spool_records: AtomicU64,
-    /// Records ever written to the spool.
-    pub spooled_total: AtomicU64,
+    /// Journal writes that failed (disk full, read-only, I/O error).
+    pub spool_errors: AtomicU64,
+    /// Bytes the journal holds on disk.
+    pub journal_bytes: AtomicU64,
+    /// Age in ms of the oldest undelivered record (0: none).
+    pub backlog_ms: AtomicU64,
+    /// Torn or corrupt journal entries/regions skipped.
+    pub corrupt: AtomicU64,
+    /// Records lost because neither the journal nor memory (queue_capacity) could take them.
+    pub dropped: AtomicU64,
     /// Tokens by model and missing-usage count, kept here off the request path.
     pub tokens: crate::metrics::TokenCounters,
 }
 
-/// State the webhook thread publishes for [`UsageSink::queue_depth`].
+/// State the journal thread publishes for [`UsageSink::queue_depth`].
 #[derive(Debug, Default)]
 struct Shared {
-    /// Records taken off the channels but neither delivered nor spooled yet (a lingering batch).
+    /// Records held in memory by the journal thread (waiting, in flight).
     in_thread: AtomicUsize,
 }
 
@@ -51,10 +77,9 @@ pub struct UsageSink {
 }
 
 impl UsageSink {
-    /// Called on core threads (io_uring or epoll) once per request: never blocks, locks or does I/O. Tries the
-    /// bounded channel; when it is full, the record goes to the unbounded overflow channel, which
-    /// the webhook thread writes straight to the spool. Never drops a record while the webhook
-    /// thread runs.
+    /// Called on core threads (io_uring or epoll) once per request: never blocks, locks or does
+    /// I/O. Tries the bounded channel; when it is full, the record goes to the unbounded overflow
+    /// channel. Never drops a record while the journal thread runs.
     pub fn submit(&self, rec: UsageRecord) {
         let rec = match self.tx.try_send(rec) {
             Ok(()) => return,
@@ -64,77 +89,107 @@ impl UsageSink {
             },
             Err(TrySendError::Disconnected(rec)) => rec,
         };
-        // Only after shutdown (or a crash of the webhook thread): nobody can take the record.
-        log::error!("request_id={} usage record lost: the webhook thread is not running", rec.request_id);
+        // Only after shutdown (or a crash of the journal thread): nobody can take the record.
+        log::error!("request_id={} usage record lost: the delivery thread is not running", rec.request_id);
     }
 
-    /// Records queued in memory (bounded + overflow + a batch being assembled), for the
+    /// Records queued in memory (channels + held by the journal thread), for the
     /// `llmproxy_webhook_queue_depth` gauge.
     pub fn queue_depth(&self) -> usize {
         self.tx.len() + self.overflow.len() + self.shared.in_thread.load(Ordering::Relaxed)
     }
 }
 
-/// Owner of the webhook thread; [`WebhookHandle::shutdown`] stops it gracefully. Dropping the handle
-/// without calling it also makes the thread flush and exit, but nobody waits for it.
+/// Owner of the delivery threads; [`WebhookHandle::shutdown`] stops them gracefully. Dropping the
+/// handle without calling it also makes them journal and exit, but nobody waits for them.
 pub struct WebhookHandle {
     stop: Sender<()>,
     thread: JoinHandle<()>,
 }
 
 impl WebhookHandle {
-    /// Graceful stop (SIGTERM path): stop receiving, deliver everything still queued with at most
-    /// one attempt per batch (no long backoff), spool whatever fails, fsync the spool, join.
+    /// Graceful stop (SIGTERM path): everything submitted so far is journaled (fdatasync) before
+    /// this returns; what is in memory gets one delivery attempt per batch (bounded time).
     pub fn shutdown(self) {
         let _ = self.stop.send(());
         self.thread.thread().unpark();
         if self.thread.join().is_err() {
-            log::error!("webhook thread panicked; queued usage records may be lost");
+            log::error!("the usage journal thread panicked; queued usage records may be lost");
         }
     }
 }
 
-/// Starts the one dedicated blocking delivery thread ("llmproxy-webhook"). `echo_stdout`: also
-/// print each record as one JSON line on stdout. With `cfg.enabled == false` records are neither
-/// POSTed nor spooled (only echoed if asked). A spool directory that cannot be created, opened or
-/// locked is an error naming the path.
+/// Starts the journal thread and its delivery threads. `echo_stdout`: also print each record as one
+/// JSON line on stdout. With `cfg.enabled == false` records are neither sent nor journaled (only
+/// echoed if asked). A spool directory that cannot be created, opened or locked, an unreadable
+/// `tls_ca_file` or an unusable sink is an error naming it.
 pub fn start(
     cfg: &UsageHookConfig,
     stats: Arc<WebhookStats>,
     echo_stdout: bool,
 ) -> std::io::Result<(UsageSink, WebhookHandle)> {
-    let spool = if cfg.enabled {
-        let spool = Spool::open(&cfg.spool_dir).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("usage_hook.spool_dir {}: cannot open the spool: {e}", cfg.spool_dir.display()),
-            )
-        })?;
-        if !spool.is_empty() {
-            log::info!(
-                "{} usage records wait in the spool {}; replaying them when the webhook answers",
-                spool.len(),
-                cfg.spool_dir.display()
-            );
-        }
-        stats.spool_records.store(spool.len(), Ordering::Relaxed);
-        Some(spool)
-    } else {
-        None
-    };
     let (tx, rx) = crossbeam_channel::bounded(cfg.queue_capacity.max(1));
     let (overflow, orx) = crossbeam_channel::unbounded();
     let (stop, stop_rx) = crossbeam_channel::bounded(1);
     let shared = Arc::new(Shared::default());
     let channels = worker::Channels { rx, overflow: orx, stop: stop_rx };
-    let thread = match spool {
-        Some(spool) => {
-            let w = worker::Worker::new(cfg, stats, Arc::clone(&shared), echo_stdout, channels, spool);
-            std::thread::Builder::new().name("llmproxy-webhook".into()).spawn(move || w.run())?
-        }
-        None => std::thread::Builder::new()
+    let thread = if cfg.enabled {
+        let journal = Journal::open(&cfg.spool_dir, journal::DEFAULT_SEGMENT_BYTES).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("usage_hook.spool_dir {}: cannot open the spool: {e}", cfg.spool_dir.display()),
+            )
+        })?;
+        stats.spool_records.store(journal.pending(), Ordering::Relaxed);
+        stats.corrupt.store(journal.corrupt, Ordering::Relaxed);
+        let make = sink::maker(cfg).map_err(std::io::Error::other)?;
+        let w = worker::Worker::new(cfg, stats, Arc::clone(&shared), echo_stdout, channels, journal, make);
+        std::thread::Builder::new().name("llmproxy-webhook".into()).spawn(move || w.run())?
+    } else {
+        std::thread::Builder::new()
             .name("llmproxy-webhook".into())
-            .spawn(move || worker::run_disabled(channels, stats, echo_stdout))?,
+            .spawn(move || worker::run_disabled(channels, stats, echo_stdout))?
     };
     Ok((UsageSink { tx, overflow, shared }, WebhookHandle { stop, thread }))
+}
+
+/// Delivery's own series for `/metrics` (journal health and backlog age).
+pub fn render_metrics(out: &mut String, w: &WebhookStats) {
+    use std::fmt::Write as _;
+    let r = Ordering::Relaxed;
+    let series: [(&str, &str, &str, String); 5] = [
+        (
+            "llmproxy_spool_errors_total",
+            "counter",
+            "Usage journal writes that failed (disk full, read-only, I/O error).",
+            w.spool_errors.load(r).to_string(),
+        ),
+        (
+            "llmproxy_journal_bytes",
+            "gauge",
+            "Bytes the usage journal holds on disk.",
+            w.journal_bytes.load(r).to_string(),
+        ),
+        (
+            "llmproxy_usage_backlog_seconds",
+            "gauge",
+            "Age of the oldest usage record not yet delivered (0 when none waits).",
+            format!("{:.3}", w.backlog_ms.load(r) as f64 / 1000.0),
+        ),
+        (
+            "llmproxy_journal_corrupt_total",
+            "counter",
+            "Torn or corrupt usage journal entries skipped.",
+            w.corrupt.load(r).to_string(),
+        ),
+        (
+            "llmproxy_usage_records_dropped_total",
+            "counter",
+            "Usage records lost because neither the journal nor memory (queue_capacity) could hold them.",
+            w.dropped.load(r).to_string(),
+        ),
+    ];
+    for (name, kind, help, v) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
 }

@@ -1,0 +1,478 @@
+//! The write-ahead usage journal in `spool_dir`, owned by the delivery thread (never touched by a
+//! core thread). Records are appended as checksummed frames ([`frame`]) to numbered segment files
+//! and made durable by group commit ([`Journal::commit`]: one write and one fdatasync for everything
+//! appended since the last one). Deliveries are acknowledged per entry in a small `.ack` file next
+//! to each segment, so delivery may finish out of order. A segment whose entries are all
+//! acknowledged is deleted. Entries not held in memory ("disk-only", from `load` on) are read back
+//! by [`Journal::refill`] when memory has room again. On open, torn tails and corrupt regions are
+//! detected, logged, skipped and counted; acknowledged entries are not replayed.
+
+pub mod frame;
+mod scan;
+#[cfg(test)]
+mod tests;
+
+use frame::Decoded;
+use scan::Reader;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// A new segment is started once the current one has reached this size.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// An idle, fully delivered active segment is retired once it is at least this big.
+const RETIRE_IDLE_BYTES: u64 = 1024 * 1024;
+const LOCK: &str = "lock";
+
+/// Where an entry lives: segment number and byte offset of its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pos {
+    pub seg: u64,
+    pub off: u64,
+}
+
+/// An entry read back from disk.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub pos: Pos,
+    pub ts_ms: u64,
+    pub request_id: String,
+    pub json: String,
+}
+
+/// Entries whose group commit failed: they are not on disk, the caller must keep them.
+#[derive(Debug)]
+pub struct Unwritten {
+    pub error: io::Error,
+    pub entries: Vec<Loaded>,
+}
+
+#[derive(Debug, Default)]
+struct Seg {
+    /// Valid entries (including appended, not yet committed ones).
+    entries: u64,
+    acked: u64,
+    /// Bytes readable (the file length for a sealed segment).
+    bytes: u64,
+    /// Offsets acknowledged before this process started (recovered segments only).
+    recovered_acks: Option<HashSet<u64>>,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    segs: BTreeMap<u64, Seg>,
+    write_seg: u64,
+    /// Bytes of `write_seg` already written to the file.
+    committed: u64,
+    writer: Option<File>,
+    /// Frames appended after `committed`, written by the next commit.
+    buf: Vec<u8>,
+    /// Next entry not held in memory by the caller.
+    load: Pos,
+    reader: Reader,
+    /// Positions at or after `load` whose entries the caller already holds (re-appended records).
+    skip: HashSet<Pos>,
+    acks: Vec<Pos>,
+    ack_files: HashMap<u64, File>,
+    /// Frames or regions skipped as torn or corrupt since open.
+    pub corrupt: u64,
+    /// Timestamp of the oldest disk-only entry, when known.
+    oldest_disk_ts: Option<u64>,
+    _lock: File,
+}
+
+impl Journal {
+    /// Opens (creating if needed) and locks the journal in `dir`, recovering what a previous process
+    /// left: torn tails cut, corrupt regions skipped, acknowledged entries not replayed.
+    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Journal> {
+        fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::WouldBlock => {
+                io::Error::new(io::ErrorKind::WouldBlock, "spool directory is in use by another process")
+            }
+            fs::TryLockError::Error(e) => e,
+        })?;
+        let ids = list_segments(dir)?;
+        let mut segs = BTreeMap::new();
+        let mut corrupt = 0;
+        let last = ids.last().copied();
+        for id in ids {
+            let acks: HashSet<u64> = match fs::read(ack_path(dir, id)) {
+                Ok(b) => frame::decode_acks(&b).collect(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+                Err(e) => return Err(e),
+            };
+            let s = scan::segment(&segment_path(dir, id), &acks, Some(id) == last)?;
+            corrupt += s.corrupt;
+            if s.entries == s.acked {
+                remove_segment(dir, id);
+                continue;
+            }
+            segs.insert(
+                id,
+                Seg { entries: s.entries, acked: s.acked, bytes: s.bytes, recovered_acks: Some(acks) },
+            );
+        }
+        let first = segs.keys().next().copied();
+        let write_seg = last.map_or(1, |l| l + 1);
+        let mut j = Journal {
+            dir: dir.to_path_buf(),
+            segment_bytes: segment_bytes.max(1),
+            segs,
+            write_seg,
+            committed: 0,
+            writer: None,
+            buf: Vec::new(),
+            load: Pos { seg: first.unwrap_or(write_seg), off: 0 },
+            reader: Reader::default(),
+            skip: HashSet::new(),
+            acks: Vec::new(),
+            ack_files: HashMap::new(),
+            corrupt,
+            oldest_disk_ts: None,
+            _lock: lock,
+        };
+        if j.pending() > 0 {
+            j.oldest_disk_ts = Some(0);
+        }
+        Ok(j)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Position just after the last appended entry.
+    pub fn end(&self) -> Pos {
+        Pos { seg: self.write_seg, off: self.committed + self.buf.len() as u64 }
+    }
+
+    /// Entries not acknowledged (in memory or on disk).
+    pub fn pending(&self) -> u64 {
+        self.segs.values().map(|s| s.entries - s.acked).sum()
+    }
+
+    /// Bytes the journal holds on disk (and in its commit buffer).
+    pub fn bytes(&self) -> u64 {
+        self.segs.values().map(|s| s.bytes).sum::<u64>() + self.buf.len() as u64
+    }
+
+    /// Entries exist that the caller does not hold in memory.
+    pub fn has_disk_only(&self) -> bool {
+        self.load < self.end()
+    }
+
+    /// Age source for the backlog gauge: the oldest disk-only entry's timestamp, 0 if unknown.
+    pub fn oldest_disk_ts(&self) -> Option<u64> {
+        if self.has_disk_only() {
+            self.oldest_disk_ts.or(Some(0))
+        } else {
+            None
+        }
+    }
+
+    /// Appends one entry (durable after the next successful [`Journal::commit`]). `in_memory`: the
+    /// caller keeps the entry, so [`Journal::refill`] must not hand it out again.
+    pub fn append(&mut self, ts_ms: u64, json: &str, in_memory: bool) -> Pos {
+        let pos = self.end();
+        frame::encode(&mut self.buf, ts_ms, json.as_bytes());
+        self.segs.entry(self.write_seg).or_default().entries += 1;
+        if in_memory {
+            if self.load == pos {
+                self.load = self.end();
+            } else {
+                self.skip.insert(pos);
+            }
+        } else if self.oldest_disk_ts.is_none() {
+            self.oldest_disk_ts = Some(ts_ms);
+        }
+        pos
+    }
+
+    /// Group commit: writes the appended frames with one write and one fdatasync, then the pending
+    /// acknowledgements. On a failed write nothing of this group stays in the file; its entries are
+    /// returned so the caller can keep them in memory.
+    pub fn commit(&mut self) -> Result<(), Unwritten> {
+        if !self.buf.is_empty() {
+            if let Err(error) = self.write_buf() {
+                return Err(self.unwind(error));
+            }
+        }
+        if !self.acks.is_empty() {
+            if let Err(error) = self.write_acks() {
+                // Not fatal: those entries may be delivered once more after a crash.
+                return Err(Unwritten { error, entries: Vec::new() });
+            }
+        }
+        self.collect_garbage();
+        Ok(())
+    }
+
+    fn write_buf(&mut self) -> io::Result<()> {
+        if self.writer.is_none() {
+            let f =
+                OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.write_seg))?;
+            sync_dir(&self.dir)?;
+            self.writer = Some(f);
+        }
+        let Some(w) = self.writer.as_mut() else { return Err(io::Error::other("journal writer missing")) };
+        w.write_all(&self.buf)?;
+        w.sync_data()?;
+        self.committed += self.buf.len() as u64;
+        if let Some(s) = self.segs.get_mut(&self.write_seg) {
+            s.bytes = self.committed;
+        }
+        self.buf.clear();
+        if self.committed >= self.segment_bytes {
+            self.seal();
+        }
+        Ok(())
+    }
+
+    /// A failed group: cut the file back, forget the group's entries, hand them back.
+    fn unwind(&mut self, error: io::Error) -> Unwritten {
+        if let Some(w) = self.writer.take() {
+            if let Err(e) = w.set_len(self.committed) {
+                log::warn!("journal: cannot cut back a failed append in {}: {e}", self.dir.display());
+            }
+        }
+        let mut entries = Vec::new();
+        let mut off = 0;
+        while off < self.buf.len() {
+            let Decoded::Entry { ts_ms, payload, len } = frame::decode(&self.buf[off..]) else { break };
+            let pos = Pos { seg: self.write_seg, off: self.committed + off as u64 };
+            if let Some(l) = scan::to_loaded(pos, ts_ms, payload) {
+                entries.push(l);
+            }
+            self.skip.remove(&pos);
+            off += len;
+        }
+        if let Some(s) = self.segs.get_mut(&self.write_seg) {
+            s.entries = s.entries.saturating_sub(entries.len() as u64);
+            if s.entries == 0 && self.committed == 0 {
+                self.segs.remove(&self.write_seg);
+            }
+        }
+        self.buf.clear();
+        let end = self.end();
+        if self.load > end {
+            self.load = end;
+        }
+        Unwritten { error, entries }
+    }
+
+    /// Marks a delivered entry; made durable by the next commit.
+    pub fn ack(&mut self, pos: Pos) {
+        if let Some(s) = self.segs.get_mut(&pos.seg) {
+            s.acked += 1;
+            self.acks.push(pos);
+        }
+    }
+
+    fn write_acks(&mut self) -> io::Result<()> {
+        self.acks.sort_unstable();
+        let mut i = 0;
+        let mut out = Vec::with_capacity(self.acks.len() * frame::ACK_LEN);
+        while i < self.acks.len() {
+            let seg = self.acks[i].seg;
+            out.clear();
+            while i < self.acks.len() && self.acks[i].seg == seg {
+                frame::encode_ack(&mut out, self.acks[i].off);
+                i += 1;
+            }
+            if !self.segs.contains_key(&seg) {
+                continue;
+            }
+            let f = match self.ack_files.entry(seg) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(OpenOptions::new().create(true).append(true).open(ack_path(&self.dir, seg))?)
+                }
+            };
+            f.write_all(&out)?;
+            f.sync_data()?;
+        }
+        self.acks.clear();
+        Ok(())
+    }
+
+    /// Starts a new segment (the buffer is empty: called right after a write).
+    fn seal(&mut self) {
+        let load_at_end = self.load == self.end();
+        self.writer = None;
+        self.write_seg += 1;
+        self.committed = 0;
+        if load_at_end {
+            self.load = self.end();
+        }
+    }
+
+    /// Deletes segments whose entries are all delivered; retires an idle, delivered active one.
+    fn collect_garbage(&mut self) {
+        let active_done = self.segs.get(&self.write_seg).is_some_and(|s| s.acked == s.entries);
+        if active_done && self.buf.is_empty() && self.committed >= RETIRE_IDLE_BYTES && !self.has_disk_only()
+        {
+            self.seal();
+        }
+        let done: Vec<u64> = self
+            .segs
+            .iter()
+            .filter(|(&id, s)| id < self.write_seg && s.acked >= s.entries && self.load.seg > id)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in done {
+            self.segs.remove(&id);
+            self.ack_files.remove(&id);
+            remove_segment(&self.dir, id);
+        }
+    }
+
+    /// Reads up to `room` disk-only entries (oldest first) into `out`, skipping acknowledged, held
+    /// and corrupt ones. Only committed bytes are read.
+    pub fn refill(&mut self, room: usize, out: &mut Vec<Loaded>) -> io::Result<()> {
+        let mut taken = 0;
+        while taken < room {
+            let limit = if self.load.seg == self.write_seg {
+                self.committed
+            } else {
+                self.segs.get(&self.load.seg).map_or(0, |s| s.bytes)
+            };
+            if self.load.off >= limit {
+                if self.load.seg >= self.write_seg {
+                    break;
+                }
+                let next = self.segs.range(self.load.seg + 1..).next().map_or(self.write_seg, |(&k, _)| k);
+                self.load = Pos { seg: next.min(self.write_seg), off: 0 };
+                continue;
+            }
+            let window = self.reader.window(&self.dir, self.load, limit)?;
+            match frame::decode(window) {
+                Decoded::Entry { ts_ms, payload, len } => {
+                    let pos = self.load;
+                    self.load.off += len as u64;
+                    if self.skip.remove(&pos) {
+                        continue;
+                    }
+                    let acked = self
+                        .segs
+                        .get(&pos.seg)
+                        .and_then(|s| s.recovered_acks.as_ref())
+                        .is_some_and(|a| a.contains(&pos.off));
+                    if acked {
+                        continue;
+                    }
+                    match scan::to_loaded(pos, ts_ms, payload) {
+                        Some(l) => {
+                            out.push(l);
+                            taken += 1;
+                        }
+                        None => self.skipped(pos, "an entry that is not a usage record"),
+                    }
+                }
+                Decoded::Incomplete if (window.len() as u64) < limit - self.load.off => {
+                    self.reader.want_more();
+                }
+                Decoded::Incomplete => {
+                    self.skipped(self.load, "a torn entry");
+                    self.load.off = limit;
+                }
+                Decoded::Corrupt => {
+                    let at = self.load;
+                    let whole = window.len() as u64 == limit - self.load.off;
+                    match frame::resync(window) {
+                        Some(i) => self.load.off += i as u64,
+                        None if whole => self.load.off = limit,
+                        None => self.load.off += (window.len() as u64).saturating_sub(3).max(1),
+                    }
+                    self.skipped(at, "corrupt bytes");
+                }
+            }
+        }
+        self.oldest_disk_ts = if self.has_disk_only() { self.peek_ts() } else { None };
+        Ok(())
+    }
+
+    fn peek_ts(&mut self) -> Option<u64> {
+        let limit = if self.load.seg == self.write_seg {
+            self.committed
+        } else {
+            self.segs.get(&self.load.seg)?.bytes
+        };
+        if self.load.off >= limit {
+            return None;
+        }
+        match self.reader.window(&self.dir, self.load, limit).ok().map(frame::decode) {
+            Some(Decoded::Entry { ts_ms, .. }) => Some(ts_ms),
+            _ => None,
+        }
+    }
+
+    fn skipped(&mut self, at: Pos, what: &str) {
+        self.corrupt += 1;
+        log::warn!(
+            "journal: skipping {what} in segment {} at offset {} of {}",
+            at.seg,
+            at.off,
+            self.dir.display()
+        );
+    }
+
+    /// Everything appended and acknowledged is on disk (graceful stop).
+    pub fn sync(&mut self) -> Result<(), Unwritten> {
+        self.commit()
+    }
+}
+
+pub(crate) fn segment_path(dir: &Path, seg: u64) -> PathBuf {
+    dir.join(format!("journal-{seg:020}.log"))
+}
+
+fn ack_path(dir: &Path, seg: u64) -> PathBuf {
+    dir.join(format!("journal-{seg:020}.ack"))
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut v = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = name.strip_prefix("journal-").and_then(|s| s.strip_suffix(".log")) {
+            if let Ok(id) = id.parse::<u64>() {
+                v.push(id);
+            }
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+fn remove_segment(dir: &Path, seg: u64) {
+    for path in [segment_path(dir, seg), ack_path(dir, seg)] {
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("journal: cannot delete delivered segment {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Undelivered entries in a journal directory, read without locking it (tests, tooling).
+pub fn read_pending(dir: &Path) -> io::Result<Vec<Loaded>> {
+    let mut out = Vec::new();
+    for id in list_segments(dir)? {
+        let acks: HashSet<u64> = match fs::read(ack_path(dir, id)) {
+            Ok(b) => frame::decode_acks(&b).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(e),
+        };
+        scan::collect(&segment_path(dir, id), id, &acks, &mut out)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,132 @@
+//! The [`Sink`] trait (where a batch of records goes: an HTTP webhook today) and the pool of
+//! delivery threads ("llmproxy-deliver-N") that each own one sink instance and one connection, so
+//! `usage_hook.concurrency` batches are in flight at once. The journal thread hands batches over a
+//! channel and gets them back with the outcome; nothing here runs on a core thread.
+
+use super::client;
+use super::format::Formatter;
+use super::http::HttpSink;
+use super::journal::Pos;
+use super::Entry;
+use crate::config::{SinkKind, UsageHookConfig};
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::Arc;
+use std::thread::{JoinHandle, Thread};
+
+/// A destination for usage records. `send` blocks until the destination acknowledged the whole
+/// batch (`Ok`) or did not (`Err` with the reason; the batch is retried, then journaled).
+pub trait Sink: Send {
+    fn send(&mut self, entries: &[Entry]) -> Result<(), String>;
+}
+
+/// Builds one sink per delivery thread.
+pub type MakeSink = Arc<dyn Fn() -> Box<dyn Sink> + Send + Sync>;
+
+/// The sink factory for this config; a CA file that cannot be read or a bad URL is an error.
+pub fn maker(cfg: &UsageHookConfig) -> Result<MakeSink, String> {
+    let formatter = Arc::new(Formatter::new(cfg.delivery.format, cfg.batch_max));
+    match cfg.delivery.sink {
+        SinkKind::Http => {
+            let target = client::parse_url(&cfg.url).map_err(|e| format!("usage_hook.url: {e}"))?;
+            let tls = if target.tls {
+                Some(super::tls::client_config(cfg.delivery.tls_ca_file.as_deref())?)
+            } else {
+                None
+            };
+            let secret: Option<Arc<[u8]>> = cfg.secret.as_ref().map(|s| Arc::from(s.as_bytes()));
+            let timeout = cfg.timeout;
+            Ok(Arc::new(move || {
+                Box::new(HttpSink::new(
+                    target.clone(),
+                    tls.clone(),
+                    timeout,
+                    formatter.clone(),
+                    secret.clone(),
+                )) as Box<dyn Sink>
+            }))
+        }
+        SinkKind::Nats => Err("usage_hook.sink = \"nats\" is not available in this build".into()),
+    }
+}
+
+/// What the journal thread keeps about each record in a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    /// Where the record is in the journal (None: held in memory only).
+    pub pos: Option<Pos>,
+    pub ts_ms: u64,
+    pub attempts: u32,
+}
+
+/// A batch out to a delivery thread and back.
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub meta: Vec<Meta>,
+    pub result: Result<(), String>,
+}
+
+pub struct Pool {
+    jobs: Option<Sender<Batch>>,
+    done: Receiver<Batch>,
+    threads: Vec<JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl Pool {
+    /// `n` threads; each finished batch unparks `notify` (the journal thread).
+    pub fn start(n: usize, make: MakeSink, notify: Thread) -> std::io::Result<Pool> {
+        let (jobs, jrx) = crossbeam_channel::unbounded::<Batch>();
+        let (dtx, done) = crossbeam_channel::unbounded::<Batch>();
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let (jrx, dtx, make, notify) = (jrx.clone(), dtx.clone(), make.clone(), notify.clone());
+            threads.push(std::thread::Builder::new().name(format!("llmproxy-deliver-{i}")).spawn(
+                move || {
+                    let mut sink = make();
+                    while let Ok(mut b) = jrx.recv() {
+                        b.result = sink.send(&b.entries);
+                        if dtx.send(b).is_err() {
+                            return;
+                        }
+                        notify.unpark();
+                    }
+                },
+            )?);
+        }
+        Ok(Pool { jobs: Some(jobs), done, threads, in_flight: 0 })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn submit(&mut self, entries: Vec<Entry>, meta: Vec<Meta>) {
+        let b = Batch { entries, meta, result: Ok(()) };
+        match &self.jobs {
+            Some(j) => match j.send(b) {
+                Ok(()) => self.in_flight += 1,
+                Err(e) => log::error!("delivery threads are gone; {} records kept", e.0.entries.len()),
+            },
+            None => log::error!("delivery threads stopped; {} records kept", b.entries.len()),
+        }
+    }
+
+    pub fn try_done(&mut self) -> Option<Batch> {
+        let b = self.done.try_recv().ok()?;
+        self.in_flight -= 1;
+        Some(b)
+    }
+
+    /// Lets every thread finish its current batch and exit; returns what came back.
+    pub fn stop(mut self) -> Vec<Batch> {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.done.try_iter().collect()
+    }
+}

@@ -1,0 +1,457 @@
+//! The journal thread ("llmproxy-webhook"): takes records from the core threads' channels, journals
+//! them (group commit every few ms), keeps a bounded window of them in memory, hands batches to the
+//! delivery threads ([`super::sink::Pool`]), acknowledges what was delivered, retries what was not,
+//! and on stop journals everything left. Its whole condition is the one [`State`] value.
+
+mod disk;
+mod stop;
+
+use super::backoff::Backoff;
+use super::journal::{Journal, Loaded};
+use super::sink::{MakeSink, Meta, Pool};
+use super::{Entry, Shared, WebhookStats};
+use crate::config::UsageHookConfig;
+use crate::usage::record::UsageRecord;
+use crossbeam_channel::{Receiver, TryRecvError};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Idle polling of the core threads' channels without a journal (see the module header of `mod.rs`).
+const POLL: Duration = Duration::from_millis(5);
+/// Records taken off the channels per round before the loop commits and dispatches.
+const INTAKE_MAX: usize = 8192;
+/// How often the disk is tried again while the journal cannot be written.
+const DISK_PROBE: Duration = Duration::from_secs(1);
+/// Records held in memory while the journal works: enough to keep every delivery thread busy.
+const WINDOW_MIN: usize = 4096;
+/// A graceful stop tries to deliver what is in memory for at most this long (then journals it).
+const STOP_DELIVERY_MAX: Duration = Duration::from_secs(5);
+
+pub(crate) struct Channels {
+    pub rx: Receiver<UsageRecord>,
+    pub overflow: Receiver<UsageRecord>,
+    pub stop: Receiver<()>,
+}
+
+impl Channels {
+    fn stop_requested(&self) -> bool {
+        matches!(self.stop.try_recv(), Ok(()) | Err(TryRecvError::Disconnected))
+    }
+
+    fn next(&self) -> Option<UsageRecord> {
+        self.rx.try_recv().or_else(|_| self.overflow.try_recv()).ok()
+    }
+
+    /// Sleeps up to `d`; unparked early by a finished delivery or a stop. Parking, not a blocking
+    /// `recv_timeout`: crossbeam spins with `sched_yield` before it sleeps, which on a core shared
+    /// with a worker costs that worker context switches.
+    fn wait_stop(&self, d: Duration) -> bool {
+        if self.stop_requested() {
+            return true;
+        }
+        std::thread::park_timeout(d);
+        false
+    }
+}
+
+/// The journal thread's condition. Transitions: a batch failing past `retry` -> `Backlog`; a
+/// delivery succeeding -> `Healthy`; a journal write failing -> `SpoolFailing` (keeping whether the
+/// sink is down); a successful disk probe -> back; stop -> `Stopping`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// The sink answers; records go out as soon as they are journaled.
+    Healthy,
+    /// The sink fails: one probe batch at `retry_at` (every `replay_interval`), the rest waits
+    /// (journaled; in memory up to the window).
+    Backlog { retry_at: Instant },
+    /// The journal cannot be written (disk full, read-only): records wait in memory up to
+    /// `queue_capacity`, the disk is tried again at `probe_at`; `retry_at` is set when the sink is
+    /// down too.
+    SpoolFailing { probe_at: Instant, retry_at: Option<Instant> },
+    /// Graceful stop.
+    Stopping,
+}
+
+struct Held {
+    entry: Entry,
+    meta: Meta,
+    not_before: Instant,
+}
+
+pub(crate) struct Worker {
+    ch: Channels,
+    stats: Arc<WebhookStats>,
+    shared: Arc<Shared>,
+    echo: bool,
+    journal: Journal,
+    /// `crash_window` set: every record is journaled before it is sent.
+    eager: bool,
+    poll: Duration,
+    make: MakeSink,
+    concurrency: usize,
+    state: State,
+    ready: VecDeque<Held>,
+    waiting: VecDeque<Held>,
+    in_flight_records: usize,
+    backoff: Backoff,
+    batch_max: usize,
+    batch_linger: Duration,
+    retry: u32,
+    replay_interval: Duration,
+    capacity: usize,
+    window: usize,
+    dropped_episode: bool,
+    ack_error_episode: bool,
+    /// A delivery failed during the stop: no further attempts.
+    stop_failed: bool,
+    published_at: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Worker {
+    pub(crate) fn new(
+        cfg: &UsageHookConfig,
+        stats: Arc<WebhookStats>,
+        shared: Arc<Shared>,
+        echo: bool,
+        ch: Channels,
+        journal: Journal,
+        make: MakeSink,
+    ) -> Worker {
+        let eager = cfg.delivery.crash_window.is_some();
+        let poll = cfg.delivery.crash_window.map_or(POLL, |w| (w / 3).clamp(Duration::from_millis(1), POLL));
+        let capacity = cfg.queue_capacity.max(1);
+        let concurrency = cfg.delivery.concurrency.max(1);
+        let window =
+            if eager { capacity.min(WINDOW_MIN.max(cfg.batch_max * concurrency * 4)) } else { capacity };
+        Worker {
+            ch,
+            stats,
+            shared,
+            echo,
+            journal,
+            eager,
+            poll,
+            make,
+            concurrency,
+            state: State::Healthy,
+            ready: VecDeque::new(),
+            waiting: VecDeque::new(),
+            in_flight_records: 0,
+            backoff: Backoff::new(),
+            batch_max: cfg.batch_max.max(1),
+            batch_linger: cfg.batch_linger,
+            retry: cfg.retry,
+            replay_interval: cfg.replay_interval,
+            capacity,
+            window,
+            dropped_episode: false,
+            ack_error_episode: false,
+            stop_failed: false,
+            published_at: Instant::now(),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut pool = match Pool::start(self.concurrency, self.make.clone(), std::thread::current()) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("cannot start the delivery threads: {e}; usage records are only journaled");
+                return self.journal_only();
+            }
+        };
+        if self.journal.pending() > 0 {
+            log::info!(
+                "{} usage records wait in the journal {}; delivering them",
+                self.journal.pending(),
+                self.journal.dir().display()
+            );
+        }
+        loop {
+            let stop = self.ch.stop_requested();
+            let got = self.intake();
+            self.commit();
+            self.collect(&mut pool);
+            self.probe_disk();
+            self.refill();
+            if stop {
+                break;
+            }
+            self.dispatch(&mut pool, Instant::now());
+            self.publish(&pool, false);
+            if !got && self.ch.wait_stop(self.poll) {
+                break;
+            }
+        }
+        self.shutdown(pool);
+    }
+
+    fn sink_down(&self) -> bool {
+        matches!(self.state, State::Backlog { .. } | State::SpoolFailing { retry_at: Some(_), .. })
+    }
+
+    fn disk_ok(&self) -> bool {
+        !matches!(self.state, State::SpoolFailing { .. })
+    }
+
+    fn mem_len(&self) -> usize {
+        self.ready.len() + self.waiting.len() + self.in_flight_records
+    }
+
+    /// Takes what the core threads queued. Returns whether anything came.
+    fn intake(&mut self) -> bool {
+        let mut got = false;
+        for _ in 0..INTAKE_MAX {
+            let Some(rec) = self.ch.next() else { break };
+            got = true;
+            self.stats.tokens.observe(&rec);
+            let json = rec.to_json();
+            if self.echo {
+                echo(&json);
+            }
+            self.admit(Entry { request_id: rec.request_id, json }, now_ms());
+        }
+        got
+    }
+
+    fn admit(&mut self, entry: Entry, ts_ms: u64) {
+        let now = Instant::now();
+        if self.disk_ok() {
+            let keep = self.mem_len() < self.window && !self.journal.has_disk_only();
+            let pos =
+                if self.eager || !keep { Some(self.journal.append(ts_ms, &entry.json, keep)) } else { None };
+            if keep {
+                self.ready.push_back(Held { entry, meta: Meta { pos, ts_ms, attempts: 0 }, not_before: now });
+            }
+        } else if self.mem_len() < self.capacity {
+            self.ready.push_back(Held {
+                entry,
+                meta: Meta { pos: None, ts_ms, attempts: 0 },
+                not_before: now,
+            });
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if !std::mem::replace(&mut self.dropped_episode, true) {
+                log::error!(
+                    "request_id={} usage record lost: the journal {} cannot be written and {} records already wait in memory (queue_capacity)",
+                    entry.request_id,
+                    self.journal.dir().display(),
+                    self.capacity
+                );
+            }
+        }
+    }
+
+    /// Group commit of what was appended (and of acknowledgements).
+    fn commit(&mut self) {
+        match self.journal.commit() {
+            Ok(()) => self.ack_error_episode = false,
+            Err(u) => self.commit_failed(u),
+        }
+    }
+
+    /// Reads journaled records back into memory when the window has room.
+    fn refill(&mut self) {
+        if !self.journal.has_disk_only() || self.mem_len() >= self.window {
+            return;
+        }
+        let mut got: Vec<Loaded> = Vec::new();
+        if let Err(e) = self.journal.refill(self.window - self.mem_len(), &mut got) {
+            log::error!("cannot read the usage journal {}: {e}", self.journal.dir().display());
+        }
+        let now = Instant::now();
+        for l in got {
+            let meta = Meta { pos: Some(l.pos), ts_ms: l.ts_ms, attempts: 0 };
+            self.ready.push_back(Held {
+                entry: Entry { request_id: l.request_id, json: l.json },
+                meta,
+                not_before: now,
+            });
+        }
+    }
+
+    /// Outcomes from the delivery threads.
+    fn collect(&mut self, pool: &mut Pool) {
+        while let Some(b) = pool.try_done() {
+            self.in_flight_records -= b.entries.len();
+            match b.result {
+                Ok(()) => {
+                    for m in &b.meta {
+                        if let Some(p) = m.pos {
+                            self.journal.ack(p);
+                        }
+                    }
+                    self.stats.success.fetch_add(b.entries.len() as u64, Ordering::Relaxed);
+                    if self.sink_down() {
+                        log::info!("the usage sink answers again; delivering the waiting records");
+                        let now = Instant::now();
+                        for h in self.waiting.iter_mut() {
+                            h.not_before = now;
+                        }
+                    }
+                    self.state = match self.state {
+                        State::Backlog { .. } => State::Healthy,
+                        State::SpoolFailing { probe_at, .. } => {
+                            State::SpoolFailing { probe_at, retry_at: None }
+                        }
+                        s => s,
+                    };
+                }
+                Err(e) => self.failed(b.entries, b.meta, &e),
+            }
+        }
+    }
+
+    fn failed(&mut self, entries: Vec<Entry>, meta: Vec<Meta>, why: &str) {
+        self.stats.failure.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let attempts = meta.iter().map(|m| m.attempts).max().unwrap_or(0) + 1;
+        if self.state == State::Stopping {
+            self.stop_failed = true;
+        }
+        let give_up = attempts > self.retry || self.sink_down() || self.state == State::Stopping;
+        if !self.sink_down() {
+            log::warn!(
+                "request_id={} usage delivery of {} record(s) failed (attempt {attempts}/{}): {why}",
+                entries.first().map_or("", |e| e.request_id.as_str()),
+                entries.len(),
+                self.retry + 1
+            );
+        }
+        let not_before = if give_up {
+            let retry_at = now + self.replay_interval;
+            match self.state {
+                State::Healthy => {
+                    log::warn!(
+                        "the usage sink keeps failing; records wait in the journal, retried every {:?}",
+                        self.replay_interval
+                    );
+                    self.state = State::Backlog { retry_at };
+                }
+                State::Backlog { .. } => self.state = State::Backlog { retry_at },
+                State::SpoolFailing { probe_at, .. } => {
+                    self.state = State::SpoolFailing { probe_at, retry_at: Some(retry_at) }
+                }
+                State::Stopping => {}
+            }
+            retry_at
+        } else {
+            now + self.backoff.delay(attempts - 1)
+        };
+        for (entry, mut meta) in entries.into_iter().zip(meta) {
+            meta.attempts = attempts;
+            if give_up && !self.eager && meta.pos.is_none() && self.disk_ok() && self.state != State::Stopping
+            {
+                // Memory-only mode: what the sink does not take is journaled ("spooled").
+                meta.pos = Some(self.journal.append(meta.ts_ms, &entry.json, true));
+            }
+            self.waiting.push_back(Held { entry, meta, not_before });
+        }
+    }
+
+    /// Hands batches to idle delivery threads.
+    fn dispatch(&mut self, pool: &mut Pool, now: Instant) {
+        let retry_at = match self.state {
+            State::Backlog { retry_at } | State::SpoolFailing { retry_at: Some(retry_at), .. } => {
+                Some(retry_at)
+            }
+            _ => None,
+        };
+        if let Some(at) = retry_at {
+            // One probe batch at a time while the sink is down.
+            if now >= at && pool.in_flight() == 0 {
+                let from_waiting = !self.waiting.is_empty();
+                self.send_batch(pool, from_waiting);
+                if from_waiting || !self.ready.is_empty() {
+                    let next = now + self.replay_interval;
+                    self.state = match self.state {
+                        State::Backlog { .. } => State::Backlog { retry_at: next },
+                        State::SpoolFailing { probe_at, .. } => {
+                            State::SpoolFailing { probe_at, retry_at: Some(next) }
+                        }
+                        s => s,
+                    };
+                }
+            }
+            return;
+        }
+        while self.waiting.front().is_some_and(|h| h.not_before <= now) {
+            if let Some(h) = self.waiting.pop_front() {
+                self.ready.push_back(h);
+            }
+        }
+        while pool.in_flight() < pool.threads() && !self.ready.is_empty() {
+            if self.batch_max > 1 && self.ready.len() < self.batch_max && self.state != State::Stopping {
+                let oldest = self.ready.front().map_or(0, |h| h.meta.ts_ms);
+                if now_ms().saturating_sub(oldest) < self.batch_linger.as_millis() as u64 {
+                    break;
+                }
+            }
+            self.send_batch(pool, false);
+        }
+    }
+
+    fn send_batch(&mut self, pool: &mut Pool, from_waiting: bool) {
+        let q = if from_waiting { &mut self.waiting } else { &mut self.ready };
+        let n = q.len().min(self.batch_max);
+        if n == 0 {
+            return;
+        }
+        let mut entries = Vec::with_capacity(n);
+        let mut meta = Vec::with_capacity(n);
+        for h in q.drain(..n) {
+            entries.push(h.entry);
+            meta.push(h.meta);
+        }
+        self.in_flight_records += n;
+        pool.submit(entries, meta);
+    }
+
+    /// Gauges for `/metrics` (the backlog age at most every 100 ms).
+    fn publish(&mut self, _pool: &Pool, force: bool) {
+        self.shared.in_thread.store(self.mem_len(), Ordering::Relaxed);
+        self.stats.spool_records.store(self.journal.pending(), Ordering::Relaxed);
+        self.stats.journal_bytes.store(self.journal.bytes(), Ordering::Relaxed);
+        self.stats.corrupt.store(self.journal.corrupt, Ordering::Relaxed);
+        if !force && self.published_at.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.published_at = Instant::now();
+        let mem = self.ready.iter().chain(self.waiting.iter()).map(|h| h.meta.ts_ms).min();
+        let oldest = match (mem, self.journal.oldest_disk_ts()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let age_ms = oldest.map_or(0, |t| now_ms().saturating_sub(t));
+        self.stats.backlog_ms.store(age_ms, Ordering::Relaxed);
+    }
+}
+
+/// `enabled = false`: records are only echoed (if asked), never sent nor journaled.
+pub(crate) fn run_disabled(ch: Channels, stats: Arc<WebhookStats>, echo_stdout: bool) {
+    loop {
+        let stop = ch.wait_stop(POLL);
+        while let Some(rec) = ch.next() {
+            stats.tokens.observe(&rec);
+            if echo_stdout {
+                echo(&rec.to_json());
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn echo(json: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{json}") {
+        log::warn!("cannot print a usage record on stdout: {e}");
+    }
+}
