@@ -411,6 +411,10 @@ impl Journal {
     }
 
     fn skipped(&mut self, at: Pos, what: &str) {
+        if self.segs.get(&at.seg).is_some_and(|s| s.recovered_acks.is_some()) {
+            // Counted and logged by the recovery scan at open.
+            return;
+        }
         self.corrupt += 1;
         log::warn!(
             "journal: skipping {what} in segment {} at offset {} of {}",
