@@ -3,6 +3,7 @@
 //! state is per core. Pure policy, no I/O.
 
 use crate::config::{BackendConfig, Strategy};
+use crate::endpoints::Endpoint;
 use crate::error::GatewayError;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
@@ -88,11 +89,27 @@ impl Balancer {
         model: Option<&str>,
         exclude: Option<usize>,
     ) -> Result<usize, GatewayError> {
+        self.pick_for(set, None, model, exclude)
+    }
+
+    /// [`pick`](Self::pick) among the backends that serve `endpoint` (`[[backends]] paths`); a
+    /// path no backend serves is a 404.
+    pub fn pick_for(
+        &mut self,
+        set: &BackendSet,
+        endpoint: Option<Endpoint>,
+        model: Option<&str>,
+        exclude: Option<usize>,
+    ) -> Result<usize, GatewayError> {
         let n = set.len();
+        let path_ok = |i: usize| endpoint.is_none_or(|e| set.backends[i].paths.contains(e));
+        if !(0..n).any(path_ok) {
+            return Err(GatewayError::NotFound);
+        }
         let mut serving = 0;
         let mut eligible = 0;
         for i in 0..n {
-            if set.serves(i, model) {
+            if path_ok(i) && set.serves(i, model) {
                 serving += 1;
                 if set.is_up(i) && Some(i) != exclude {
                     eligible += 1;
@@ -103,7 +120,9 @@ impl Balancer {
             return Err(GatewayError::ModelNotFound);
         }
         let allow_excluded = eligible == 0;
-        let ok = |i: usize| set.serves(i, model) && set.is_up(i) && (allow_excluded || Some(i) != exclude);
+        let ok = |i: usize| {
+            path_ok(i) && set.serves(i, model) && set.is_up(i) && (allow_excluded || Some(i) != exclude)
+        };
         match set.strategy {
             Strategy::RoundRobin => {
                 for k in 0..n {
@@ -173,6 +192,7 @@ mod tests {
                 models: vec![],
                 api_key: None,
                 tls: None,
+                paths: crate::endpoints::PathSet::ALL,
             })
             .collect();
         BackendSet::new(backends, strategy)

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 mod usage_hook;
 pub use usage_hook::{DeliveryConfig, RecordFormat, SinkKind};
+mod routes;
+pub use routes::RoutesConfig;
 
 /// Balancing strategy across backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[tls]`: TLS on `listen`; None = plain HTTP.
     pub tls: Option<ListenerTlsConfig>,
+    pub routes: RoutesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +85,8 @@ pub struct BackendConfig {
     pub base_path: String,
     pub weight: u32,
     pub models: Vec<String>,
+    /// Routed paths this backend serves (`paths`; default all).
+    pub paths: crate::endpoints::PathSet,
     pub api_key: Option<String>,
     /// For an https:// backend: roots, client certificate, server name.
     pub tls: Option<crate::tls::BackendTls>,
@@ -154,6 +159,7 @@ struct RawConfig {
     health_check: RawHealthCheck,
     auth: RawAuth,
     tls: tls::RawTls,
+    routes: routes::RawRoutes,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -176,6 +182,7 @@ struct RawBackend {
     tls_client_cert: Option<String>,
     tls_client_key: Option<String>,
     tls_server_name: Option<String>,
+    paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -529,6 +536,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("tls", Kind::Table),
     ("tls.cert_file", Kind::Str),
     ("tls.key_file", Kind::Str),
+    ("backends.paths", Kind::StrList),
     ("balancer", Kind::Table),
     ("balancer.strategy", Kind::Str),
     ("limits", Kind::Table),
@@ -569,6 +577,8 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("auth.keys.key", Kind::Str),
     ("auth.keys.key_sha256", Kind::Str),
     ("auth.keys.user_id", Kind::Str),
+    ("routes", Kind::Table),
+    ("routes.disabled", Kind::StrList),
 ];
 
 /// Reports (and removes) unknown keys and values of the wrong type, recursively.
@@ -662,6 +672,7 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
                 weight,
                 models: b.models.clone().unwrap_or_default(),
                 api_key: b.api_key.clone().filter(|k| !k.is_empty()),
+                paths: routes::backend_paths(p, i, &b.paths),
             });
         }
     }
@@ -806,6 +817,7 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
         usage_hook,
         health_check,
         auth,
+        routes: routes::convert(p, &raw.routes),
     }
 }
 

@@ -227,6 +227,7 @@ async fn serve_request(
     let keep = head.keep_alive && !ctx.shared.shutting_down();
     let method_ok = head.method == endpoint.method();
     let early = if endpoint == Endpoint::Unknown
+        || !ctx.shared.config.routes.enabled(endpoint)
         || (ctx.admin_only && !matches!(endpoint, Endpoint::Health | Endpoint::Metrics))
     {
         Some(GatewayError::NotFound)
@@ -291,14 +292,8 @@ async fn serve_request(
         }
     };
     let elapsed = started.elapsed();
-    if !matches!(
-        endpoint,
-        Endpoint::ChatCompletions
-            | Endpoint::Completions
-            | Endpoint::Embeddings
-            | Endpoint::Responses
-            | Endpoint::Messages
-    ) {
+    // Proxied requests observe their latency in `proxy`.
+    if endpoint.shape() == crate::endpoints::Shape::Gateway {
         ctx.metrics.latency.observe(elapsed.as_millis() as u64);
     }
     inbuf.drain(..next);

@@ -9,6 +9,7 @@ pub mod connection;
 pub mod core;
 pub mod cores;
 pub mod delivery;
+pub mod endpoints;
 pub mod error;
 pub mod gateway;
 pub mod health;

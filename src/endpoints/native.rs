@@ -1,0 +1,224 @@
+//! Usage extractors for the native response shapes of CONTRACT 12, each a pure function over one
+//! complete JSON object (an NDJSON line, a native SSE event's data, or a whole small body). Ordinary
+//! stream objects are classified by a cheap byte check (a suffix or one key lookup) and never
+//! parsed; only the final object's counters are read. Runs on core threads.
+
+use super::routes::Shape;
+use memchr::memmem;
+
+/// What one object says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Seen {
+    /// A stream object before the final one; `content` when it carries generated text.
+    Ordinary { content: bool },
+    /// The object that ends the response, with the counters it reported (absent ones None).
+    Final { prompt: Option<u64>, completion: Option<u64>, audio_seconds: Option<f64> },
+    /// An error object (`{"error": ...}`).
+    Error,
+    /// Nothing the gateway reads (an unrelated object, or not JSON).
+    Other,
+}
+
+/// Classifies one complete JSON text of a response of `shape`.
+pub fn inspect(shape: Shape, obj: &[u8]) -> Seen {
+    let obj = obj.trim_ascii();
+    if obj.is_empty() {
+        return Seen::Other;
+    }
+    if is_error(obj) {
+        return Seen::Error;
+    }
+    match shape {
+        Shape::Ollama => ollama(obj),
+        Shape::Llamacpp => llamacpp(obj),
+        Shape::Sglang => sglang(obj),
+        Shape::Audio => audio(obj),
+        _ => Seen::Other,
+    }
+}
+
+/// `{"error": ...}` (Ollama, llama.cpp, vLLM) or `{"object":"error", ...}` (SGLang, older vLLM).
+fn is_error(obj: &[u8]) -> bool {
+    let body = &obj[1.min(obj.len())..];
+    let body = body.trim_ascii_start();
+    body.starts_with(b"\"error\"")
+        || (body.starts_with(b"\"object\"") && value_is(obj, b"\"object\"", b"\"error\""))
+}
+
+/// Ollama `/api/chat`, `/api/generate` lines end with `"done":false}` until the final object, which
+/// has `"done":true` and the counters; `/api/embed` has no `done` at all, only `prompt_eval_count`.
+fn ollama(obj: &[u8]) -> Seen {
+    if obj.ends_with(b"\"done\":false}") || value_is(obj, b"\"done\"", b"false") {
+        let content = non_empty_string(obj, b"\"content\"")
+            || non_empty_string(obj, b"\"response\"")
+            || non_empty_string(obj, b"\"thinking\"")
+            || find_value(obj, b"\"tool_calls\"").is_some_and(|v| obj.get(v) == Some(&b'['));
+        return Seen::Ordinary { content };
+    }
+    let prompt = int_value(obj, b"\"prompt_eval_count\"");
+    let completion = int_value(obj, b"\"eval_count\"");
+    if value_is(obj, b"\"done\"", b"true") || prompt.is_some() || completion.is_some() {
+        // Ollama leaves out zero counters (`omitempty`): a final object without them reports 0.
+        Seen::Final { prompt: prompt.or(Some(0)), completion: completion.or(Some(0)), audio_seconds: None }
+    } else {
+        Seen::Other
+    }
+}
+
+/// llama.cpp `/completion`: every event has `"stop"`; the one with `true` carries the totals.
+fn llamacpp(obj: &[u8]) -> Seen {
+    if value_is(obj, b"\"stop\"", b"true") {
+        return Seen::Final {
+            prompt: int_value(obj, b"\"tokens_evaluated\""),
+            completion: int_value(obj, b"\"tokens_predicted\""),
+            audio_seconds: None,
+        };
+    }
+    Seen::Ordinary { content: non_empty_string(obj, b"\"content\"") }
+}
+
+/// SGLang `/generate`: `meta_info.finish_reason` is null until the last event; a batch body is a
+/// JSON array of such objects, whose counters add up.
+fn sglang(obj: &[u8]) -> Seen {
+    if obj.first() == Some(&b'[') {
+        let prompt = sum_ints(obj, b"\"prompt_tokens\"");
+        let completion = sum_ints(obj, b"\"completion_tokens\"");
+        if prompt.is_none() && completion.is_none() {
+            return Seen::Other;
+        }
+        return Seen::Final { prompt, completion, audio_seconds: None };
+    }
+    if value_is(obj, b"\"finish_reason\"", b"null") {
+        return Seen::Ordinary { content: non_empty_string(obj, b"\"text\"") };
+    }
+    let prompt = int_value(obj, b"\"prompt_tokens\"");
+    let completion = int_value(obj, b"\"completion_tokens\"");
+    if prompt.is_none() && completion.is_none() {
+        return Seen::Ordinary { content: non_empty_string(obj, b"\"text\"") };
+    }
+    Seen::Final { prompt, completion, audio_seconds: None }
+}
+
+/// Audio JSON bodies: `usage` with `input_tokens`/`output_tokens` (token-billed models), or
+/// `{"type":"duration","seconds":N}` (duration-billed ones).
+fn audio(obj: &[u8]) -> Seen {
+    let Some(v) = find_value(obj, b"\"usage\"") else { return Seen::Other };
+    if obj.get(v) != Some(&b'{') {
+        return Seen::Other;
+    }
+    let Some(n) = object_len(&obj[v..]) else { return Seen::Other };
+    let u = &obj[v..v + n];
+    let prompt = int_value(u, b"\"input_tokens\"").or_else(|| int_value(u, b"\"prompt_tokens\""));
+    let completion = int_value(u, b"\"output_tokens\"").or_else(|| int_value(u, b"\"completion_tokens\""));
+    let audio_seconds = num_value(u, b"\"seconds\"");
+    if prompt.is_none() && completion.is_none() && audio_seconds.is_none() {
+        return Seen::Other;
+    }
+    Seen::Final { prompt, completion, audio_seconds }
+}
+
+/// Index of the value of the first `key` (quoted, as a JSON key: followed by `:`) in `obj`.
+/// A string's contents cannot hold an unescaped quote, so a match is always a real key.
+pub fn find_value(obj: &[u8], key: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(i) = memmem::find(&obj[at..], key) {
+        let after = skip_ws(obj, at + i + key.len());
+        if obj.get(after) == Some(&b':') {
+            return Some(skip_ws(obj, after + 1));
+        }
+        at += i + 1;
+    }
+    None
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// Whether the value of `key` starts with the literal `lit`.
+fn value_is(obj: &[u8], key: &[u8], lit: &[u8]) -> bool {
+    find_value(obj, key).is_some_and(|v| obj[v..].starts_with(lit))
+}
+
+/// Whether the value of `key` is a string with at least one character.
+fn non_empty_string(obj: &[u8], key: &[u8]) -> bool {
+    find_value(obj, key)
+        .is_some_and(|v| obj.get(v) == Some(&b'"') && obj.get(v + 1).is_some_and(|&c| c != b'"'))
+}
+
+/// The unsigned integer value of `key` (None when absent, negative, fractional or not a number).
+pub fn int_value(obj: &[u8], key: &[u8]) -> Option<u64> {
+    let v = find_value(obj, key)?;
+    parse_uint(&obj[v..])
+}
+
+fn parse_uint(b: &[u8]) -> Option<u64> {
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || matches!(b.get(digits), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    std::str::from_utf8(&b[..digits]).ok()?.parse().ok()
+}
+
+/// A JSON number value of `key` as f64.
+fn num_value(obj: &[u8], key: &[u8]) -> Option<f64> {
+    let v = find_value(obj, key)?;
+    let len = obj[v..]
+        .iter()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'+' | b'e' | b'E'))
+        .count();
+    let x: f64 = std::str::from_utf8(&obj[v..v + len]).ok()?.parse().ok()?;
+    (x.is_finite() && x >= 0.0).then_some(x)
+}
+
+/// Sum of every integer value of `key` in `obj` (None when it never occurs).
+fn sum_ints(obj: &[u8], key: &[u8]) -> Option<u64> {
+    let mut at = 0;
+    let mut sum: Option<u64> = None;
+    while let Some(v) = find_value(&obj[at..], key) {
+        if let Some(n) = parse_uint(&obj[at + v..]) {
+            sum = Some(sum.unwrap_or(0).saturating_add(n));
+        }
+        at += v;
+    }
+    sum
+}
+
+/// Length of the JSON object starting at `b[0] == b'{'`, or None when it does not end within `b`.
+fn object_len(b: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let j = memchr::memchr2(b'"', b'\\', b.get(i..)?)? + i;
+                    if b[j] == b'\\' {
+                        i = j + 2;
+                    } else {
+                        i = j;
+                        break;
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "native_tests.rs"]
+mod tests;
