@@ -9,7 +9,6 @@ use crate::error::GatewayError;
 use crate::http1::RequestHead;
 use crate::net::{DialError, Stream};
 use crate::relay::{self, End, Outcome, Outgoing};
-use crate::request;
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord};
 use crate::watch::ClientWatch;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,12 +34,10 @@ pub async fn proxy(
 ) -> bool {
     let cfg = &ctx.shared.config;
     let endpoint = req.head.endpoint;
-    let info = match request::scan(req.body) {
-        Ok(i) => i,
-        Err(e) => return reject(ctx, client, req, GatewayError::BadRequest(e.0), false).await,
+    let (info, stream) = match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
+        Ok(s) => (s.info, s.stream),
+        Err(e) => return reject(ctx, client, req, GatewayError::BadRequest(e), false).await,
     };
-    // What the backend will do: the OpenAI-style APIs stream only when asked.
-    let stream = info.streams(false);
 
     // Who is calling.
     let key = req.head.api_key.as_deref();
@@ -92,7 +89,8 @@ pub async fn proxy(
     let mut exclude = None;
     let mut retried = false;
     let (backend, result) = loop {
-        let b = match ctx.balancer.borrow_mut().pick(set, info.model.as_deref(), exclude) {
+        let b = match ctx.balancer.borrow_mut().pick_for(set, Some(endpoint), info.model.as_deref(), exclude)
+        {
             Ok(b) => b,
             Err(e) => break (None, Err(e)),
         };
@@ -171,7 +169,10 @@ pub async fn proxy(
     record.duration_ms = elapsed.as_millis() as u64;
     ctx.metrics.latency.observe(record.duration_ms);
     ctx.metrics.request(endpoint, stream, backend, record.http_status);
-    (ctx.shared.records)(record);
+    // /tokenize and /detokenize consume nothing: no record (CONTRACT 12).
+    if endpoint.billed() {
+        (ctx.shared.records)(record);
+    }
     keep
 }
 

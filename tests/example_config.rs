@@ -56,6 +56,8 @@ fn example_config_loads_with_documented_defaults() {
     assert!(!c.auth.required);
     assert_eq!(c.auth.user_header, "x-user-id");
     assert!(c.auth.keys.is_empty());
+    assert_eq!(c.routes.disabled, llmproxy::endpoints::PathSet::NONE);
+    assert_eq!(c.backends[0].paths, llmproxy::endpoints::PathSet::ALL);
 }
 
 /// A commented-out `key = value` or `[[table]]` line of the example, without its `# `.

@@ -54,3 +54,30 @@ pub(super) fn backend_paths(p: &mut Problems<'_>, i: usize, paths: &Option<Vec<S
     }
     set
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::endpoints::Endpoint;
+
+    #[test]
+    fn routes_and_paths_parse_and_every_problem_is_reported() {
+        let c = Config::parse(
+            "[[backends]]\nurl = \"http://127.0.0.1:1\"\npaths = [\"/api/chat\", \"/v1/rerank\"]\n\n[routes]\ndisabled = [\"/tokenize\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!c.routes.enabled(Endpoint::Tokenize));
+        assert!(c.routes.enabled(Endpoint::Detokenize));
+        assert!(c.backends[0].paths.contains(Endpoint::OllamaChat));
+        assert!(!c.backends[0].paths.contains(Endpoint::ChatCompletions));
+        let e = Config::parse(
+            "[[backends]]\nurl = \"http://127.0.0.1:1\"\npaths = [\"/nope\"]\n\n[routes]\ndisabled = [\"/health\", \"/v2/rerank\"]\n",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(e.problems.iter().any(|p| p.contains("backends[0].paths") && p.contains("/nope")), "{e}");
+        assert!(e.problems.iter().any(|p| p.contains("routes.disabled") && p.contains("/health")), "{e}");
+    }
+}

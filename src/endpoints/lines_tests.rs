@@ -59,6 +59,7 @@ fn all_splits_agree(shape: Shape, stream: bool, body: &[u8]) -> (Option<Usage>, 
     want
 }
 
+#[allow(clippy::field_reassign_with_default)] // `Usage` may gain fields; they stay 0.
 fn u(p: u64, c: u64) -> Option<Usage> {
     let mut x = Usage::default();
     x.prompt_tokens = p;
