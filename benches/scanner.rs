@@ -7,7 +7,7 @@
 
 use llmproxy::chunked::ChunkedDecoder;
 use llmproxy::request::scan;
-use llmproxy::usage::sse::SseScanner;
+use llmproxy::usage::sse::{Cutting, SseScanner};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,30 @@ fn vllm_stream(target: usize) -> Vec<u8> {
     }
     s.extend_from_slice(br#"data: {"id":"chatcmpl-7f3a9c2e4b1d4e8f9a0b1c2d3e4f5a6b","object":"chat.completion.chunk","created":1768386600,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}"#);
     s.extend_from_slice(b"\n\n");
+    s.extend_from_slice(format!(r#"data: {{"id":"chatcmpl-7f3a9c2e4b1d4e8f9a0b1c2d3e4f5a6b","object":"chat.completion.chunk","created":1768386600,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[],"usage":{{"prompt_tokens":25,"total_tokens":{},"completion_tokens":{k}}}}}"#, k + 25).as_bytes());
+    s.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    s
+}
+
+/// A vLLM stream with continuous usage (`continuous_usage_stats`): every token chunk carries the
+/// cumulative `"usage":{...}` member, as vLLM 0.6 sends it.
+pub fn vllm_continuous_stream(target: usize) -> Vec<u8> {
+    let mut s = Vec::with_capacity(target + 1024);
+    let head = r#"data: {"id":"chatcmpl-7f3a9c2e4b1d4e8f9a0b1c2d3e4f5a6b","object":"chat.completion.chunk","created":1768386600,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"delta":{"content":""#;
+    let mut k = 0u64;
+    while s.len() < target {
+        s.extend_from_slice(head.as_bytes());
+        s.extend_from_slice(format!(" tok{k}").as_bytes());
+        k += 1;
+        s.extend_from_slice(
+            format!(
+                r#""}},"logprobs":null,"finish_reason":null}}],"usage":{{"prompt_tokens":25,"total_tokens":{},"completion_tokens":{k}}}}}"#,
+                k + 25
+            )
+            .as_bytes(),
+        );
+        s.extend_from_slice(b"\n\n");
+    }
     s.extend_from_slice(format!(r#"data: {{"id":"chatcmpl-7f3a9c2e4b1d4e8f9a0b1c2d3e4f5a6b","object":"chat.completion.chunk","created":1768386600,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[],"usage":{{"prompt_tokens":25,"total_tokens":{},"completion_tokens":{k}}}}}"#, k + 25).as_bytes());
     s.extend_from_slice(b"\n\ndata: [DONE]\n\n");
     s
@@ -92,6 +116,26 @@ fn main() {
             let mut sc = SseScanner::new(strip);
             let mut out = 0usize;
             for piece in stream.chunks(READ) {
+                let b = &mut buf[..piece.len()];
+                b.copy_from_slice(piece);
+                let feed = sc.feed(b);
+                out += feed.forward + if feed.release { sc.released().len() } else { 0 };
+            }
+            out += sc.finish().len();
+            assert!(sc.usage().is_some());
+            black_box(out);
+        });
+    }
+    let cont = vllm_continuous_stream(4 << 20);
+    for (label, cut) in [
+        ("pass-through", Cutting { continuous: true, ..Cutting::default() }),
+        ("cutting", Cutting { usage_only: true, usage_member: true, continuous: true }),
+    ] {
+        let name = format!("sse scanner, 4 MiB vLLM continuous usage, {label}");
+        bench(&name, cont.len(), budget, || {
+            let mut sc = SseScanner::with(cut);
+            let mut out = 0usize;
+            for piece in cont.chunks(READ) {
                 let b = &mut buf[..piece.len()];
                 b.copy_from_slice(piece);
                 let feed = sc.feed(b);

@@ -14,6 +14,8 @@ pub struct BackendSet {
     pub strategy: Strategy,
     up: Vec<AtomicBool>,
     inflight: Vec<AtomicU32>,
+    /// `continuous_usage = "auto"` as learned by the health thread from `/v1/models` `owned_by`.
+    learned_continuous: Vec<AtomicBool>,
 }
 
 impl BackendSet {
@@ -24,6 +26,7 @@ impl BackendSet {
             strategy,
             up: (0..n).map(|_| AtomicBool::new(true)).collect(),
             inflight: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            learned_continuous: (0..n).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -46,6 +49,20 @@ impl BackendSet {
     /// Marks a backend up or down; returns whether the state changed.
     pub fn set_up(&self, i: usize, up: bool) -> bool {
         self.up[i].swap(up, Relaxed) != up
+    }
+
+    /// Whether streaming requests to backend `i` ask for continuous usage (config, else learned).
+    pub fn continuous_usage(&self, i: usize) -> bool {
+        match self.backends[i].continuous_usage {
+            crate::config::ContinuousUsage::On => true,
+            crate::config::ContinuousUsage::Off => false,
+            crate::config::ContinuousUsage::Auto => self.learned_continuous[i].load(Relaxed),
+        }
+    }
+
+    /// Records what the health thread learned for an `auto` backend; returns whether it changed.
+    pub fn set_learned_continuous(&self, i: usize, on: bool) -> bool {
+        self.learned_continuous[i].swap(on, Relaxed) != on
     }
 
     /// In-flight accounting, kept only for least_connections (the one strategy that needs a
@@ -193,6 +210,7 @@ mod tests {
                 api_key: None,
                 tls: None,
                 paths: crate::endpoints::PathSet::ALL,
+                continuous_usage: crate::config::ContinuousUsage::Auto,
             })
             .collect();
         BackendSet::new(backends, strategy)

@@ -90,6 +90,16 @@ pub struct BackendConfig {
     pub api_key: Option<String>,
     /// For an https:// backend: roots, client certificate, server name.
     pub tls: Option<crate::tls::BackendTls>,
+    /// Ask for cumulative usage on every stream chunk (CONTRACT section 7).
+    pub continuous_usage: ContinuousUsage,
+}
+
+/// `[[backends]] continuous_usage`: `auto` is learned from `GET /v1/models` by the health thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContinuousUsage {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +193,7 @@ struct RawBackend {
     tls_client_key: Option<String>,
     tls_server_name: Option<String>,
     paths: Option<Vec<String>>,
+    continuous_usage: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -537,6 +548,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("tls.cert_file", Kind::Str),
     ("tls.key_file", Kind::Str),
     ("backends.paths", Kind::StrList),
+    ("backends.continuous_usage", Kind::Str),
     ("balancer", Kind::Table),
     ("balancer.strategy", Kind::Str),
     ("limits", Kind::Table),
@@ -652,6 +664,12 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
         };
         let url = url.trim_end_matches('/').to_string();
         let weight = p.int(&format!("backends[{i}].weight"), b.weight, 1, 1, 1_000_000) as u32;
+        let continuous_usage = p.choice(
+            &format!("backends[{i}].continuous_usage"),
+            &b.continuous_usage,
+            ContinuousUsage::Auto,
+            &[("auto", ContinuousUsage::Auto), ("on", ContinuousUsage::On), ("off", ContinuousUsage::Off)],
+        );
         if let Some(u) = parse_backend_url(p, &key, &url) {
             if backends.iter().any(|x: &BackendConfig| x.url == url) {
                 p.push(&key, format_args!("{url:?} is listed twice"));
@@ -673,6 +691,7 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
                 models: b.models.clone().unwrap_or_default(),
                 api_key: b.api_key.clone().filter(|k| !k.is_empty()),
                 paths: routes::backend_paths(p, i, &b.paths),
+                continuous_usage,
             });
         }
     }

@@ -4,6 +4,7 @@
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Endpoint, Method, Parse, RequestHead};
+use crate::ids::RequestIds;
 use crate::net::Stream;
 use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
@@ -56,9 +57,9 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant)
             Ok(h) => h,
             Err(HeadError::Closed) => return,
             Err(HeadError::Answer(e)) => {
-                let rid = ctx.new_request_id();
+                let ids = ctx.request_ids(None);
                 ctx.metrics.request(Endpoint::Unknown, false, None, e.status());
-                let _ = answer_error(client, &e, &rid, true).await;
+                let _ = answer_error(client, &e, &ids, true).await;
                 return;
             }
         };
@@ -222,7 +223,7 @@ async fn serve_request(
 ) -> bool {
     let started = Instant::now();
     let arrived = std::time::SystemTime::now();
-    let rid = head.request_id.clone().unwrap_or_else(|| ctx.new_request_id());
+    let rid = ctx.request_ids(head.request_id.clone());
     let endpoint = head.endpoint;
     let keep = head.keep_alive && !ctx.shared.shutting_down();
     let method_ok = head.method == endpoint.method();
@@ -283,7 +284,7 @@ async fn serve_request(
                 head: &head,
                 head_bytes: &inbuf[..head.head_len],
                 body: body_bytes,
-                request_id: &rid,
+                ids: &rid,
                 started,
                 arrived,
                 keep_alive: keep,
@@ -300,7 +301,7 @@ async fn serve_request(
     keep
 }
 
-async fn answer_health(ctx: &CoreCtx, client: &mut Stream, rid: &str, keep: bool) -> bool {
+async fn answer_health(ctx: &CoreCtx, client: &mut Stream, rid: &RequestIds, keep: bool) -> bool {
     let set = &ctx.shared.backends;
     let up = (0..set.len()).filter(|&i| set.is_up(i)).count();
     let status = if up > 0 { 200 } else { 503 };
@@ -319,7 +320,7 @@ pub async fn answer(
     status: u16,
     content_type: &[u8],
     body: &[u8],
-    rid: &str,
+    rid: &RequestIds,
     keep: bool,
 ) -> bool {
     let mut out = Vec::with_capacity(256 + body.len());
@@ -327,7 +328,7 @@ pub async fn answer(
     http1::push_header(&mut out, b"content-type", content_type);
     let mut n = itoa::Buffer::new();
     http1::push_header(&mut out, b"content-length", n.format(body.len()).as_bytes());
-    http1::push_header(&mut out, b"x-request-id", rid.as_bytes());
+    rid.push_headers(&mut out);
     if !keep {
         http1::push_header(&mut out, b"connection", b"close");
     }
@@ -337,7 +338,7 @@ pub async fn answer(
 }
 
 /// Writes a gateway error response; true when it was written.
-pub async fn answer_error(client: &mut Stream, e: &GatewayError, rid: &str, close: bool) -> bool {
+pub async fn answer_error(client: &mut Stream, e: &GatewayError, rid: &RequestIds, close: bool) -> bool {
     let mut out = Vec::with_capacity(384);
     e.write_response(&mut out, rid, close || e.closes_connection());
     client.write_all(out).await.0.is_ok()

@@ -3,6 +3,7 @@
 
 use crate::balancer::{BackendSet, Balancer};
 use crate::config::Config;
+use crate::ids::{IdGen, RequestIds};
 use crate::metrics::{CoreMetrics, Registry};
 use crate::upstream::Pool;
 use crate::usage::record::UsageRecord;
@@ -42,7 +43,11 @@ pub struct CoreCtx {
     pub balancer: RefCell<Balancer>,
     pub pool: RefCell<Pool>,
     buffers: RefCell<Vec<Vec<u8>>>,
-    next_id: Cell<u64>,
+    ids: IdGen,
+    /// Sockets (backend, client) of the exchanges in flight, shut down when the grace runs out.
+    exchanges: RefCell<Vec<(i32, i32)>>,
+    /// `shutdown_grace` ran out: exchanges still running are being cut (`gateway_shutdown`).
+    cut: Cell<bool>,
     /// Requests being handled on this core (drain waits for 0).
     pub inflight: Cell<usize>,
     pub connections: Cell<usize>,
@@ -60,7 +65,9 @@ impl CoreCtx {
             balancer: RefCell::new(Balancer::new(n, core)),
             pool: RefCell::new(Pool::new(n)),
             buffers: RefCell::new(Vec::new()),
-            next_id: Cell::new(0),
+            ids: IdGen::new(),
+            exchanges: RefCell::new(Vec::new()),
+            cut: Cell::new(false),
             inflight: Cell::new(0),
             connections: Cell::new(0),
             max_connections,
@@ -89,10 +96,44 @@ impl CoreCtx {
         }
     }
 
-    /// A new unique request id: `req_` + process prefix + core + counter.
+    /// A new request id of the gateway's own (see `ids.rs`).
     pub fn new_request_id(&self) -> String {
-        let n = self.next_id.get();
-        self.next_id.set(n + 1);
-        format!("req_{}{:02x}{:010x}", self.shared.id_prefix, self.core & 0xff, n)
+        self.ids.next_id()
+    }
+
+    /// The ids of a request whose client sent `client` as `x-request-id`.
+    pub fn request_ids(&self, client: Option<String>) -> RequestIds {
+        RequestIds { ours: self.ids.next_id(), client }
+    }
+
+    /// An exchange starts using these sockets (backend, client).
+    pub fn exchange_started(&self, fds: (i32, i32)) {
+        self.exchanges.borrow_mut().push(fds);
+    }
+
+    pub fn exchange_ended(&self, fds: (i32, i32)) {
+        let mut v = self.exchanges.borrow_mut();
+        if let Some(i) = v.iter().position(|&x| x == fds) {
+            v.swap_remove(i);
+        }
+    }
+
+    /// The grace ran out: shut down the sockets of every exchange in flight, so that each ends
+    /// now (its reads and writes fail) and still emits its record, as `gateway_shutdown`.
+    pub fn cut_exchanges(&self) {
+        self.cut.set(true);
+        for &(b, c) in self.exchanges.borrow().iter() {
+            // SAFETY: shutdown(2) on descriptors owned by live exchanges (they deregister before
+            // closing); it only ends the connection, the descriptors stay valid.
+            unsafe {
+                libc::shutdown(b, libc::SHUT_RDWR);
+                libc::shutdown(c, libc::SHUT_RDWR);
+            }
+        }
+    }
+
+    /// Whether exchanges are being cut for shutdown.
+    pub fn cutting(&self) -> bool {
+        self.cut.get()
     }
 }

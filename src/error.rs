@@ -106,7 +106,7 @@ impl GatewayError {
     }
 
     /// Appends the whole HTTP response for this error.
-    pub fn write_response(&self, out: &mut Vec<u8>, request_id: &str, close: bool) {
+    pub fn write_response(&self, out: &mut Vec<u8>, ids: &crate::ids::RequestIds, close: bool) {
         let mut body = Vec::with_capacity(160);
         body.extend_from_slice(b"{\"error\":{\"message\":");
         json_string(&mut body, self.message());
@@ -119,7 +119,7 @@ impl GatewayError {
         push_header(out, b"content-type", b"application/json");
         let mut n = itoa::Buffer::new();
         push_header(out, b"content-length", n.format(body.len()).as_bytes());
-        push_header(out, b"x-request-id", request_id.as_bytes());
+        ids.push_headers(out);
         if let GatewayError::MethodNotAllowed(allow) = self {
             push_header(out, b"allow", allow.as_bytes());
         }
@@ -144,12 +144,14 @@ mod tests {
     #[test]
     fn error_response_is_openai_style_json() {
         let mut out = Vec::new();
-        GatewayError::NoHealthyBackend.write_response(&mut out, "req_1", false);
+        let ids = crate::ids::RequestIds { ours: "req_2".into(), client: Some("req_1".into()) };
+        GatewayError::NoHealthyBackend.write_response(&mut out, &ids, false);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())));
         assert!(head.contains("x-request-id: req_1"));
+        assert!(head.contains("x-llmproxy-request-id: req_2"));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], "no_healthy_backend");
         assert_eq!(v["error"]["type"], "upstream_error");

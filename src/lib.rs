@@ -14,6 +14,7 @@ pub mod error;
 pub mod gateway;
 pub mod health;
 pub mod http1;
+pub mod ids;
 pub mod metrics;
 pub mod mock;
 pub mod models;

@@ -70,6 +70,12 @@ enum Command {
         /// Require a client certificate signed by this PEM CA (mutual TLS)
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<String>,
+        /// Gzip every answer whose request accepts gzip
+        #[arg(long)]
+        gzip: bool,
+        /// Report cached and reasoning token details
+        #[arg(long)]
+        details: bool,
     },
 }
 
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
+            gzip,
+            details,
         }) => {
             let tls = match (tls_cert, tls_key) {
                 (Some(c), Some(k)) => {
@@ -112,6 +120,8 @@ fn main() -> ExitCode {
                 ttft: Duration::from_millis(ttft_ms),
                 itl: Duration::from_millis(itl_ms),
                 tokens,
+                gzip,
+                details,
             };
             match llmproxy::mock::run(listen, opts, tls) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -89,7 +89,7 @@ impl CoreMetrics {
 /// Token counts by model, kept by the webhook thread from the records it handles (off the hot path).
 #[derive(Debug, Default)]
 pub struct TokenCounters {
-    by_model: Mutex<HashMap<String, [u64; 2]>>,
+    by_model: Mutex<HashMap<String, [u64; 4]>>,
     pub usage_missing: AtomicU64,
 }
 
@@ -98,7 +98,8 @@ impl TokenCounters {
         if rec.usage_missing {
             self.usage_missing.fetch_add(1, Relaxed);
         }
-        if rec.prompt_tokens == 0 && rec.completion_tokens == 0 {
+        let (cached, reasoning) = (rec.cached_tokens.unwrap_or(0), rec.reasoning_tokens.unwrap_or(0));
+        if rec.prompt_tokens == 0 && rec.completion_tokens == 0 && cached == 0 && reasoning == 0 {
             return;
         }
         let Ok(mut m) = self.by_model.lock() else { return };
@@ -107,10 +108,12 @@ impl TokenCounters {
         // A model's key is allocated once, on its first record.
         let e = match m.get_mut(key) {
             Some(e) => e,
-            None => m.entry(key.to_string()).or_insert([0, 0]),
+            None => m.entry(key.to_string()).or_insert([0; 4]),
         };
         e[0] += rec.prompt_tokens;
         e[1] += rec.completion_tokens;
+        e[2] += cached;
+        e[3] += reasoning;
     }
 }
 
@@ -175,7 +178,7 @@ impl Registry {
             |c| &c.ttft,
         );
 
-        let _ = writeln!(out, "# HELP llmproxy_tokens_total Tokens reported by backends, by model and kind (prompt, completion).");
+        let _ = writeln!(out, "# HELP llmproxy_tokens_total Tokens reported by backends, by model and kind (prompt, completion, cached, reasoning).");
         let _ = writeln!(out, "# TYPE llmproxy_tokens_total counter");
         // Scraped on a core thread: never block on the webhook thread's lock (it holds it for one
         // map update at a time), try a bounded number of times instead.
@@ -189,10 +192,15 @@ impl Registry {
         if let Some(m) = guard {
             let mut models: Vec<_> = m.iter().collect();
             models.sort();
-            for (model, [p, c]) in models {
+            for (model, [p, c, cached, reasoning]) in models {
                 let model = escape(model);
                 let _ = writeln!(out, "llmproxy_tokens_total{{model=\"{model}\",kind=\"prompt\"}} {p}");
                 let _ = writeln!(out, "llmproxy_tokens_total{{model=\"{model}\",kind=\"completion\"}} {c}");
+                let _ = writeln!(out, "llmproxy_tokens_total{{model=\"{model}\",kind=\"cached\"}} {cached}");
+                let _ = writeln!(
+                    out,
+                    "llmproxy_tokens_total{{model=\"{model}\",kind=\"reasoning\"}} {reasoning}"
+                );
             }
         }
         let w = &self.webhook;
@@ -245,6 +253,15 @@ impl Registry {
                 escape(name),
                 u8::from(self.backends.is_up(i))
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP llmproxy_backend_continuous_usage Streams to the backend ask for usage on every chunk (1) or not (0)."
+        );
+        let _ = writeln!(out, "# TYPE llmproxy_backend_continuous_usage gauge");
+        for (i, name) in self.backend_names.iter().enumerate() {
+            let on = u8::from(self.backends.continuous_usage(i));
+            let _ = writeln!(out, "llmproxy_backend_continuous_usage{{backend=\"{}\"}} {on}", escape(name));
         }
         let _ = writeln!(out, "# HELP llmproxy_backend_inflight Requests in flight to each backend.");
         let _ = writeln!(out, "# TYPE llmproxy_backend_inflight gauge");

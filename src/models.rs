@@ -11,7 +11,8 @@ use std::time::Instant;
 const MAX_MODELS_BODY: usize = 4 << 20;
 
 /// Status and JSON body of the merged list.
-pub async fn merged(ctx: &CoreCtx, rid: &str) -> (u16, Vec<u8>) {
+pub async fn merged(ctx: &CoreCtx, ids: &crate::ids::RequestIds) -> (u16, Vec<u8>) {
+    let rid = ids.trace();
     let set = &ctx.shared.backends;
     let mut data: Vec<serde_json::Value> = Vec::new();
     let mut answered = 0;
@@ -42,7 +43,7 @@ pub async fn merged(ctx: &CoreCtx, rid: &str) -> (u16, Vec<u8>) {
             crate::error::GatewayError::NoHealthyBackend
         };
         let mut out = Vec::new();
-        e.write_response(&mut out, rid, false);
+        e.write_response(&mut out, ids, false);
         let body_at = out.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
         return (e.status(), out[body_at..].to_vec());
     }

@@ -9,7 +9,8 @@ use crate::error::GatewayError;
 use crate::http1::RequestHead;
 use crate::net::{DialError, Stream};
 use crate::relay::{self, End, Outcome, Outgoing};
-use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord};
+use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
+use crate::usage::sse::Cutting;
 use crate::watch::ClientWatch;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
@@ -19,7 +20,7 @@ pub struct Request<'a> {
     pub head: &'a RequestHead,
     pub head_bytes: &'a [u8],
     pub body: &'a [u8],
-    pub request_id: &'a str,
+    pub ids: &'a crate::ids::RequestIds,
     pub started: Instant,
     pub arrived: SystemTime,
     pub keep_alive: bool,
@@ -49,27 +50,34 @@ pub async fn proxy(
         matched.map(str::to_string).or_else(|| req.head.user_header.clone()).or_else(|| info.user.clone());
     let api_key = key.and_then(|k| auth::format_key(k, cfg.usage_hook.api_key_format));
 
-    let edit = if cfg.usage_hook.include_usage == IncludeUsage::Inject
-        && endpoint.takes_stream_options()
-        && stream
-    {
-        info.usage_edit(true, false)
-    } else {
-        None
-    };
-    let out = Outgoing {
+    let inject =
+        cfg.usage_hook.include_usage == IncludeUsage::Inject && endpoint.takes_stream_options() && stream;
+    let edit = if inject { info.usage_edit(true, false) } else { None };
+    // With continuous usage (per backend, so decided once the backend is picked), the request
+    // asks for cumulative usage on every chunk; what the gateway caused is cut from the stream.
+    let continuous_edit =
+        if inject && !info.continuous_usage_stats { info.usage_edit(true, true) } else { None };
+    let client_continuous = info.continuous_usage_stats;
+    let mut out = Outgoing {
         head: req.head,
         head_bytes: req.head_bytes,
         body: req.body,
         edit,
-        request_id: req.request_id,
+        ids: req.ids,
         client_keep_alive: req.keep_alive,
-        strip_usage_only: edit.is_some() && !info.include_usage,
+        cutting: Cutting {
+            usage_only: edit.is_some() && !info.include_usage,
+            usage_member: false,
+            continuous: client_continuous,
+        },
     };
+    let plain = (edit, out.cutting);
+    let request_id = req.ids.ours.as_str();
 
     let set = &ctx.shared.backends;
     let mut record = UsageRecord {
-        request_id: req.request_id.to_string(),
+        request_id: req.ids.ours.clone(),
+        client_request_id: req.ids.client.clone(),
         user_id,
         api_key,
         model: info.model.clone(),
@@ -85,6 +93,7 @@ pub async fn proxy(
         duration_ms: 0,
         ttft_ms: None,
         usage_missing: false,
+        ..Default::default()
     };
     let mut exclude = None;
     let mut retried = false;
@@ -94,6 +103,11 @@ pub async fn proxy(
             Ok(b) => b,
             Err(e) => break (None, Err(e)),
         };
+        (out.edit, out.cutting) = plain;
+        if let Some(e) = continuous_edit.filter(|_| set.continuous_usage(b)) {
+            out.edit = Some(e);
+            out.cutting = Cutting { usage_only: !info.include_usage, usage_member: true, continuous: true };
+        }
         set.begin(b);
         ctx.metrics.inflight[b].fetch_add(1, Relaxed);
         let outcome = attempt(ctx, b, client, watch, &out, req.started).await;
@@ -107,16 +121,16 @@ pub async fn proxy(
                 if connect && set.set_up(b, false) {
                     log::warn!(
                         "request_id={} backend {} marked down: connect failed",
-                        req.request_id,
+                        request_id,
                         set.backends[b].url
                     );
                 }
-                if retried {
+                if retried || ctx.cutting() {
                     break (Some(b), Err(error));
                 }
                 log::info!(
                     "request_id={} retrying after connection failure on {}",
-                    req.request_id,
+                    request_id,
                     set.backends[b].url
                 );
                 retried = true;
@@ -134,22 +148,26 @@ pub async fn proxy(
             if backend.is_none() {
                 record.status = RecordStatus::Rejected;
             }
-            log::warn!("request_id={} failed: {} ({})", req.request_id, e.message(), e.status());
-            crate::connection::answer_error(client, &e, req.request_id, !req.keep_alive).await
-                && req.keep_alive
+            log::warn!("request_id={} failed: {} ({})", request_id, e.message(), e.status());
+            crate::connection::answer_error(client, &e, req.ids, !req.keep_alive).await && req.keep_alive
         }
         Ok(Outcome::ClientGone) => {
             record.status = RecordStatus::ClientDisconnected;
             record.http_status = 499;
+            // The backend was working on it: nothing to bill from.
+            record.usage_missing = true;
             false
         }
         Ok(Outcome::Relayed(r)) => {
             record.http_status = r.status;
+            let ok = (200..300).contains(&r.status) && !r.error_event;
             record.status = match r.end {
-                End::Complete => RecordStatus::Ok,
+                End::Complete if ok => RecordStatus::Ok,
+                End::Complete => RecordStatus::BackendError,
                 End::ClientGone => RecordStatus::ClientDisconnected,
                 End::BackendBroke => RecordStatus::BackendError,
             };
+            record.usage_source = r.source;
             record.ttft_ms = r.ttft.filter(|_| stream).map(|t| t.as_millis() as u64);
             if let Some(t) = r.ttft.filter(|_| stream) {
                 ctx.metrics.ttft.observe(t.as_millis() as u64);
@@ -159,12 +177,24 @@ pub async fn proxy(
                     record.prompt_tokens = u.prompt_tokens;
                     record.completion_tokens = u.completion_tokens;
                     record.total_tokens = u.total_tokens;
+                    record.cached_tokens = u.cached_tokens;
+                    record.cache_creation_tokens = u.cache_creation_tokens;
+                    record.reasoning_tokens = u.reasoning_tokens;
                 }
+                // An error answer consumed nothing; any 2xx answer without usage is flagged,
+                // stream or JSON body, whole or cut.
                 None => record.usage_missing = (200..300).contains(&r.status),
             }
             r.client_reusable
         }
     };
+    if ctx.cutting() {
+        // shutdown_grace ran out while this request was in flight (billed as cut above).
+        record.status = RecordStatus::GatewayShutdown;
+        if record.usage_source == UsageSource::None && backend.is_some() {
+            record.usage_missing = true;
+        }
+    }
     let elapsed = req.started.elapsed();
     record.duration_ms = elapsed.as_millis() as u64;
     ctx.metrics.latency.observe(record.duration_ms);
@@ -194,7 +224,7 @@ async fn attempt(
             match crate::net::connect(bc.addr, bc.tls.as_ref(), timeout).await {
                 Ok(c) => c,
                 Err(e) => {
-                    log::warn!("request_id={} backend {}: {e}", out.request_id, bc.url);
+                    log::warn!("request_id={} backend {}: {e}", out.ids.ours, bc.url);
                     // A certificate that does not verify is a configuration error: a 502 (after
                     // one retry elsewhere), but the backend is not marked down for it.
                     let error = match e {
@@ -220,5 +250,5 @@ async fn reject(
 ) -> bool {
     ctx.metrics.request(req.head.endpoint, stream, None, e.status());
     let close = !req.keep_alive || e.closes_connection();
-    crate::connection::answer_error(client, &e, req.request_id, close).await && !close
+    crate::connection::answer_error(client, &e, req.ids, close).await && !close
 }

@@ -68,12 +68,26 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     if ctx.inflight.get() > 0 {
-        log::warn!("core {}: shutdown grace over with {} requests in flight", ctx.core, ctx.inflight.get());
+        log::warn!(
+            "core {}: shutdown grace over with {} requests in flight: cutting them",
+            ctx.core,
+            ctx.inflight.get()
+        );
+        // Each cut exchange ends at once and hands its record (gateway_shutdown) to the sink;
+        // wait for that, briefly (nothing left blocks once the sockets are shut down).
+        ctx.cut_exchanges();
+        let deadline = Instant::now() + CUT_WAIT;
+        while ctx.inflight.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
+/// How long cut requests get to emit their records after the grace ran out.
+const CUT_WAIT: Duration = Duration::from_secs(2);
+
 /// Over `max_connections`: a 503 and close.
 async fn refuse(mut stream: Stream, ctx: Rc<CoreCtx>) {
-    let rid = ctx.new_request_id();
-    let _ = connection::answer_error(&mut stream, &GatewayError::Overloaded, &rid, true).await;
+    let ids = ctx.request_ids(None);
+    let _ = connection::answer_error(&mut stream, &GatewayError::Overloaded, &ids, true).await;
 }

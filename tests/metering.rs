@@ -73,7 +73,18 @@ fn cases(model: &str) -> Vec<Case> {
 
 /// The last proxied request the backend received (health checks aside).
 fn last_request(b: &llmproxy::mock::MockBackend) -> Option<llmproxy::mock::RecordedRequest> {
-    b.requests().into_iter().rfind(|r| r.path.starts_with("/v1/"))
+    b.requests().into_iter().rfind(|r| r.path.starts_with("/v1/") && r.method == "POST")
+}
+
+/// Waits until the health thread learned the backend's continuous-usage support.
+fn wait_learned(gw: &Gateway, on: bool) {
+    let want = if on { 1.0 } else { 0.0 };
+    eventually(20, "continuous usage learned", || {
+        let m = metrics(gw.addr);
+        m.lines()
+            .any(|l| l.starts_with("llmproxy_backend_continuous_usage{") && l.ends_with(&format!(" {want}")))
+            || (!on && !m.is_empty())
+    });
 }
 
 fn assert_timestamp_recent(rec: &Value) {
@@ -179,6 +190,7 @@ fn injection_adds_include_usage_and_strips_the_extra_chunk() {
         let b = mock(flavor);
         let r = Receiver::start();
         let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
+        wait_learned(&gw, flavor != Flavor::Openai);
 
         // Not asked: injected on the way in, the usage-only chunk cut on the way out.
         let resp = request(gw.addr, &post("/v1/chat/completions", CHAT_STREAM, ""));
@@ -198,10 +210,16 @@ fn injection_adds_include_usage_and_strips_the_extra_chunk() {
         let rec = record_for(&r, &rid(&resp));
         assert_eq!(rec_tokens(&rec), (2, TOKENS, 2 + TOKENS), "{flavor}: {rec}");
 
-        // Asked by the client: sent unchanged, and the usage chunk reaches it unchanged.
+        // Asked by the client: sent unchanged (vLLM and SGLang, learned continuous: only
+        // continuous_usage_stats added), and the usage chunk reaches it unchanged.
         let asked = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"a b"}]}"#;
         let resp = request(gw.addr, &post("/v1/chat/completions", asked, ""));
-        assert_eq!(last_request(&b).unwrap().body, asked.as_bytes(), "{flavor}: body modified");
+        let want = if flavor == Flavor::Openai {
+            asked.to_string()
+        } else {
+            asked.replace(r#""include_usage":true"#, r#""continuous_usage_stats":true,"include_usage":true"#)
+        };
+        assert_eq!(String::from_utf8_lossy(&last_request(&b).unwrap().body), want, "{flavor}: body modified");
         let last = resp.sse_data().into_iter().rfind(|d| d != "[DONE]").expect("events");
         let v: Value = serde_json::from_str(&last).unwrap();
         assert_eq!(v["choices"], serde_json::json!([]), "{flavor}: last event {last}");

@@ -19,7 +19,8 @@ const MESSAGES: &str = r#""messages":[{"role":"user","content":"a b"}]"#;
 
 /// The last proxied request the backend received.
 fn last_request(b: &llmproxy::mock::MockBackend) -> Option<llmproxy::mock::RecordedRequest> {
-    b.requests().into_iter().rfind(|r| r.path.starts_with("/v1/"))
+    // POSTs only: the health thread reads GET /v1/models (continuous-usage learning).
+    b.requests().into_iter().rfind(|r| r.path.starts_with("/v1/") && r.method == "POST")
 }
 
 /// The usage object of a response as the client got it: the JSON body's, or the last stream
@@ -117,7 +118,8 @@ fn escaped_keys_are_metered_as_the_backend_served_them() {
 
 #[test]
 fn a_client_asking_for_usage_with_an_escaped_key_receives_its_usage_chunk() {
-    let b = mock(Flavor::Vllm);
+    // Not vLLM: a backend learned to report continuous usage gets continuous_usage_stats added.
+    let b = mock(Flavor::Openai);
     let r = Receiver::start();
     let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
     let body =

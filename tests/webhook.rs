@@ -54,6 +54,7 @@ fn rec(id: &str) -> UsageRecord {
         duration_ms: 812,
         ttft_ms: Some(35),
         usage_missing: false,
+        ..Default::default()
     }
 }
 

@@ -9,7 +9,10 @@ LLMPROXY_SECRET is set (the same value as `[usage_hook] secret`), the X-LLMProxy
 (`sha256=<hex HMAC-SHA256 of the body>`) is checked and a request without a valid one gets 401.
 
 Delivery is at least once: a record can arrive twice (same request_id). This receiver only appends;
-deduplicate on request_id when you read the file (or see receiver_sqlite.py).
+deduplicate on request_id when you read the file (or see receiver_sqlite.py). request_id is the
+gateway's own id (128 random bits): two requests never share it, whatever x-request-id the client
+sent (that one is in client_request_id). Records carry cached_tokens, cache_creation_tokens,
+reasoning_tokens and usage_source ("final", "partial", "estimated", "none"); null when unknown.
 """
 
 from __future__ import annotations

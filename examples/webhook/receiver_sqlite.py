@@ -6,6 +6,12 @@ Run:  python3 examples/webhook/receiver_sqlite.py         (listens on 127.0.0.1:
 Delivery is at least once, so records are deduplicated on request_id (the table's primary key,
 INSERT OR IGNORE): a replayed record is answered 200 and not counted twice. When LLMPROXY_SECRET is
 set, X-LLMProxy-Signature is verified (401 otherwise). GET /usage/summary returns the tokens per user.
+
+request_id is the gateway's own id (128 random bits, never the client's x-request-id, which is kept
+in client_request_id), so deduplicating on it never merges two requests. cached_tokens,
+cache_creation_tokens, reasoning_tokens and usage_source ("final", "partial", "estimated", "none")
+are stored in their own columns; a usage.db made by an older version gains them at start (NULL for
+old rows).
 """
 
 from __future__ import annotations
@@ -40,20 +46,54 @@ CREATE TABLE IF NOT EXISTS usage (
     duration_ms INTEGER,
     ttft_ms INTEGER,
     usage_missing INTEGER NOT NULL DEFAULT 0,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    cached_tokens INTEGER,
+    cache_creation_tokens INTEGER,
+    reasoning_tokens INTEGER,
+    usage_source TEXT,
+    client_request_id TEXT
 )
 """
+
+# Columns added after the first schema: (name, SQL type). An existing file gains the missing ones.
+ADDED = [
+    ("cached_tokens", "INTEGER"),
+    ("cache_creation_tokens", "INTEGER"),
+    ("reasoning_tokens", "INTEGER"),
+    ("usage_source", "TEXT"),
+    ("client_request_id", "TEXT"),
+]
 
 COLUMNS = [
     "request_id", "user_id", "api_key", "model", "prompt_tokens", "completion_tokens", "total_tokens",
     "is_stream", "endpoint", "timestamp", "backend_url", "status", "http_status", "duration_ms",
-    "ttft_ms", "usage_missing",
+    "ttft_ms", "usage_missing", "cached_tokens", "cache_creation_tokens", "reasoning_tokens",
+    "usage_source", "client_request_id",
 ]
 
 
+def migrate(conn):
+    """Adds the columns an older usage.db lacks (idempotent)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    for name, kind in ADDED:
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE usage ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError:
+                pass  # another worker added it meanwhile
+
+
+_migrated = False
+
+
 def db():
+    global _migrated
     conn = sqlite3.connect(DB_FILE, timeout=10)
     conn.execute(SCHEMA)
+    if not _migrated:
+        with conn:
+            migrate(conn)
+        _migrated = True
     return conn
 
 
@@ -107,8 +147,8 @@ def llm_usage():
 def summary():
     with db() as conn:
         rows = conn.execute(
-            "SELECT user_id, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens)"
-            " FROM usage GROUP BY user_id ORDER BY user_id"
+            "SELECT user_id, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens),"
+            " SUM(cached_tokens), SUM(reasoning_tokens) FROM usage GROUP BY user_id ORDER BY user_id"
         ).fetchall()
     return jsonify(
         users=[
@@ -118,8 +158,10 @@ def summary():
                 "prompt_tokens": p or 0,
                 "completion_tokens": c or 0,
                 "total_tokens": t or 0,
+                "cached_tokens": ca or 0,
+                "reasoning_tokens": r or 0,
             }
-            for u, n, p, c, t in rows
+            for u, n, p, c, t, ca, r in rows
         ]
     )
 

@@ -201,8 +201,9 @@ fn response_obj(c: &Ctx, done: bool) -> String {
         let usage = if c.no_usage {
             "null".to_string()
         } else {
+            let (cached, reasoning) = if c.details { (p / 2, o / 2) } else { (0, 0) };
             format!(
-                r#"{{"input_tokens":{p},"input_tokens_details":{{"cached_tokens":0}},"output_tokens":{o},"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":{}}}"#,
+                r#"{{"input_tokens":{p},"input_tokens_details":{{"cached_tokens":{cached}}},"output_tokens":{o},"output_tokens_details":{{"reasoning_tokens":{reasoning}}},"total_tokens":{}}}"#,
                 p + o
             )
         };
@@ -283,12 +284,22 @@ pub(super) fn responses_stream(c: &Ctx) -> Vec<Ev> {
     evs
 }
 
+/// Anthropic cache counts (creation, read): a quarter and half of the prompt with `details`.
+fn anthropic_cache(c: &Ctx) -> (u32, u32) {
+    if c.details {
+        (c.prompt_total() / 4, c.prompt_total() / 2)
+    } else {
+        (0, 0)
+    }
+}
+
 pub(super) fn messages_body(c: &Ctx) -> String {
     let usage = if c.no_usage {
         String::new()
     } else {
+        let (created, read) = anthropic_cache(c);
         format!(
-            r#","usage":{{"input_tokens":{},"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":{}}}"#,
+            r#","usage":{{"input_tokens":{},"cache_creation_input_tokens":{created},"cache_read_input_tokens":{read},"output_tokens":{}}}"#,
             c.prompt_total(),
             c.tokens
         )
@@ -306,8 +317,9 @@ pub(super) fn messages_stream(c: &Ctx) -> Vec<Ev> {
     let start_usage = if c.no_usage {
         String::new()
     } else {
+        let (created, read) = anthropic_cache(c);
         format!(
-            r#","usage":{{"input_tokens":{},"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}"#,
+            r#","usage":{{"input_tokens":{},"cache_creation_input_tokens":{created},"cache_read_input_tokens":{read},"output_tokens":1}}"#,
             c.prompt_total()
         )
     };

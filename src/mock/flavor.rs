@@ -18,6 +18,8 @@ pub(super) struct Ctx {
     pub include_usage: bool,
     pub continuous: bool,
     pub no_usage: bool,
+    /// Report cached (half the prompt) and reasoning (half the completion) details.
+    pub details: bool,
     pub ttft_ms: f64,
     pub itl_ms: f64,
 }
@@ -69,12 +71,19 @@ impl Ctx {
     /// The flavour's usage object for `p` prompt and `c` completion tokens.
     pub fn usage(&self, p: u32, c: u32, stream_tail: bool) -> String {
         let t = p + c;
+        let (cached, reasoning) = if self.details { (p / 2, c / 2) } else { (0, 0) };
         match self.flavor {
+            Flavor::Vllm if self.details => format!(
+                r#"{{"prompt_tokens":{p},"total_tokens":{t},"completion_tokens":{c},"prompt_tokens_details":{{"cached_tokens":{cached}}}}}"#
+            ),
             Flavor::Vllm if stream_tail => {
                 format!(r#"{{"prompt_tokens":{p},"total_tokens":{t},"completion_tokens":{c}}}"#)
             }
             Flavor::Vllm => format!(
                 r#"{{"prompt_tokens":{p},"total_tokens":{t},"completion_tokens":{c},"prompt_tokens_details":null}}"#
+            ),
+            Flavor::Sglang if self.details => format!(
+                r#"{{"prompt_tokens":{p},"total_tokens":{t},"completion_tokens":{c},"prompt_tokens_details":{{"cached_tokens":{cached}}},"reasoning_tokens":{reasoning}}}"#
             ),
             Flavor::Sglang => format!(
                 r#"{{"prompt_tokens":{p},"total_tokens":{t},"completion_tokens":{c},"prompt_tokens_details":null,"reasoning_tokens":0}}"#
@@ -85,11 +94,11 @@ impl Ctx {
             Flavor::Openai if self.chat => format!(
                 concat!(
                     r#"{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},"#,
-                    r#""prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"#,
-                    r#""completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"#,
+                    r#""prompt_tokens_details":{{"cached_tokens":{},"audio_tokens":0}},"#,
+                    r#""completion_tokens_details":{{"reasoning_tokens":{},"audio_tokens":0,"#,
                     r#""accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}}"#
                 ),
-                p, c, t
+                p, c, t, cached, reasoning
             ),
             Flavor::Tgi | Flavor::Ollama | Flavor::Openai => {
                 format!(r#"{{"prompt_tokens":{p},"completion_tokens":{c},"total_tokens":{t}}}"#)
@@ -285,7 +294,8 @@ pub(super) fn stream(c: &Ctx) -> Vec<Ev> {
     let continuous = usage_on && c.continuous && matches!(f, Flavor::Vllm | Flavor::Sglang);
     let choices = c.choices();
     let p = c.prompt_total();
-    // Usage key of ordinary (non-tail) chunks, given completion tokens so far.
+    // Usage key of ordinary (non-tail) chunks, given the completion tokens so far of the chunk's
+    // choice (vLLM/SGLang count per choice and repeat the whole prompt on every choice).
     let running = |done: u32| -> Option<String> {
         if continuous {
             return Some(c.usage(p, done, true));
@@ -299,7 +309,6 @@ pub(super) fn stream(c: &Ctx) -> Vec<Ev> {
         }
     };
     let mut evs = Vec::new();
-    let mut done = 0u32;
     if c.chat {
         if matches!(f, Flavor::Vllm | Flavor::Sglang | Flavor::Llamacpp | Flavor::Openai) {
             for i in 0..choices {
@@ -310,16 +319,15 @@ pub(super) fn stream(c: &Ctx) -> Vec<Ev> {
         for k in 0..c.tokens {
             let t = token(k);
             for i in 0..choices {
-                done += 1;
                 let ch = c.chat_choice(i, Part::Text(&t));
-                evs.push(data_ev(i == 0, &c.envelope(&ch, running(done).as_deref(), evs.is_empty())));
+                evs.push(data_ev(i == 0, &c.envelope(&ch, running(k + 1).as_deref(), evs.is_empty())));
             }
         }
         for i in 0..choices {
             let ch = c.chat_choice(i, Part::Finish);
             let u = match f {
                 Flavor::Llamacpp if !c.no_usage => Some(c.usage(p, c.tokens * choices, false)),
-                _ => running(done),
+                _ => running(c.tokens),
             };
             evs.push(data_ev(i == 0, &c.envelope(&ch, u.as_deref(), evs.is_empty())));
         }
@@ -329,7 +337,7 @@ pub(super) fn stream(c: &Ctx) -> Vec<Ev> {
             let t = if c.tokens == 0 { String::new() } else { token(k) };
             let last = k + 1 == steps;
             for i in 0..choices {
-                done += u32::from(c.tokens > 0);
+                let done = (k + 1) * u32::from(c.tokens > 0);
                 let ch = c.text_choice(i, &t, last);
                 let u = match f {
                     Flavor::Tgi if last && !c.no_usage => Some(c.usage(c.prompt_of(i), c.tokens, false)),

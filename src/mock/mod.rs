@@ -16,6 +16,15 @@
 //!   connection without finishing the body.
 //! - `x-mock-ttft-ms`, `x-mock-itl-ms`, `x-mock-tokens`: override the server options per request.
 //! - `x-mock-no-usage: 1`: never send usage, whatever the flavour and the request ask for.
+//! - `x-mock-gzip: 1|0`, `x-mock-details: 1|0`: override the `gzip` and `details` options.
+//!
+//! Server options beyond pacing: `gzip` compresses every answer whose request accepts gzip
+//! (`content-encoding: gzip`, as hosted APIs and nginx `gzip on` do); `details` reports cached and
+//! reasoning tokens where the flavour's server does (vLLM: `prompt_tokens_details.cached_tokens`;
+//! SGLang: that and its top-level `reasoning_tokens`; OpenAI: both details objects; Responses and
+//! Anthropic shapes: their own names), as half the prompt cached and half the completion reasoning.
+//! vLLM and SGLang honour `stream_options.continuous_usage_stats` (cumulative usage per choice on
+//! every chunk, the prompt repeated on each), and `/v1/models` names `owned_by` as each server does.
 //!
 //! Pacing: the response head goes out at once; a stream's first event after `ttft`, then one token
 //! event every `itl`; trailing usage-only chunks and `[DONE]` follow the finish event without delay.
@@ -24,6 +33,7 @@
 
 mod api;
 mod flavor;
+mod gzip;
 mod http;
 mod server;
 pub mod tls_front;
@@ -101,6 +111,10 @@ pub struct MockOptions {
     pub tokens: u32,
     /// Reported by `/v1/models` and used when a request names no model; empty = flavour default.
     pub model: String,
+    /// Gzip every answer whose request accepts gzip.
+    pub gzip: bool,
+    /// Report cached and reasoning token details (half the prompt, half the completion).
+    pub details: bool,
 }
 
 impl MockOptions {
@@ -126,6 +140,8 @@ impl Default for MockOptions {
             itl: Duration::from_millis(10),
             tokens: 16,
             model: Flavor::Vllm.default_model().to_string(),
+            gzip: false,
+            details: false,
         }
     }
 }

@@ -29,6 +29,8 @@ struct Knobs {
     itl: Option<Duration>,
     tokens: Option<u32>,
     no_usage: bool,
+    gzip: Option<bool>,
+    details: Option<bool>,
 }
 
 impl Knobs {
@@ -50,6 +52,8 @@ impl Knobs {
             itl: num("x-mock-itl-ms").map(Duration::from_millis),
             tokens: num("x-mock-tokens").map(|t| t.min(MAX_TOKENS as u64) as u32),
             no_usage: matches!(r.header("x-mock-no-usage"), Some(v) if v != "0" && !v.eq_ignore_ascii_case("false")),
+            gzip: r.header("x-mock-gzip").map(|v| v != "0" && !v.eq_ignore_ascii_case("false")),
+            details: r.header("x-mock-details").map(|v| v != "0" && !v.eq_ignore_ascii_case("false")),
         }
     }
 }
@@ -240,6 +244,7 @@ fn route(sh: &Shared, req: &Request, k: &Knobs) -> Resp {
         include_usage: flag(so, "include_usage"),
         continuous: flag(so, "continuous_usage_stats"),
         no_usage: k.no_usage,
+        details: k.details.unwrap_or(sh.opts.details),
         ttft_ms: ttft.as_secs_f64() * 1000.0,
         itl_ms: itl.as_secs_f64() * 1000.0,
     };
@@ -296,7 +301,31 @@ fn wait_until(stream: &TcpStream, deadline: Instant) -> bool {
     }
 }
 
+/// Gzips the body when the server compresses and the request accepts it.
+fn compress(sh: &Shared, req: &Request, k: &Knobs, mut resp: Resp) -> Resp {
+    if !k.gzip.unwrap_or(sh.opts.gzip) || !super::gzip::accepted(req.header("accept-encoding")) {
+        return resp;
+    }
+    resp.body = match resp.body {
+        Body::Json(b, d) => {
+            Body::Json(super::gzip::encode_parts(&[&b]).into_iter().next().unwrap_or_default(), d)
+        }
+        Body::Sse(mut evs, t, i) => {
+            let parts: Vec<&[u8]> = evs.iter().map(|e| e.bytes.as_slice()).collect();
+            let enc = super::gzip::encode_parts(&parts);
+            for (e, z) in evs.iter_mut().zip(enc) {
+                e.bytes = z;
+            }
+            Body::Sse(evs, t, i)
+        }
+    };
+    resp.headers.push(("content-encoding".into(), "gzip".into()));
+    resp.headers.push(("vary".into(), "Accept-Encoding".into()));
+    resp
+}
+
 fn send(sh: &Shared, stream: &TcpStream, req: &Request, k: &Knobs, resp: Resp) -> Next {
+    let resp = compress(sh, req, k, resp);
     let f = sh.opts.flavor;
     let sse = matches!(resp.body, Body::Sse(..));
     let mut framing = k.framing.unwrap_or(if sse { Framing::Chunked } else { Framing::Length });

@@ -4,10 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 /// How a proxied request ended, as billed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordStatus {
-    /// The backend's full response reached the client.
+    /// The backend's 2xx response reached the client whole.
+    #[default]
     Ok,
     /// The client went away before the response ended.
     ClientDisconnected,
@@ -16,10 +17,38 @@ pub enum RecordStatus {
     /// No backend could be chosen (none healthy, no backend for the model). Requests refused before
     /// that (auth, malformed HTTP, an invalid body) produce no record: nothing was consumed.
     Rejected,
+    /// Cut because `shutdown_grace` ran out; billed like any cut stream.
+    GatewayShutdown,
+}
+
+/// What the token counts of a record rest on (CONTRACT section 7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// The backend's usage for the whole response.
+    Final,
+    /// Cut stream: the last cumulative usage the backend reported before the cut.
+    Partial,
+    /// Cut before any usage was reported: content events forwarded, prompt 0.
+    Estimated,
+    /// Nothing to bill from.
+    #[default]
+    None,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Final => "final",
+            UsageSource::Partial => "partial",
+            UsageSource::Estimated => "estimated",
+            UsageSource::None => "none",
+        }
+    }
 }
 
 /// One usage record. The first eleven fields are the original design's and keep its names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub request_id: String,
     pub user_id: Option<String>,
@@ -37,6 +66,12 @@ pub struct UsageRecord {
     pub http_status: u16,
     pub duration_ms: u64,
     pub ttft_ms: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub cache_creation_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+    pub usage_source: UsageSource,
+    /// The client's `x-request-id`, if it sent one (never used as `request_id`).
+    pub client_request_id: Option<String>,
     /// Present (and true) only when the backend reported no usage at all.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub usage_missing: bool,
@@ -49,6 +84,7 @@ impl RecordStatus {
             RecordStatus::ClientDisconnected => "client_disconnected",
             RecordStatus::BackendError => "backend_error",
             RecordStatus::Rejected => "rejected",
+            RecordStatus::GatewayShutdown => "gateway_shutdown",
         }
     }
 }
@@ -58,7 +94,7 @@ impl UsageRecord {
     /// for the derived `Serialize` (a test holds them equal), written straight into one buffer.
     /// serde_json's generic path was the webhook thread's largest cost (about a sixth of it).
     pub fn to_json(&self) -> String {
-        let mut o = String::with_capacity(320 + self.request_id.len());
+        let mut o = String::with_capacity(448 + self.request_id.len());
         o.push_str("{\"request_id\":");
         push_str(&mut o, &self.request_id);
         o.push_str(",\"user_id\":");
@@ -87,10 +123,17 @@ impl UsageRecord {
         o.push_str(",\"duration_ms\":");
         push_u64(&mut o, self.duration_ms);
         o.push_str(",\"ttft_ms\":");
-        match self.ttft_ms {
-            Some(t) => push_u64(&mut o, t),
-            None => o.push_str("null"),
-        }
+        push_opt_u64(&mut o, self.ttft_ms);
+        o.push_str(",\"cached_tokens\":");
+        push_opt_u64(&mut o, self.cached_tokens);
+        o.push_str(",\"cache_creation_tokens\":");
+        push_opt_u64(&mut o, self.cache_creation_tokens);
+        o.push_str(",\"reasoning_tokens\":");
+        push_opt_u64(&mut o, self.reasoning_tokens);
+        o.push_str(",\"usage_source\":\"");
+        o.push_str(self.usage_source.as_str());
+        o.push_str("\",\"client_request_id\":");
+        push_opt_str(&mut o, self.client_request_id.as_deref());
         if self.usage_missing {
             o.push_str(",\"usage_missing\":true");
         }
@@ -101,6 +144,13 @@ impl UsageRecord {
 
 fn push_u64(o: &mut String, v: u64) {
     o.push_str(itoa::Buffer::new().format(v));
+}
+
+fn push_opt_u64(o: &mut String, v: Option<u64>) {
+    match v {
+        Some(v) => push_u64(o, v),
+        None => o.push_str("null"),
+    }
 }
 
 fn push_opt_str(o: &mut String, v: Option<&str>) {
@@ -177,6 +227,11 @@ mod tests {
             http_status: 200,
             duration_ms: 5,
             ttft_ms: Some(1),
+            cached_tokens: None,
+            cache_creation_tokens: None,
+            reasoning_tokens: Some(2),
+            usage_source: UsageSource::Final,
+            client_request_id: None,
             usage_missing: false,
         };
         let j = r.to_json();
@@ -189,6 +244,7 @@ mod tests {
         assert!(j.contains(r#""timestamp":"1970-01-01T00:00:00Z""#), "{j}");
         assert!(j.contains(r#""status":"client_disconnected""#), "{j}");
         assert!(!j.contains("usage_missing"), "{j}");
+        assert!(j.ends_with(r#""cached_tokens":null,"cache_creation_tokens":null,"reasoning_tokens":2,"usage_source":"final","client_request_id":null}"#), "{j}");
         let back: UsageRecord = serde_json::from_str(&j).unwrap();
         assert_eq!(back, r);
     }
@@ -226,10 +282,21 @@ mod tests {
                         RecordStatus::ClientDisconnected,
                         RecordStatus::BackendError,
                         RecordStatus::Rejected,
-                    ][i % 4],
+                        RecordStatus::GatewayShutdown,
+                    ][i % 5],
                     http_status: 499,
                     duration_ms: 12,
                     ttft_ms: missing.then_some(3),
+                    cached_tokens: missing.then_some(u64::MAX),
+                    cache_creation_tokens: (i % 2 == 0).then_some(7),
+                    reasoning_tokens: (i % 3 == 0).then_some(0),
+                    usage_source: [
+                        UsageSource::Final,
+                        UsageSource::Partial,
+                        UsageSource::Estimated,
+                        UsageSource::None,
+                    ][i % 4],
+                    client_request_id: (i % 2 == 0).then(|| s.to_string()),
                     usage_missing: missing,
                 };
                 let reference = serde_json::to_string(&r).unwrap();

@@ -6,12 +6,26 @@ use crate::request::skip_ws;
 use memchr::memmem;
 use serde::Deserialize;
 
-/// Tokens of one request.
+/// Tokens of one request. The details are None when the backend did not report them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Prompt tokens served from a cache (OpenAI/vLLM/SGLang `prompt_tokens_details.cached_tokens`,
+    /// Responses `input_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`).
+    pub cached_tokens: Option<u64>,
+    /// Anthropic `cache_creation_input_tokens`.
+    pub cache_creation_tokens: Option<u64>,
+    /// `completion_tokens_details.reasoning_tokens`, Responses `output_tokens_details`, SGLang's
+    /// top-level `reasoning_tokens`.
+    pub reasoning_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct RawDetails {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
 }
 
 /// One usage object as found on the wire; OpenAI and Responses/Anthropic names both accepted.
@@ -22,6 +36,13 @@ struct RawUsage {
     total_tokens: Option<u64>,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
+    prompt_tokens_details: Option<RawDetails>,
+    completion_tokens_details: Option<RawDetails>,
+    input_tokens_details: Option<RawDetails>,
+    output_tokens_details: Option<RawDetails>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
 }
 
 /// A parsed usage report: the fields that were present.
@@ -30,6 +51,9 @@ pub struct Report {
     pub prompt: Option<u64>,
     pub completion: Option<u64>,
     pub total: Option<u64>,
+    pub cached: Option<u64>,
+    pub cache_creation: Option<u64>,
+    pub reasoning: Option<u64>,
 }
 
 impl Report {
@@ -46,12 +70,22 @@ impl Report {
         } else {
             self.total
         });
+        self.cached = newer.cached.or(self.cached);
+        self.cache_creation = newer.cache_creation.or(self.cache_creation);
+        self.reasoning = newer.reasoning.or(self.reasoning);
     }
 
     fn usage(&self) -> Usage {
         let p = self.prompt.unwrap_or(0);
         let c = self.completion.unwrap_or(0);
-        Usage { prompt_tokens: p, completion_tokens: c, total_tokens: self.total.unwrap_or(p + c) }
+        Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: self.total.unwrap_or(p + c),
+            cached_tokens: self.cached,
+            cache_creation_tokens: self.cache_creation,
+            reasoning_tokens: self.reasoning,
+        }
     }
 }
 
@@ -69,10 +103,20 @@ pub const MAX_USAGE_OBJECT: usize = 16 * 1024;
 /// Parses a complete usage object (`{...}`).
 pub fn parse_usage_object(obj: &[u8]) -> Option<Report> {
     let raw: RawUsage = serde_json::from_slice(obj).ok()?;
+    let d = |x: Option<RawDetails>| x.unwrap_or_default();
     let r = Report {
         prompt: raw.prompt_tokens.or(raw.input_tokens),
         completion: raw.completion_tokens.or(raw.output_tokens),
         total: raw.total_tokens,
+        cached: d(raw.prompt_tokens_details)
+            .cached_tokens
+            .or(d(raw.input_tokens_details).cached_tokens)
+            .or(raw.cache_read_input_tokens),
+        cache_creation: raw.cache_creation_input_tokens,
+        reasoning: d(raw.completion_tokens_details)
+            .reasoning_tokens
+            .or(d(raw.output_tokens_details).reasoning_tokens)
+            .or(raw.reasoning_tokens),
     };
     (!r.is_empty()).then_some(r)
 }
@@ -115,14 +159,20 @@ pub fn object_len(b: &[u8]) -> Option<usize> {
 /// Every usage report in one complete JSON text (an SSE event's data, or a whole small body).
 /// Calls `f` with each non-null usage object found.
 pub fn for_each_report(text: &[u8], mut f: impl FnMut(Report)) {
+    for_each_report_at(text, |_, _, r| f(r));
+}
+
+/// As [`for_each_report`], also giving where the member's key starts and where its object ends.
+pub fn for_each_report_at(text: &[u8], mut f: impl FnMut(usize, usize, Report)) {
     let mut at = 0;
     while let Some(i) = find_usage_key(&text[at..]) {
-        let v = skip_ws(text, at + i + USAGE_KEY.len());
+        let key = at + i;
+        let v = skip_ws(text, key + USAGE_KEY.len());
         at = v;
         if text.get(v) == Some(&b'{') {
             if let Some(n) = object_len(&text[v..]) {
                 if let Some(r) = parse_usage_object(&text[v..v + n]) {
-                    f(r);
+                    f(key, v + n, r);
                 }
                 at = v + 1;
             }
@@ -131,13 +181,18 @@ pub fn for_each_report(text: &[u8], mut f: impl FnMut(Report)) {
 }
 
 /// Combines the usage reports of one response. Usage is cumulative: the last report wins, never a
-/// sum, except per-choice reports (TGI multi-prompt completions) which add up across choices.
+/// sum, except per-choice reports, whose completions add up across choices. Their prompts add up
+/// only when each choice is its own prompt (TGI/llama.cpp multi-prompt completions report once per
+/// prompt); continuous per-choice reports (vLLM/SGLang, n > 1) repeat the one prompt on every
+/// choice, so it is counted once.
 #[derive(Debug, Default, Clone)]
 pub struct UsageTracker {
     /// Reports that cover the whole request (`choices: []` chunks, Responses, Anthropic, bodies).
     whole: Option<Report>,
     /// Last report per choice index, for reports riding on a choice's chunk.
     per_choice: Vec<(u32, Report)>,
+    /// Per-choice reports are cumulative ones (continuous usage asked, or a choice reported twice).
+    continuous: bool,
 }
 
 impl UsageTracker {
@@ -152,9 +207,22 @@ impl UsageTracker {
     /// A report carried on the chunk of choice `index`.
     pub fn per_choice(&mut self, index: u32, r: Report) {
         match self.per_choice.iter_mut().find(|(i, _)| *i == index) {
-            Some((_, old)) => old.merge(r),
+            Some((_, old)) => {
+                old.merge(r);
+                self.continuous = true;
+            }
             None => self.per_choice.push((index, r)),
         }
+    }
+
+    /// The backend was asked for cumulative usage on every chunk.
+    pub fn set_continuous(&mut self) {
+        self.continuous = true;
+    }
+
+    /// Whether any usage was reported yet.
+    pub fn has_report(&self) -> bool {
+        self.whole.is_some() || !self.per_choice.is_empty()
     }
 
     /// Final usage, or None when the backend reported none.
@@ -165,13 +233,26 @@ impl UsageTracker {
         if self.per_choice.is_empty() {
             return None;
         }
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
         let mut sum = Usage::default();
         for (_, r) in &self.per_choice {
             let u = r.usage();
-            sum.prompt_tokens += u.prompt_tokens;
+            if self.continuous {
+                sum.prompt_tokens = sum.prompt_tokens.max(u.prompt_tokens);
+                sum.cached_tokens = sum.cached_tokens.max(u.cached_tokens);
+                sum.cache_creation_tokens = sum.cache_creation_tokens.max(u.cache_creation_tokens);
+            } else {
+                sum.prompt_tokens += u.prompt_tokens;
+                sum.cached_tokens = add(sum.cached_tokens, u.cached_tokens);
+                sum.cache_creation_tokens = add(sum.cache_creation_tokens, u.cache_creation_tokens);
+            }
             sum.completion_tokens += u.completion_tokens;
-            sum.total_tokens += u.total_tokens;
+            sum.reasoning_tokens = add(sum.reasoning_tokens, u.reasoning_tokens);
         }
+        sum.total_tokens = sum.prompt_tokens + sum.completion_tokens;
         Some(sum)
     }
 }
@@ -323,9 +404,15 @@ mod tests {
     fn parses_both_naming_schemes() {
         let r =
             parse_usage_object(br#"{"prompt_tokens":13,"total_tokens":16,"completion_tokens":3}"#).unwrap();
-        assert_eq!(r.usage(), Usage { prompt_tokens: 13, completion_tokens: 3, total_tokens: 16 });
+        assert_eq!(
+            r.usage(),
+            Usage { prompt_tokens: 13, completion_tokens: 3, total_tokens: 16, ..Default::default() }
+        );
         let r = parse_usage_object(br#"{"input_tokens":5,"output_tokens":7}"#).unwrap();
-        assert_eq!(r.usage(), Usage { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 });
+        assert_eq!(
+            r.usage(),
+            Usage { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12, ..Default::default() }
+        );
         assert!(parse_usage_object(b"{}").is_none());
     }
 
@@ -339,13 +426,28 @@ mod tests {
     #[test]
     fn last_report_wins_and_choices_add_up() {
         let mut t = UsageTracker::default();
-        t.per_choice(0, Report { prompt: Some(2), completion: Some(1), total: Some(3) });
-        t.per_choice(0, Report { prompt: Some(2), completion: Some(5), total: Some(7) });
-        t.per_choice(1, Report { prompt: Some(3), completion: Some(4), total: Some(7) });
-        assert_eq!(t.result(), Some(Usage { prompt_tokens: 5, completion_tokens: 9, total_tokens: 14 }));
-        t.whole(Report { prompt: Some(5), completion: Some(9), total: Some(14) });
-        t.whole(Report { prompt: None, completion: Some(10), total: None });
-        assert_eq!(t.result(), Some(Usage { prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 }));
+        let r = |p, c, t| Report { prompt: p, completion: c, total: t, ..Default::default() };
+        let u = |p, c, t| {
+            Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t, ..Default::default() })
+        };
+        // One report per prompt (TGI multi-prompt completions): prompts add up.
+        t.per_choice(0, r(Some(2), Some(5), Some(7)));
+        t.per_choice(1, r(Some(3), Some(4), Some(7)));
+        assert_eq!(t.result(), u(5, 9, 14));
+        t.whole(r(Some(5), Some(9), Some(14)));
+        t.whole(r(None, Some(10), None));
+        assert_eq!(t.result(), u(5, 10, 15));
+        // Continuous reports on n = 2 choices of one prompt: the prompt once.
+        let mut t = UsageTracker::default();
+        t.per_choice(0, r(Some(11), Some(1), Some(12)));
+        t.per_choice(1, r(Some(11), Some(1), Some(12)));
+        t.per_choice(0, r(Some(11), Some(3), Some(14)));
+        assert_eq!(t.result(), u(11, 4, 15));
+        let mut t = UsageTracker::default();
+        t.set_continuous();
+        t.per_choice(0, r(Some(11), Some(0), Some(11)));
+        t.per_choice(1, r(Some(11), Some(0), Some(11)));
+        assert_eq!(t.result(), u(11, 0, 11));
     }
 
     fn body_usage_all_splits(body: &[u8]) -> Vec<Option<Usage>> {
@@ -365,7 +467,13 @@ mod tests {
     #[test]
     fn body_scanner_finds_usage_at_every_split() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"say \"usage\":{} ok"}}],"usage": {"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0}},"z":1}"#;
-        let want = Some(Usage { prompt_tokens: 9, completion_tokens: 12, total_tokens: 21 });
+        let want = Some(Usage {
+            prompt_tokens: 9,
+            completion_tokens: 12,
+            total_tokens: 21,
+            cached_tokens: Some(0),
+            ..Default::default()
+        });
         for (i, got) in body_usage_all_splits(body).into_iter().enumerate() {
             assert_eq!(got, want, "split case {i}");
         }
@@ -411,10 +519,15 @@ mod fixture_tests {
                     let g = |k: &str| u.get(k).and_then(|x| x.as_u64());
                     let p = g("prompt_tokens").unwrap_or(0);
                     let c = g("completion_tokens").unwrap_or(0);
+                    let d = |a: &str, k: &str| u.get(a).and_then(|x| x.get(k)).and_then(|x| x.as_u64());
                     Usage {
                         prompt_tokens: p,
                         completion_tokens: c,
                         total_tokens: g("total_tokens").unwrap_or(p + c),
+                        cached_tokens: d("prompt_tokens_details", "cached_tokens"),
+                        cache_creation_tokens: None,
+                        reasoning_tokens: d("completion_tokens_details", "reasoning_tokens")
+                            .or(g("reasoning_tokens")),
                     }
                 });
                 for k in 0..=body.len() {
@@ -427,5 +540,32 @@ mod fixture_tests {
             }
         }
         assert!(checked >= 10, "only {checked} fixture bodies found");
+    }
+}
+
+#[cfg(test)]
+mod detail_tests {
+    use super::*;
+
+    #[test]
+    fn details_of_every_shape() {
+        let openai = br#"{"prompt_tokens":20,"completion_tokens":100,"total_tokens":120,"prompt_tokens_details":{"cached_tokens":8,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":64}}"#;
+        let r = parse_usage_object(openai).unwrap().usage();
+        assert_eq!((r.cached_tokens, r.reasoning_tokens, r.cache_creation_tokens), (Some(8), Some(64), None));
+        let responses = br#"{"input_tokens":30,"input_tokens_details":{"cached_tokens":4},"output_tokens":9,"output_tokens_details":{"reasoning_tokens":5},"total_tokens":39}"#;
+        let r = parse_usage_object(responses).unwrap().usage();
+        assert_eq!((r.prompt_tokens, r.cached_tokens, r.reasoning_tokens), (30, Some(4), Some(5)));
+        let anthropic = br#"{"input_tokens":12,"cache_creation_input_tokens":100,"cache_read_input_tokens":50,"output_tokens":7}"#;
+        let r = parse_usage_object(anthropic).unwrap().usage();
+        assert_eq!(
+            (r.cached_tokens, r.cache_creation_tokens, r.reasoning_tokens),
+            (Some(50), Some(100), None)
+        );
+        let sglang = br#"{"prompt_tokens":18,"total_tokens":22,"completion_tokens":4,"prompt_tokens_details":null,"reasoning_tokens":3}"#;
+        let r = parse_usage_object(sglang).unwrap().usage();
+        assert_eq!((r.cached_tokens, r.reasoning_tokens), (None, Some(3)));
+        let plain = br#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#;
+        let r = parse_usage_object(plain).unwrap().usage();
+        assert_eq!((r.cached_tokens, r.cache_creation_tokens, r.reasoning_tokens), (None, None, None));
     }
 }

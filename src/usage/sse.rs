@@ -1,8 +1,10 @@
 //! SseScanner: fed every decoded chunk of a streamed response on its way to the client. memchr finds
-//! event boundaries; only events that carry usage are parsed; usage-only events we caused are cut out.
+//! event boundaries; only events that carry usage are parsed; usage-only events and per-chunk usage
+//! members we caused are cut out (a byte splice in place).
 //! Runs on core threads; pure, no I/O; keeps at most one partial event between reads.
 
-use super::{for_each_report, Usage, UsageTracker};
+use super::event;
+use super::{for_each_report_at, Usage, UsageTracker};
 use crate::request::skip_ws;
 use memchr::memmem;
 
@@ -10,18 +12,44 @@ use memchr::memmem;
 pub const MAX_PARTIAL_EVENT: usize = 1 << 20;
 
 /// What the relay must send after one `feed`.
+///
+/// Call order (the relay's contract with the scanner): after each `feed(data)`, if `release` is
+/// true send `released()` first, then `data[..forward]`, and do both before the next `feed` (the
+/// next call reuses the released buffer). When the body has ended, call `finish()` once, after the
+/// last `feed`'s bytes were queued, and send what it returns after them. `usage()`, `metered()` and
+/// the counters may be read at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Feed {
-    /// Send `released()` first: bytes held back earlier that turned out not to be cut.
+    /// Send `released()` first: bytes held back earlier, now complete (and perhaps spliced).
     pub release: bool,
     /// Then the first `forward` bytes of the fed chunk (compacted in place).
     pub forward: usize,
 }
 
+/// What the scanner does to the stream besides reading usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cutting {
+    /// Cut usage-only events (`"choices":[]` + usage): set when the gateway injected include_usage.
+    pub usage_only: bool,
+    /// Cut the `"usage":{...}` member out of events that carry choices: set when the gateway
+    /// injected continuous_usage_stats and the client did not ask for it.
+    pub usage_member: bool,
+    /// The backend reports cumulative usage on every chunk (asked by the gateway or the client).
+    pub continuous: bool,
+}
+
+/// How one complete event goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Keep,
+    Cut,
+    /// Remove bytes `a..b` of the event.
+    Splice(usize, usize),
+}
+
 #[derive(Debug, Default)]
 pub struct SseScanner {
-    /// Cut usage-only events (`"choices":[]` + usage): set when the gateway injected include_usage.
-    strip: bool,
+    cut: Cutting,
     /// Bytes of the event in progress (up to MAX_PARTIAL_EVENT).
     partial: Vec<u8>,
     /// Total length of the event in progress, even past the cap.
@@ -35,16 +63,28 @@ pub struct SseScanner {
     tracker: UsageTracker,
     events: u64,
     stripped: u64,
+    /// Events with generated content while no usage had been reported yet.
+    content_events: u64,
+    finished: bool,
+    error: bool,
 }
 
 impl SseScanner {
     pub fn new(strip_usage_only: bool) -> Self {
-        SseScanner { strip: strip_usage_only, ..Default::default() }
+        Self::with(Cutting { usage_only: strip_usage_only, ..Cutting::default() })
     }
 
-    /// Scans `data` (the next decoded bytes of the stream). Cut events are removed in place; the
-    /// returned `Feed` says what to send. Every byte is passed on as soon as it cannot be part of an
-    /// event to cut: only a partial event that could still be a usage-only one is held back.
+    pub fn with(cut: Cutting) -> Self {
+        let mut s = SseScanner { cut, ..Default::default() };
+        if cut.continuous {
+            s.tracker.set_continuous();
+        }
+        s
+    }
+
+    /// Scans `data` (the next decoded bytes of the stream). Cut events and members are removed in
+    /// place; the returned `Feed` says what to send. Bytes are passed on as soon as they cannot be
+    /// part of something to cut: only a partial event that could still be cut (or spliced) is held.
     pub fn feed(&mut self, data: &mut [u8]) -> Feed {
         let mut release = false;
         let mut r = 0; // start of the current event's bytes within data
@@ -52,33 +92,48 @@ impl SseScanner {
         let mut pos = 0; // where to look for the next newline
         let mut tail = self.tail;
         while let Some(end) = find_event_end(data, pos, tail) {
-            let continuing = self.partial_total > 0;
-            let keep = if continuing {
+            // The spans of data[r..end] to keep (second one empty unless spliced).
+            let mut keep = (r, end, end, end);
+            if self.partial_total > 0 {
                 self.push_partial(&data[r..end]);
-                let strip = self.complete_event_from_partial();
-                if strip && self.held > 0 {
-                    false
-                } else {
-                    if self.held > 0 {
-                        self.release_held();
-                        release = true;
+                let action = self.complete_event_from_partial();
+                if self.held > 0 {
+                    // Everything before data[r..] was withheld: send the whole event (as cut) now.
+                    let held = self.held.min(self.partial.len());
+                    match action {
+                        Action::Cut => keep = (r, r, end, end),
+                        Action::Keep => {
+                            self.released.clear();
+                            self.released.extend_from_slice(&self.partial[..held]);
+                            release = true;
+                        }
+                        Action::Splice(a, b) => {
+                            self.released.clear();
+                            self.released.extend_from_slice(&self.partial[..a]);
+                            self.released.extend_from_slice(&self.partial[b..]);
+                            release = true;
+                            keep = (r, r, end, end);
+                        }
                     }
-                    true
                 }
-            } else {
-                !self.inspect_event(&data[r..end])
-            };
-            if continuing {
                 self.partial.clear();
                 self.partial_total = 0;
                 self.held = 0;
-            }
-            if keep {
-                // Until an event is cut, kept bytes are already in place (w == r).
-                if w != r {
-                    data.copy_within(r..end, w);
+            } else {
+                match self.inspect_event(&data[r..end]) {
+                    Action::Keep => {}
+                    Action::Cut => keep = (r, r, end, end),
+                    Action::Splice(a, b) => keep = (r, r + a, r + b, end),
                 }
-                w += end - r;
+            }
+            for (from, to) in [(keep.0, keep.1), (keep.2, keep.3)] {
+                if from < to {
+                    // Until something is cut, kept bytes are already in place (w == from).
+                    if w != from {
+                        data.copy_within(from..to, w);
+                    }
+                    w += to - from;
+                }
             }
             r = end;
             pos = end;
@@ -89,15 +144,16 @@ impl SseScanner {
             let fresh = self.partial_total == 0;
             let was_held = self.held > 0 && self.held == self.partial_total;
             self.push_partial(&data[r..]);
-            let hold = self.strip
-                && (fresh || was_held)
+            let hold = (fresh || was_held)
                 && self.partial_total <= MAX_PARTIAL_EVENT
-                && could_be_usage_only(&self.partial);
+                && (self.cut.usage_member || (self.cut.usage_only && could_be_usage_only(&self.partial)));
             if hold {
                 self.held = self.partial_total;
             } else {
                 if self.held > 0 {
-                    self.release_held();
+                    self.released.clear();
+                    self.released.extend_from_slice(&self.partial[..self.held.min(self.partial.len())]);
+                    self.held = 0;
                     release = true;
                 }
                 if w != r {
@@ -118,13 +174,21 @@ impl SseScanner {
     }
 
     /// The stream ended: an unterminated last event is still scanned for usage. Returns held bytes
-    /// that must still go to the client (an unterminated event that was not a usage-only one).
+    /// that must still go to the client (an unterminated event that was not cut, or its splice).
     pub fn finish(&mut self) -> &[u8] {
         self.released.clear();
         if self.partial_total > 0 {
-            let strip = self.complete_event_from_partial();
-            if !strip && self.held > 0 {
-                self.released.extend_from_slice(&self.partial[..self.held.min(self.partial.len())]);
+            let action = self.complete_event_from_partial();
+            if self.held > 0 {
+                let held = self.held.min(self.partial.len());
+                match action {
+                    Action::Cut => {}
+                    Action::Keep => self.released.extend_from_slice(&self.partial[..held]),
+                    Action::Splice(a, b) => {
+                        self.released.extend_from_slice(&self.partial[..a]);
+                        self.released.extend_from_slice(&self.partial[b..]);
+                    }
+                }
             }
             self.partial.clear();
             self.partial_total = 0;
@@ -147,41 +211,59 @@ impl SseScanner {
         self.stripped
     }
 
+    /// Events with non-empty generated content seen before the backend reported any usage.
+    pub fn content_events(&self) -> u64 {
+        self.content_events
+    }
+
+    /// A choice finished (`finish_reason`): the backend's generation is over.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The stream carried an error event.
+    pub fn error_seen(&self) -> bool {
+        self.error
+    }
+
     fn push_partial(&mut self, b: &[u8]) {
         let room = MAX_PARTIAL_EVENT.saturating_sub(self.partial.len());
         self.partial.extend_from_slice(&b[..b.len().min(room)]);
         self.partial_total += b.len();
     }
 
-    fn release_held(&mut self) {
-        self.released.clear();
-        self.released.extend_from_slice(&self.partial[..self.held.min(self.partial.len())]);
-        self.held = 0;
-    }
-
-    fn complete_event_from_partial(&mut self) -> bool {
+    fn complete_event_from_partial(&mut self) -> Action {
         if self.partial_total > self.partial.len() {
             // Oversized: its head is kept, usage in it cannot be trusted; never cut it.
             self.events += 1;
-            return false;
+            return Action::Keep;
         }
         let ev = std::mem::take(&mut self.partial);
-        let strip = self.inspect_event(&ev);
+        let action = self.inspect_event(&ev);
         self.partial = ev;
-        strip
+        action
     }
 
-    /// Records usage carried by one complete event; true when the event must be cut.
-    fn inspect_event(&mut self, ev: &[u8]) -> bool {
+    /// Records what one complete event says; returns what to do with it.
+    fn inspect_event(&mut self, ev: &[u8]) -> Action {
         self.events += 1;
-        let mut found = false;
+        if !self.error && event::is_error(ev) {
+            self.error = true;
+        }
+        if !self.finished && event::has_finish(ev) {
+            self.finished = true;
+        }
+        if !self.tracker.has_report() && event::has_content(ev) {
+            self.content_events += 1;
+        }
+        let mut found = None;
         // Where the choices are matters only for an event that carries usage: ordinary events
         // cost one search, for the usage key.
         let mut choices = Choices::Absent;
         let tracker = &mut self.tracker;
-        for_each_report(ev, |r| {
-            if !found {
-                found = true;
+        for_each_report_at(ev, |key, end, r| {
+            if found.is_none() {
+                found = Some((key, end));
                 choices = choices_of(ev);
             }
             match choices {
@@ -189,11 +271,18 @@ impl SseScanner {
                 Choices::First(i) => tracker.per_choice(i, r),
             }
         });
-        let cut = self.strip && found && choices == Choices::Empty;
-        if cut {
-            self.stripped += 1;
+        let Some((key, end)) = found else { return Action::Keep };
+        match choices {
+            Choices::Empty if self.cut.usage_only => {
+                self.stripped += 1;
+                Action::Cut
+            }
+            Choices::First(_) if self.cut.usage_member => match event::member_span(ev, key, end) {
+                Some((a, b)) => Action::Splice(a, b),
+                None => Action::Keep,
+            },
+            _ => Action::Keep,
         }
-        cut
     }
 }
 

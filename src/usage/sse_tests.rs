@@ -92,7 +92,7 @@ fn check_every_split(input: &[u8], want: Option<Usage>, name: &str) {
 }
 
 fn u(p: u64, c: u64, t: u64) -> Option<Usage> {
-    Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t })
+    Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t, ..Default::default() })
 }
 
 /// Usage each fixture stream reports, read off the files by hand.
@@ -140,7 +140,10 @@ fn fixture_streams_report_the_right_usage() {
         let (_, got) = run(&input, &[], false);
         match want {
             None => assert_eq!(got, None, "{name}"),
-            Some((p, c, t)) => assert_eq!(got, u(*p, *c, *t), "{name}"),
+            Some((p, c, t)) => {
+                let got = got.map(|g| (g.prompt_tokens, g.completion_tokens, g.total_tokens));
+                assert_eq!(got, Some((*p, *c, *t)), "{name}")
+            }
         }
     }
 }
@@ -217,4 +220,131 @@ fn a_partial_content_event_is_forwarded_at_once() {
     assert_eq!(f.forward, a.len(), "content bytes go out before the event ends");
     let mut b = b"llo\"}}]}\n\n".to_vec();
     assert_eq!(s.feed(&mut b).forward, b.len());
+}
+
+/// Feeds `input` in pieces with the given cutting; returns what the client got and the scanner.
+fn run_cut(input: &[u8], cuts: &[usize], cut: Cutting) -> (Vec<u8>, SseScanner) {
+    let mut s = SseScanner::with(cut);
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+        let mut piece = input[prev..c].to_vec();
+        let f = s.feed(&mut piece);
+        if f.release {
+            out.extend_from_slice(s.released());
+        }
+        out.extend_from_slice(&piece[..f.forward]);
+        prev = c;
+    }
+    out.extend_from_slice(s.finish());
+    (out, s)
+}
+
+/// The reference: every event with choices loses its `,"usage":{...}` member; usage-only events
+/// go when `usage_only`.
+fn without_usage_members(input: &[u8], usage_only: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events(input) {
+        let s = String::from_utf8_lossy(&e).into_owned();
+        if s.contains("\"choices\":[]") && s.contains("\"usage\":{") {
+            if !usage_only {
+                out.extend_from_slice(&e);
+            }
+            continue;
+        }
+        match s.find(",\"usage\":{") {
+            Some(i) if s.contains("\"choices\":[{") => {
+                let v = i + ",\"usage\":".len();
+                let n = crate::usage::object_len(&e[v..]).unwrap();
+                out.extend_from_slice(&e[..i]);
+                out.extend_from_slice(&e[v + n..]);
+            }
+            _ => out.extend_from_slice(&e),
+        }
+    }
+    out
+}
+
+fn check_cutting_every_split(input: &[u8], name: &str) {
+    let cut = Cutting { usage_only: true, usage_member: true, continuous: true };
+    let want_out = without_usage_members(input, true);
+    assert!(want_out.len() < input.len(), "{name}: nothing to cut");
+    let (_, whole) = run_cut(input, &[], cut);
+    let want = whole.usage();
+    assert!(want.is_some());
+    for k in 0..=input.len() {
+        let (out, s) = run_cut(input, &[k], cut);
+        assert_eq!(s.usage(), want, "{name}: usage with split at {k}");
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want_out), "{name}: split at {k}");
+        assert!(!String::from_utf8_lossy(&out).contains("\"usage\":{"), "{name}: split at {k}");
+    }
+    let all: Vec<usize> = (1..input.len()).collect();
+    let (out, s) = run_cut(input, &all, cut);
+    assert_eq!((out, s.usage()), (want_out.clone(), want), "{name}: byte by byte");
+    for k in (0..input.len()).step_by(5) {
+        let cuts = [k, (k + 3).min(input.len()), (k + 90).min(input.len())];
+        let (out, s) = run_cut(input, &cuts, cut);
+        assert_eq!((out, s.usage()), (want_out.clone(), want), "{name}: three pieces at {k}");
+    }
+    // A client that asked for continuous usage itself gets every byte.
+    let (out, _) = run_cut(input, &[input.len() / 2], Cutting { continuous: true, ..Cutting::default() });
+    assert_eq!(out, input, "{name}: passthrough");
+}
+
+#[test]
+fn vllm_continuous_usage_members_cut_at_every_split() {
+    let dir = fixtures_dir();
+    if !dir.exists() {
+        eprintln!("fixtures folder {} missing: skipping", dir.display());
+        return;
+    }
+    let input = std::fs::read(dir.join("vllm/chat_stream_continuous_usage.sse")).unwrap();
+    check_cutting_every_split(&input, "vllm continuous");
+}
+
+/// Reads a raw SSE body from the simulated backend (close-framed, so the body is the stream).
+fn simulator_stream(flavor: crate::mock::Flavor, body: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut opts = crate::mock::MockOptions::new(flavor);
+    opts.ttft = std::time::Duration::ZERO;
+    opts.itl = std::time::Duration::ZERO;
+    opts.tokens = 6;
+    let m = crate::mock::MockBackend::start(l, opts);
+    let mut c = std::net::TcpStream::connect(m.addr()).unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-mock-framing: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    all[at..].to_vec()
+}
+
+#[test]
+fn simulator_continuous_usage_members_cut_at_every_split() {
+    for flavor in [crate::mock::Flavor::Vllm, crate::mock::Flavor::Sglang] {
+        for n in [1, 2] {
+            let body = format!(
+                r#"{{"model":"m","n":{n},"stream":true,"messages":[{{"role":"user","content":"a b c"}}],"stream_options":{{"include_usage":true,"continuous_usage_stats":true}}}}"#
+            );
+            let input = simulator_stream(flavor, &body);
+            check_cutting_every_split(&input, &format!("{flavor} n={n}"));
+            let (_, s) = run_cut(&input, &[], Cutting { continuous: true, ..Cutting::default() });
+            let u = s.usage().unwrap();
+            assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 6 * n), "{flavor} n={n}");
+        }
+    }
+}
+
+#[test]
+fn cut_streams_know_content_finish_and_errors() {
+    let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n";
+    let (_, sc) = run_cut(s.as_bytes(), &[], Cutting::default());
+    assert_eq!((sc.content_events(), sc.finished(), sc.error_seen()), (2, false, false));
+    let s = format!("{s}data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\ndata: {{\"error\":{{\"message\":\"boom\"}}}}\n\ndata: [DONE]\n\n");
+    let (_, sc) = run_cut(s.as_bytes(), &[], Cutting::default());
+    assert_eq!((sc.content_events(), sc.finished(), sc.error_seen()), (2, true, true));
 }

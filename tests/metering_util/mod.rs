@@ -33,9 +33,9 @@ pub fn count_for(r: &Receiver, id: &str) -> usize {
     r.delivered().iter().filter(|v| v["request_id"] == id).count()
 }
 
-/// The response's x-request-id.
+/// The response's x-llmproxy-request-id (the record's request_id).
 pub fn rid(resp: &Response) -> String {
-    resp.header("x-request-id").expect("x-request-id on every response").to_string()
+    resp.header("x-llmproxy-request-id").expect("x-llmproxy-request-id on every response").to_string()
 }
 
 /// Backend usage as the client saw it in a JSON body, mapped onto prompt/completion/total.

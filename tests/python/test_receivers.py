@@ -93,5 +93,6 @@ def test_sqlite_dedups_request_id_and_summarizes(tmp_path, monkeypatch):
     users = {u["user_id"]: u for u in client.get("/usage/summary").get_json()["users"]}
     assert users["alice"] == {
         "user_id": "alice", "requests": 2, "prompt_tokens": 13, "completion_tokens": 6, "total_tokens": 19,
+        "cached_tokens": 0, "reasoning_tokens": 0,
     }
     assert users["bob"]["total_tokens"] == 2

@@ -1,0 +1,398 @@
+//! The hot loop of an exchange: backend body bytes are decoded in place, fed to the usage scanner
+//! (which may cut or splice them in place) and written to the client framed, one read at a time.
+//! Once a `finish_reason` was seen (or a JSON body started), a client that leaves no longer cuts
+//! the backend: the loop reads on to the final usage, bounded by `stream_idle_timeout`.
+//! Runs on core threads; one relay buffer, no allocation per read or event.
+//!
+//! Scanner call order per read (see `usage::sse::Feed`): `feed` → if `release`, queue
+//! `released()` → queue the fed bytes' first `forward` → (body done) `finish()` and queue what it
+//! returns → write. Queued held bytes live in `pending` until that write; nothing is fed before it.
+
+use super::{End, Outcome, Outgoing, Relayed, CAP, PREFIX, SUFFIX};
+use crate::chunked::{size_line, ChunkedDecoder};
+use crate::core::CoreCtx;
+use crate::error::GatewayError;
+use crate::http1::{self, BodyFraming, ResponseHead};
+use crate::net::Stream;
+use crate::usage::record::UsageSource;
+use crate::usage::sse::SseScanner;
+use crate::usage::{BodyUsageScanner, Usage};
+use crate::watch::Armed;
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use std::time::{Duration, Instant};
+
+/// How the body is framed towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFraming {
+    Chunked,
+    Length,
+    Close,
+    None,
+}
+
+fn build_client_head(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead,
+    resp_bytes: &[u8],
+    req: &Outgoing<'_>,
+    framing: ClientFraming,
+    keep: bool,
+) {
+    http1::push_status_line(out, resp.status);
+    for s in &resp.forward {
+        http1::push_header(out, s.name(resp_bytes), s.value(resp_bytes));
+    }
+    req.ids.push_headers(out);
+    match (framing, resp.body) {
+        (ClientFraming::Chunked, _) => http1::push_header(out, b"transfer-encoding", b"chunked"),
+        (ClientFraming::Length, BodyFraming::Length(n)) => {
+            let mut b = itoa::Buffer::new();
+            http1::push_header(out, b"content-length", b.format(n).as_bytes());
+        }
+        _ => {}
+    }
+    if !keep {
+        http1::push_header(out, b"connection", b"close");
+    } else if req.head.http10 {
+        // HTTP/1.0 clients keep the connection only when told so.
+        http1::push_header(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Body decoding state for the backend's framing.
+enum Decoder {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+    Empty,
+}
+
+impl Decoder {
+    /// Decodes `data` in place; returns (payload length, body done, stray bytes after the body).
+    fn decode(&mut self, data: &mut [u8]) -> Result<(usize, bool, bool), GatewayError> {
+        match self {
+            Decoder::Length(rem) => {
+                let p = (data.len() as u64).min(*rem) as usize;
+                *rem -= p as u64;
+                Ok((p, *rem == 0, data.len() > p))
+            }
+            Decoder::Chunked(d) => {
+                let r = d
+                    .decode_in_place(data)
+                    .map_err(|_| GatewayError::BadGateway("invalid chunked body from backend"))?;
+                Ok((r.payload, r.done, r.consumed < data.len()))
+            }
+            Decoder::Close => Ok((data.len(), false, false)),
+            Decoder::Empty => Ok((0, true, !data.is_empty())),
+        }
+    }
+}
+
+/// The usage scanner for the body's kind. New body kinds (NDJSON, native APIs) add a variant here
+/// and an arm in `feed`, `finish`, `finished` and `metered`.
+enum Scanner {
+    Sse(SseScanner),
+    Body(BodyUsageScanner),
+}
+
+/// What one `Scanner::feed` asks the relay to send.
+struct Fed {
+    release: bool,
+    forward: usize,
+}
+
+impl Scanner {
+    fn feed(&mut self, data: &mut [u8]) -> Fed {
+        match self {
+            Scanner::Sse(s) => {
+                let f = s.feed(data);
+                Fed { release: f.release, forward: f.forward }
+            }
+            Scanner::Body(s) => {
+                s.feed(data);
+                Fed { release: false, forward: data.len() }
+            }
+        }
+    }
+
+    fn released(&self) -> &[u8] {
+        match self {
+            Scanner::Sse(s) => s.released(),
+            Scanner::Body(_) => &[],
+        }
+    }
+
+    fn finish(&mut self) -> &[u8] {
+        match self {
+            Scanner::Sse(s) => s.finish(),
+            Scanner::Body(_) => &[],
+        }
+    }
+
+    /// The backend's generation is over: a leaving client no longer cuts it.
+    fn finished(&self) -> bool {
+        match self {
+            Scanner::Sse(s) => s.finished(),
+            // A JSON body is sent once generation is done.
+            Scanner::Body(_) => true,
+        }
+    }
+
+    /// What to bill, given whether the body arrived whole.
+    fn metered(&self, whole: bool) -> (Option<Usage>, UsageSource, bool) {
+        match self {
+            Scanner::Sse(s) => {
+                let (u, src) = match s.usage() {
+                    Some(u) if whole => (Some(u), UsageSource::Final),
+                    Some(u) => (Some(u), UsageSource::Partial),
+                    None if !whole && s.content_events() > 0 => {
+                        let n = s.content_events();
+                        let u = Usage { completion_tokens: n, total_tokens: n, ..Usage::default() };
+                        (Some(u), UsageSource::Estimated)
+                    }
+                    None => (None, UsageSource::None),
+                };
+                (u, src, s.error_seen())
+            }
+            Scanner::Body(s) => match s.result() {
+                Some(u) => (Some(u), UsageSource::Final, false),
+                None => (None, UsageSource::None, false),
+            },
+        }
+    }
+}
+
+/// Relays the body of `resp` (head bytes at `buf[PREFIX..]`, maybe body bytes after them).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn relay(
+    ctx: &CoreCtx,
+    backend: usize,
+    mut conn: Stream,
+    client: &mut Stream,
+    mut armed: Armed<'_>,
+    req: &Outgoing<'_>,
+    resp: ResponseHead,
+    mut buf: Vec<u8>,
+    started: Instant,
+) -> Outcome {
+    // Client framing and head.
+    let sse = resp.is_sse;
+    let cutting = if sse { req.cutting } else { Default::default() };
+    let changes_length = cutting.usage_only || cutting.usage_member;
+    let framing = match resp.body {
+        BodyFraming::None => ClientFraming::None,
+        BodyFraming::Length(_) if !changes_length => ClientFraming::Length,
+        _ if req.head.http10 => ClientFraming::Close,
+        _ => ClientFraming::Chunked,
+    };
+    let mut keep = req.client_keep_alive && framing != ClientFraming::Close;
+    let mut pending = ctx.take_buf();
+    build_client_head(&mut pending, &resp, &buf[PREFIX..], req, framing, keep);
+    let mut pending = Some(pending);
+    let body_at = PREFIX + resp.head_len;
+    let body_len = buf.len() - body_at;
+    buf.copy_within(body_at.., PREFIX);
+    buf.truncate(PREFIX + body_len);
+
+    let mut decoder = match resp.body {
+        BodyFraming::Length(n) => Decoder::Length(n),
+        BodyFraming::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
+        BodyFraming::Close => Decoder::Close,
+        BodyFraming::None => Decoder::Empty,
+    };
+    let mut scanner = if sse {
+        Scanner::Sse(SseScanner::with(cutting))
+    } else {
+        Scanner::Body(BodyUsageScanner::default())
+    };
+    let ok_status = (200..300).contains(&resp.status);
+    let mut ttft = None;
+    let mut stray = false;
+    // The client left after the backend finished generating: read on without sending.
+    let mut draining = false;
+    let idle = ctx.shared.config.limits.stream_idle_timeout;
+    let (end, whole) = loop {
+        // Decode and scan what is in the buffer.
+        let raw_len = buf.len() - PREFIX;
+        let (payload, done, extra) = match decoder.decode(&mut buf[PREFIX..PREFIX + raw_len]) {
+            Ok(r) => r,
+            Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
+        };
+        stray |= extra;
+        let fed = scanner.feed(&mut buf[PREFIX..PREFIX + payload]);
+        if draining {
+            if done {
+                scanner.finish();
+                break (End::ClientGone, true);
+            }
+        } else {
+            if fed.release {
+                let p = pending.get_or_insert_with(|| ctx.take_buf());
+                append_framed(p, scanner.released(), framing, false);
+            }
+            if fed.forward > 0 && ttft.is_none() {
+                ttft = Some(started.elapsed());
+            }
+            let mut forward = fed.forward;
+            if done {
+                let tail = scanner.finish();
+                if !tail.is_empty() {
+                    // An unterminated last event that was held goes after this read's data.
+                    let p = pending.get_or_insert_with(|| ctx.take_buf());
+                    append_framed(p, &buf[PREFIX..PREFIX + forward], framing, false);
+                    append_framed(p, tail, framing, false);
+                    forward = 0;
+                    ttft.get_or_insert_with(|| started.elapsed());
+                }
+            }
+            if forward > 0 || done || pending.is_some() {
+                let (ok, b) = send(client, buf, forward, done, framing, &mut pending, ctx, idle).await;
+                buf = b;
+                if !ok {
+                    if done {
+                        break (End::ClientGone, true);
+                    }
+                    if !(ok_status && scanner.finished()) || ctx.cutting() {
+                        break (End::ClientGone, false);
+                    }
+                    draining = true;
+                }
+            }
+            if done {
+                break (End::Complete, true);
+            }
+        }
+        // Read more from the backend.
+        buf.truncate(PREFIX);
+        let res = {
+            let mut read =
+                std::pin::pin!(monoio::time::timeout(idle, conn.read(buf.slice_mut(PREFIX..CAP - SUFFIX))));
+            let r = if draining { Ok(read.as_mut().await) } else { armed.until(read.as_mut()).await };
+            match r {
+                Ok(r) => Ok(r),
+                // The client left while this read was pending. Once generation is over, keep the
+                // same read (no bytes lost to a cancel) and read on to the final usage.
+                Err(_) if ok_status && scanner.finished() && !ctx.cutting() => {
+                    draining = true;
+                    Ok(read.as_mut().await)
+                }
+                Err(_) => Err(()),
+            }
+        };
+        let (res, b) = match res {
+            Err(()) => {
+                buf = ctx.take_buf();
+                break (End::ClientGone, false);
+            }
+            Ok(Err(_)) => {
+                buf = ctx.take_buf();
+                break (if draining { End::ClientGone } else { End::BackendBroke }, false);
+            }
+            Ok(Ok(r)) => r,
+        };
+        buf = b.into_inner();
+        match res {
+            Ok(0) if matches!(decoder, Decoder::Close) => {
+                // End of a close-delimited body.
+                decoder = Decoder::Empty;
+                buf.truncate(PREFIX);
+            }
+            Ok(0) | Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
+            Ok(_) => {}
+        }
+    };
+    if let Some(p) = pending.take() {
+        ctx.give_buf(p);
+    }
+    ctx.give_buf(buf);
+    let (usage, source, error_event) = scanner.metered(whole);
+    if whole && resp.keep_alive && !stray && !matches!(resp.body, BodyFraming::Close) {
+        ctx.pool.borrow_mut().put(backend, conn);
+    }
+    if end != End::Complete {
+        keep = false;
+    }
+    Outcome::Relayed(Relayed {
+        status: resp.status,
+        usage,
+        source,
+        error_event,
+        ttft,
+        end,
+        client_reusable: keep,
+    })
+}
+
+/// Appends `data` framed for the client (a whole chunk when chunked; the terminator when `last`).
+fn append_framed(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming, last: bool) {
+    if framing == ClientFraming::Chunked {
+        if !data.is_empty() {
+            let mut p = [0u8; PREFIX];
+            let k = size_line(data.len(), &mut p);
+            out.extend_from_slice(&p[PREFIX - k..]);
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+        if last {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Writes `buf[PREFIX..PREFIX + n]` framed (after any pending bytes, in one write).
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    client: &mut Stream,
+    mut buf: Vec<u8>,
+    n: usize,
+    last: bool,
+    framing: ClientFraming,
+    pending: &mut Option<Vec<u8>>,
+    ctx: &CoreCtx,
+    timeout: Duration,
+) -> (bool, Vec<u8>) {
+    if let Some(mut p) = pending.take() {
+        append_framed(&mut p, &buf[PREFIX..PREFIX + n], framing, last);
+        let r = monoio::time::timeout(timeout, client.write_all(p)).await;
+        return match r {
+            Ok((Ok(_), p)) => {
+                ctx.give_buf(p);
+                (true, buf)
+            }
+            Ok((Err(_), p)) => {
+                ctx.give_buf(p);
+                (false, buf)
+            }
+            Err(_) => (false, buf),
+        };
+    }
+    let start = if framing == ClientFraming::Chunked && n > 0 {
+        let mut p = [0u8; PREFIX];
+        let k = size_line(n, &mut p);
+        buf[PREFIX - k..PREFIX].copy_from_slice(&p[PREFIX - k..]);
+        PREFIX - k
+    } else {
+        PREFIX
+    };
+    buf.truncate(PREFIX + n);
+    if framing == ClientFraming::Chunked {
+        if n > 0 {
+            buf.extend_from_slice(b"\r\n");
+        }
+        if last {
+            buf.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    if buf.len() == start {
+        return (true, buf);
+    }
+    match monoio::time::timeout(timeout, client.write_all(buf.slice(start..))).await {
+        Ok((Ok(_), s)) => (true, s.into_inner()),
+        Ok((Err(_), s)) => (false, s.into_inner()),
+        Err(_) => (false, ctx.take_buf()),
+    }
+}

@@ -1,0 +1,162 @@
+//! One exchange with a backend on a core thread: send the request (here), read the response head
+//! (`head.rs`), then relay the body to the client while metering it (`body.rs`). It tells a
+//! failure before any response byte (`Outcome::Retryable`, `Failed`) from one after; `proxy.rs`
+//! decides whether to retry and builds the record.
+
+mod body;
+mod head;
+
+use crate::core::{CoreCtx, RELAY_BUF};
+use crate::error::GatewayError;
+use crate::http1::{self, RequestHead};
+use crate::ids::RequestIds;
+use crate::net::Stream;
+use crate::request::Edit;
+use crate::usage::record::UsageSource;
+use crate::usage::sse::Cutting;
+use crate::usage::Usage;
+use crate::watch::ClientWatch;
+use monoio::io::AsyncWriteRentExt;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Room before the payload for a chunk-size line.
+const PREFIX: usize = 18;
+/// Room after the payload for `\r\n0\r\n\r\n`.
+const SUFFIX: usize = 7;
+const CAP: usize = PREFIX + RELAY_BUF + SUFFIX;
+
+/// The request as it goes to the backend.
+pub struct Outgoing<'a> {
+    pub head: &'a RequestHead,
+    /// The client's head bytes (header spans point into them).
+    pub head_bytes: &'a [u8],
+    pub body: &'a [u8],
+    pub edit: Option<Edit>,
+    pub ids: &'a RequestIds,
+    /// Whether the client connection may be kept after this response.
+    pub client_keep_alive: bool,
+    /// What the SSE scanner cuts (what the gateway caused) and whether usage is continuous.
+    pub cutting: Cutting,
+}
+
+/// How an exchange ended.
+pub enum Outcome {
+    /// The response (or part of it) went to the client.
+    Relayed(Relayed),
+    /// Nothing reached the client; the connection failed (`connect` = could not even connect).
+    Retryable { connect: bool, error: GatewayError },
+    /// Nothing reached the client; answer with this error, do not retry.
+    Failed(GatewayError),
+    /// The client went away before any response byte was sent.
+    ClientGone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Complete,
+    ClientGone,
+    /// The backend broke off or went idle too long mid-body.
+    BackendBroke,
+}
+
+pub struct Relayed {
+    pub status: u16,
+    /// What to bill, and what it rests on (CONTRACT section 7).
+    pub usage: Option<Usage>,
+    pub source: UsageSource,
+    /// The stream carried an error event.
+    pub error_event: bool,
+    pub ttft: Option<Duration>,
+    pub end: End,
+    /// The client connection can serve another request.
+    pub client_reusable: bool,
+}
+
+fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config::BackendConfig) {
+    let h = req.head;
+    out.extend_from_slice(if h.method == http1::Method::Get { b"GET " } else { b"POST " });
+    out.extend_from_slice(backend.base_path.as_bytes());
+    out.extend_from_slice(h.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    http1::push_header(out, b"host", backend.host_header.as_bytes());
+    for s in &h.forward {
+        let name = s.name(req.head_bytes);
+        if backend.api_key.is_some()
+            && (name.eq_ignore_ascii_case(b"authorization") || name.eq_ignore_ascii_case(b"x-api-key"))
+        {
+            continue;
+        }
+        // A compressed answer could not be metered: backends are asked for identity (below).
+        if name.eq_ignore_ascii_case(b"accept-encoding") {
+            continue;
+        }
+        http1::push_header(out, name, s.value(req.head_bytes));
+    }
+    if let Some(k) = &backend.api_key {
+        out.extend_from_slice(b"authorization: Bearer ");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    http1::push_header(out, b"accept-encoding", b"identity");
+    http1::push_header(out, b"x-request-id", req.ids.trace().as_bytes());
+    let len = req.edit.map_or(req.body.len(), |e| e.new_len(req.body.len()));
+    if h.method != http1::Method::Get || len > 0 {
+        let mut n = itoa::Buffer::new();
+        http1::push_header(out, b"content-length", n.format(len).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    match req.edit {
+        Some(e) => e.apply_into(req.body, out),
+        None => out.extend_from_slice(req.body),
+    }
+}
+
+/// Sends the request on `conn` and relays the response to `client`. On `Relayed` with a complete,
+/// reusable exchange the backend connection has been returned to the pool. While it runs, both
+/// sockets are registered with the core so that a shutdown past its grace can cut them.
+#[allow(clippy::too_many_arguments)]
+pub async fn exchange(
+    ctx: &CoreCtx,
+    backend: usize,
+    conn: Stream,
+    client: &mut Stream,
+    watch: Option<&ClientWatch>,
+    req: &Outgoing<'_>,
+    started: Instant,
+) -> Outcome {
+    let fds = (conn.as_raw_fd(), client.as_raw_fd());
+    ctx.exchange_started(fds);
+    let outcome = run(ctx, backend, conn, client, watch, req, started).await;
+    ctx.exchange_ended(fds);
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    ctx: &CoreCtx,
+    backend: usize,
+    mut conn: Stream,
+    client: &mut Stream,
+    watch: Option<&ClientWatch>,
+    req: &Outgoing<'_>,
+    started: Instant,
+) -> Outcome {
+    let bcfg = &ctx.shared.backends.backends[backend];
+    let mut out = ctx.take_buf();
+    build_request(&mut out, req, bcfg);
+    let (res, out) = conn.write_all(out).await;
+    ctx.give_buf(out);
+    if res.is_err() {
+        return Outcome::Retryable {
+            connect: false,
+            error: GatewayError::BadGateway("backend connection failed while sending"),
+        };
+    }
+    let mut armed = crate::watch::Armed::new(watch);
+    let (resp, buf) = match head::read(ctx, &mut conn, &mut armed, req.ids, &bcfg.url).await {
+        Ok(r) => r,
+        Err(o) => return o,
+    };
+    body::relay(ctx, backend, conn, client, armed, req, resp, buf, started).await
+}
