@@ -91,6 +91,7 @@ fn cut_vllm_stream_is_billed_partial_and_hides_per_chunk_usage() {
     let (text, id) = stream_until(gw.addr, &chat_stream(""), "", |t| content_events(t) >= k);
     assert!(!text.contains("\"usage\""), "per-chunk usage reached a client that did not ask: {text}");
     let rec = record_for(&r, &id);
+    eprintln!("vLLM cut after {} content events read: {rec}", content_events(&text));
     assert_eq!(rec["status"], "client_disconnected", "{rec}");
     assert_eq!(rec["usage_source"], "partial", "{rec}");
     let (p, c, t) = rec_tokens(&rec);
@@ -151,6 +152,7 @@ fn cut_tgi_stream_is_billed_estimated() {
     let k = 6;
     let (text, id) = stream_until(gw.addr, &chat_stream(""), "", |t| content_events(t) >= k);
     let rec = record_for(&r, &id);
+    eprintln!("TGI cut after {} content events read: {rec}", content_events(&text));
     assert_eq!(rec["status"], "client_disconnected", "{rec}");
     assert_eq!(rec["usage_source"], "estimated", "{rec}");
     assert_eq!(rec["prompt_tokens"], 0, "{rec}");
