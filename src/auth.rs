@@ -1,5 +1,6 @@
-//! Who is calling: the client's API key matched in constant time against `[auth]` keys, the user id
-//! derived from it (or from the trusted header / body), and the key as it appears in usage records.
+//! Who is calling: the client's API key matched in constant time against `[auth]` keys, giving the
+//! key's identity (its index in `[[auth.keys]]`, which limits count by) and its user id, and the key
+//! as it appears in usage records. Pure; runs on core threads.
 
 use crate::config::{ApiKeyFormat, AuthConfig};
 use sha2::{Digest, Sha256};
@@ -29,14 +30,22 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// The user id of a configured key matching `key`. Compares SHA-256 digests in constant time and
-/// visits every configured key, so timing reveals neither the key nor which one matched.
-pub fn lookup<'a>(auth: &'a AuthConfig, key: &[u8]) -> Option<&'a str> {
+/// A configured key that matched: which entry, and its user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyMatch<'a> {
+    /// Index of the entry in `[[auth.keys]]` (the key's identity for limits).
+    pub index: usize,
+    pub user_id: &'a str,
+}
+
+/// The configured key matching `key`. Compares SHA-256 digests in constant time and visits every
+/// configured key, so timing reveals neither the key nor which one matched.
+pub fn lookup<'a>(auth: &'a AuthConfig, key: &[u8]) -> Option<KeyMatch<'a>> {
     let digest = sha256(key);
-    let mut found: Option<&str> = None;
-    for k in &auth.keys {
+    let mut found: Option<KeyMatch<'a>> = None;
+    for (index, k) in auth.keys.iter().enumerate() {
         if bool::from(k.key_sha256.ct_eq(&digest)) && found.is_none() {
-            found = Some(&k.user_id);
+            found = Some(KeyMatch { index, user_id: &k.user_id });
         }
     }
     found
@@ -72,8 +81,16 @@ mod tests {
             required: true,
             user_header: "x-user-id".into(),
             keys: vec![
-                AuthKey { key_sha256: sha256(b"sk-prod-xxx"), user_id: "alice".into() },
-                AuthKey { key_sha256: sha256(b"sk-other"), user_id: "bob".into() },
+                AuthKey {
+                    key_sha256: sha256(b"sk-prod-xxx"),
+                    user_id: "alice".into(),
+                    limits: Default::default(),
+                },
+                AuthKey {
+                    key_sha256: sha256(b"sk-other"),
+                    user_id: "bob".into(),
+                    limits: Default::default(),
+                },
             ],
         }
     }
@@ -81,8 +98,8 @@ mod tests {
     #[test]
     fn lookup_matches_exact_keys_only() {
         let c = cfg();
-        assert_eq!(lookup(&c, b"sk-prod-xxx"), Some("alice"));
-        assert_eq!(lookup(&c, b"sk-other"), Some("bob"));
+        assert_eq!(lookup(&c, b"sk-prod-xxx"), Some(KeyMatch { index: 0, user_id: "alice" }));
+        assert_eq!(lookup(&c, b"sk-other"), Some(KeyMatch { index: 1, user_id: "bob" }));
         assert_eq!(lookup(&c, b"sk-prod-xx"), None);
         assert_eq!(lookup(&c, b""), None);
     }

@@ -339,7 +339,18 @@ pub async fn answer(
 
 /// Writes a gateway error response; true when it was written.
 pub async fn answer_error(client: &mut Stream, e: &GatewayError, rid: &RequestIds, close: bool) -> bool {
-    let mut out = Vec::with_capacity(384);
-    e.write_response(&mut out, rid, close || e.closes_connection());
+    answer_error_with(client, e, rid, close, &[]).await
+}
+
+/// Writes a gateway error response with `extra` header lines (e.g. `x-ratelimit-*`).
+pub async fn answer_error_with(
+    client: &mut Stream,
+    e: &GatewayError,
+    rid: &RequestIds,
+    close: bool,
+    extra: &[u8],
+) -> bool {
+    let mut out = Vec::with_capacity(384 + extra.len());
+    e.write_response_with(&mut out, rid, close || e.closes_connection(), extra);
     client.write_all(out).await.0.is_ok()
 }

@@ -1,5 +1,7 @@
 //! One error type at the request boundary: every way the gateway itself can answer a request, with
-//! its HTTP status, OpenAI-style JSON body, and whether the client connection must close after it.
+//! its HTTP status, OpenAI-style JSON body, the headers it carries (`allow`, `retry-after`), and
+//! whether the client connection must close after it. Gateway headers for the subject (e.g. the
+//! `x-ratelimit-*` block) are passed in as ready header lines.
 
 use crate::http1::{push_header, push_status_line};
 
@@ -26,6 +28,14 @@ pub enum GatewayError {
     GatewayTimeout,
     /// Shutting down or `max_connections` reached (503).
     Overloaded,
+    /// A limit of the caller would be passed (429); `budget`: the daily token budget. Carries
+    /// `retry-after` (whole seconds).
+    RateLimited {
+        budget: bool,
+        retry_after: u32,
+    },
+    /// The shared limit store (Redis) is unreachable and `on_store_error = "deny"` (503).
+    LimitStoreUnavailable,
 }
 
 impl GatewayError {
@@ -38,6 +48,8 @@ impl GatewayError {
             GatewayError::RequestTimeout => 408,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::HeadTooLarge => 431,
+            GatewayError::RateLimited { .. } => 429,
+            GatewayError::LimitStoreUnavailable => 503,
             GatewayError::BadGateway(_) => 502,
             GatewayError::NoHealthyBackend | GatewayError::Overloaded => 503,
             GatewayError::GatewayTimeout => 504,
@@ -56,7 +68,8 @@ impl GatewayError {
             GatewayError::BadGateway(_) | GatewayError::NoHealthyBackend | GatewayError::GatewayTimeout => {
                 "upstream_error"
             }
-            GatewayError::Overloaded => "overloaded_error",
+            GatewayError::Overloaded | GatewayError::LimitStoreUnavailable => "overloaded_error",
+            GatewayError::RateLimited { .. } => "rate_limit_error",
         }
     }
 
@@ -74,6 +87,9 @@ impl GatewayError {
             GatewayError::NoHealthyBackend => "no_healthy_backend",
             GatewayError::GatewayTimeout => "backend_timeout",
             GatewayError::Overloaded => "overloaded",
+            GatewayError::RateLimited { budget: false, .. } => "rate_limit_exceeded",
+            GatewayError::RateLimited { budget: true, .. } => "budget_exceeded",
+            GatewayError::LimitStoreUnavailable => "rate_limit_store_unavailable",
         }
     }
 
@@ -90,6 +106,15 @@ impl GatewayError {
             GatewayError::NoHealthyBackend => "no healthy backend available",
             GatewayError::GatewayTimeout => "backend did not answer in time",
             GatewayError::Overloaded => "gateway overloaded or shutting down",
+            GatewayError::RateLimited { budget: false, .. } => {
+                "rate limit exceeded for this API key or user; retry after the time in retry-after"
+            }
+            GatewayError::RateLimited { budget: true, .. } => {
+                "daily token budget exhausted for this API key or user; it resets at 00:00 UTC"
+            }
+            GatewayError::LimitStoreUnavailable => {
+                "the shared rate limit store is unreachable and this gateway denies limited requests meanwhile"
+            }
         }
     }
 
@@ -107,6 +132,11 @@ impl GatewayError {
 
     /// Appends the whole HTTP response for this error.
     pub fn write_response(&self, out: &mut Vec<u8>, ids: &crate::ids::RequestIds, close: bool) {
+        self.write_response_with(out, ids, close, &[]);
+    }
+
+    /// Appends the whole HTTP response, with `extra` (complete `name: value\r\n` lines) in its head.
+    pub fn write_response_with(&self, out: &mut Vec<u8>, ids: &crate::ids::RequestIds, close: bool, extra: &[u8]) {
         let mut body = Vec::with_capacity(160);
         body.extend_from_slice(b"{\"error\":{\"message\":");
         json_string(&mut body, self.message());
@@ -120,9 +150,15 @@ impl GatewayError {
         let mut n = itoa::Buffer::new();
         push_header(out, b"content-length", n.format(body.len()).as_bytes());
         ids.push_headers(out);
-        if let GatewayError::MethodNotAllowed(allow) = self {
-            push_header(out, b"allow", allow.as_bytes());
+        match self {
+            GatewayError::MethodNotAllowed(allow) => push_header(out, b"allow", allow.as_bytes()),
+            GatewayError::RateLimited { retry_after, .. } => {
+                push_header(out, b"retry-after", n.format(*retry_after).as_bytes())
+            }
+            GatewayError::LimitStoreUnavailable => push_header(out, b"retry-after", b"1"),
+            _ => {}
         }
+        out.extend_from_slice(extra);
         if close {
             push_header(out, b"connection", b"close");
         }
@@ -155,5 +191,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], "no_healthy_backend");
         assert_eq!(v["error"]["type"], "upstream_error");
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after_and_extra_headers() {
+        let mut out = Vec::new();
+        let e = GatewayError::RateLimited { budget: true, retry_after: 7 };
+        let ids = crate::ids::RequestIds { ours: "req_1".into(), client: None };
+        e.write_response_with(&mut out, &ids, false, b"x-ratelimit-limit-tokens: 5\r\n");
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{head}");
+        assert!(head.contains("\r\nretry-after: 7\r\n"), "{head}");
+        assert!(head.ends_with("\r\nx-ratelimit-limit-tokens: 5"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 }

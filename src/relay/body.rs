@@ -44,6 +44,8 @@ fn build_client_head(
         http1::push_header(out, s.name(resp_bytes), s.value(resp_bytes));
     }
     req.ids.push_headers(out);
+    // Hook (limits): gateway headers for the subject.
+    out.extend_from_slice(req.gateway_headers);
     match (framing, resp.body) {
         (ClientFraming::Chunked, _) => http1::push_header(out, b"transfer-encoding", b"chunked"),
         (ClientFraming::Length, BodyFraming::Length(n)) => {

@@ -38,6 +38,8 @@ pub struct Outgoing<'a> {
     pub client_keep_alive: bool,
     /// What the SSE scanner cuts (what the gateway caused) and whether usage is continuous.
     pub cutting: Cutting,
+    /// Gateway header lines for the client's response head (e.g. `x-ratelimit-*`), may be empty.
+    pub gateway_headers: &'a [u8],
 }
 
 /// How an exchange ended.
