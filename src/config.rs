@@ -5,6 +5,9 @@ mod tls;
 
 pub use tls::ListenerTlsConfig;
 
+mod rate_limit;
+
+pub use rate_limit::{KeyLimits, LimitSet, OnStoreError, RateLimitConfig, Store};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -63,6 +66,7 @@ pub struct Config {
     /// `[tls]`: TLS on `listen`; None = plain HTTP.
     pub tls: Option<ListenerTlsConfig>,
     pub routes: RoutesConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +154,8 @@ pub struct AuthKey {
     /// SHA-256 of the key; raw keys are hashed at load so both forms compare the same way.
     pub key_sha256: [u8; 32],
     pub user_id: String,
+    /// This key's own limits (`[rate_limit]` defaults where unset).
+    pub limits: KeyLimits,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +176,7 @@ struct RawConfig {
     auth: RawAuth,
     tls: tls::RawTls,
     routes: routes::RawRoutes,
+    rate_limit: rate_limit::RawRateLimit,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -259,6 +266,10 @@ struct RawAuthKey {
     key: Option<String>,
     key_sha256: Option<String>,
     user_id: Option<String>,
+    requests_per_minute: Option<i64>,
+    tokens_per_minute: Option<i64>,
+    max_concurrent: Option<i64>,
+    tokens_per_day: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,7 +611,8 @@ fn check_shape(table: &mut toml::Table, prefix: &str, p: &mut Problems<'_>) {
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         let schema_path: String =
             path.split('.').map(|s| s.split('[').next().unwrap_or(s)).collect::<Vec<_>>().join(".");
-        let Some(&(_, kind)) = SCHEMA.iter().find(|(k, _)| *k == schema_path) else {
+        let Some(&(_, kind)) = SCHEMA.iter().chain(rate_limit::SCHEMA).find(|(k, _)| *k == schema_path)
+        else {
             p.push(&path, "unknown key");
             table.remove(&key);
             continue;
@@ -810,8 +822,15 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
                 None
             }
         };
+        let raw_limits = rate_limit::RawKeyLimits {
+            requests_per_minute: k.requests_per_minute,
+            tokens_per_minute: k.tokens_per_minute,
+            max_concurrent: k.max_concurrent,
+            tokens_per_day: k.tokens_per_day,
+        };
+        let limits = rate_limit::convert_key(i, &raw_limits, p);
         if let Some(key_sha256) = digest {
-            keys.push(AuthKey { key_sha256, user_id });
+            keys.push(AuthKey { key_sha256, user_id, limits });
         }
     }
     if a.required.unwrap_or(false) && keys.is_empty() {
@@ -824,8 +843,11 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
     };
 
     let tls = tls::listener(p, &raw.tls);
+    let rate_limit = rate_limit::convert(&raw.rate_limit, p);
+
     Config {
         tls,
+        rate_limit,
         listen,
         admin_listen,
         shutdown_grace,

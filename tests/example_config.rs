@@ -58,6 +58,14 @@ fn example_config_loads_with_documented_defaults() {
     assert!(c.auth.keys.is_empty());
     assert_eq!(c.routes.disabled, llmproxy::endpoints::PathSet::NONE);
     assert_eq!(c.backends[0].paths, llmproxy::endpoints::PathSet::ALL);
+
+    let r = &c.rate_limit;
+    assert!(!r.enabled);
+    assert_eq!(r.store, llmproxy::config::Store::Local);
+    assert_eq!(r.redis_url, "redis://127.0.0.1:6379/0");
+    assert_eq!(r.sync_interval, Duration::from_millis(50));
+    assert_eq!(r.on_store_error, llmproxy::config::OnStoreError::Local);
+    assert!(r.defaults.is_unlimited());
 }
 
 /// A commented-out `key = value` or `[[table]]` line of the example, without its `# `.
@@ -83,6 +91,7 @@ fn example_config_commented_entries_are_valid() {
     assert_eq!(c.backends.len(), 2);
     assert_eq!(c.backends[1].weight, 5);
     assert_eq!(c.auth.keys.len(), 2);
+    assert_eq!(c.auth.keys[1].limits.tokens_per_day, Some(5_000_000));
 }
 
 const BEGIN: &str = "# --- BEGIN config.toml example ---";
