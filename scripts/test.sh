@@ -19,6 +19,14 @@ if [ ${#tls_tools[@]} -gt 0 ]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${tls_tools[@]}"
 fi
 
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "+ apt-get install redis-server (a real Redis for the limits tests)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+
 drivers=(epoll)
 available=$(cargo run --quiet -- drivers 2>/dev/null || true)
 if grep -q '^io_uring: available' <<<"$available"; then

@@ -24,6 +24,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub records: RecordSink,
     pub shutdown: Arc<AtomicBool>,
+    /// Limits and budgets per subject (hook: limits engineer).
+    pub limits: Arc<crate::limits::Limiter>,
     /// Distinguishes request ids of this process from earlier runs.
     pub id_prefix: String,
     /// The listener's TLS certificates (`[tls]`), swappable on reload; None = plain HTTP.
@@ -55,6 +57,8 @@ pub struct CoreCtx {
     pub max_connections: usize,
     /// Serves only /health and /metrics (the `admin_listen` listener).
     pub admin_only: bool,
+    /// This core's side of the limits (admission, subject cache).
+    pub limits: crate::limits::CoreLimits,
 }
 
 impl CoreCtx {
@@ -72,6 +76,7 @@ impl CoreCtx {
             connections: Cell::new(0),
             max_connections,
             admin_only: false,
+            limits: crate::limits::CoreLimits::new(shared.limits.clone(), core),
             shared,
             core,
             metrics,

@@ -31,6 +31,7 @@ pub struct Gateway {
     health_stop: Arc<AtomicBool>,
     webhook: Option<WebhookHandle>,
     listener_tls: Option<Arc<crate::tls::ListenerTls>>,
+    limits: Option<crate::limits::SyncThread>,
 }
 
 /// A SO_REUSEPORT listener; every worker gets its own on the same address.
@@ -74,12 +75,16 @@ impl Gateway {
         let core_metrics: Vec<Arc<CoreMetrics>> =
             (0..plan.len()).map(|_| Arc::new(CoreMetrics::new(backends.len()))).collect();
         let depth_sink = sink.clone();
+        let limiter = Arc::new(crate::limits::Limiter::new(&config, plan.len()));
+        let limits = crate::limits::SyncThread::start(limiter.clone(), &config.rate_limit)?;
+        let render_limits = limiter.clone();
         let registry = Arc::new(Registry {
             backend_names: config.backends.iter().map(|b| b.url.clone()).collect(),
             cores: core_metrics.clone(),
             backends: backends.clone(),
             webhook: stats,
             queue_depth: Box::new(move || depth_sink.queue_depth()),
+            extra: vec![Box::new(move |out: &mut String| render_limits.render(out))],
         });
         let shutdown = Arc::new(AtomicBool::new(false));
         let listener_tls =
@@ -90,6 +95,7 @@ impl Gateway {
             registry,
             records: Arc::new(move |r| sink.submit(r)),
             shutdown: shutdown.clone(),
+            limits: limiter,
             id_prefix: format!(
                 "{:08x}",
                 std::time::SystemTime::now()
@@ -178,6 +184,7 @@ impl Gateway {
             health_stop,
             webhook: Some(webhook),
             listener_tls,
+            limits: Some(limits),
         })
     }
 
@@ -204,6 +211,9 @@ impl Gateway {
         self.health_stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.health.take() {
             let _ = h.join();
+        }
+        if let Some(l) = self.limits.take() {
+            l.stop();
         }
         if let Some(w) = self.webhook.take() {
             w.shutdown();

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod health;
 pub mod http1;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod models;

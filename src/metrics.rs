@@ -117,6 +117,9 @@ impl TokenCounters {
     }
 }
 
+/// Appends metric families owned elsewhere to the `/metrics` text.
+pub type RenderFn = Box<dyn Fn(&mut String) + Send + Sync>;
+
 /// Everything `/metrics` shows: the cores' counters and the gauges owned elsewhere.
 pub struct Registry {
     pub backend_names: Vec<String>,
@@ -125,6 +128,8 @@ pub struct Registry {
     pub webhook: Arc<crate::delivery::WebhookStats>,
     /// Records queued in memory for the webhook thread.
     pub queue_depth: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Families owned by other modules (limits), appended at the end of the text.
+    pub extra: Vec<RenderFn>,
 }
 
 fn escape(v: &str) -> String {
@@ -271,6 +276,9 @@ impl Registry {
         }
         let conns: i64 = self.cores.iter().map(|c| c.connections.load(Relaxed)).sum();
         let _ = writeln!(out, "# HELP llmproxy_connections_active Open client connections.\n# TYPE llmproxy_connections_active gauge\nllmproxy_connections_active {}", conns.max(0));
+        for f in &self.extra {
+            f(&mut out);
+        }
         out
     }
 
@@ -320,6 +328,7 @@ mod tests {
             backends,
             webhook,
             queue_depth: Box::new(|| 2),
+            extra: Vec::new(),
         };
         let text = reg.render();
         assert!(text.contains("llmproxy_requests_total{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"http://b:1\",status=\"200\"} 2"), "{text}");

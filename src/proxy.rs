@@ -8,6 +8,7 @@ use crate::core::CoreCtx;
 use crate::error::GatewayError;
 use crate::http1::RequestHead;
 use crate::net::{DialError, Stream};
+use crate::limits::{self, Admission};
 use crate::relay::{self, End, Outcome, Outgoing};
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
 use crate::usage::sse::Cutting;
@@ -46,9 +47,26 @@ pub async fn proxy(
     if cfg.auth.required && matched.is_none() {
         return reject(ctx, client, req, GatewayError::Unauthorized, stream).await;
     }
-    let user_id =
-        matched.map(str::to_string).or_else(|| req.head.user_header.clone()).or_else(|| info.user.clone());
+    let user_id = matched
+        .map(|m| m.user_id.to_string())
+        .or_else(|| req.head.user_header.clone())
+        .or_else(|| info.user.clone());
     let api_key = key.and_then(|k| auth::format_key(k, cfg.usage_hook.api_key_format));
+
+    // Limits (CONTRACT 8), before a backend is picked: a refused request reaches none.
+    let who = match (matched, req.head.user_header.as_deref()) {
+        (Some(m), _) => limits::Who::Key(m.index),
+        (None, Some(u)) => limits::Who::User(u),
+        (None, None) => limits::Who::Anonymous,
+    };
+    let demand =
+        limits::Demand { body_bytes: req.body.len(), max_output_tokens: info.max_output_tokens.unwrap_or(0), n: info.n.unwrap_or(1) };
+    let ticket = match ctx.limits.admit(who, demand) {
+        Admission::Unlimited => None,
+        Admission::Admitted(t) => Some(t),
+        Admission::Refused(r) => return refuse(ctx, client, req, r, stream).await,
+    };
+    let gateway_headers = ticket.as_ref().map_or(&[][..], |t| t.headers());
 
     let inject =
         cfg.usage_hook.include_usage == IncludeUsage::Inject && endpoint.takes_stream_options() && stream;
@@ -70,6 +88,7 @@ pub async fn proxy(
             usage_member: false,
             continuous: client_continuous,
         },
+        gateway_headers,
     };
     let plain = (edit, out.cutting);
     let request_id = req.ids.ours.as_str();
@@ -149,7 +168,8 @@ pub async fn proxy(
                 record.status = RecordStatus::Rejected;
             }
             log::warn!("request_id={} failed: {} ({})", request_id, e.message(), e.status());
-            crate::connection::answer_error(client, &e, req.ids, !req.keep_alive).await && req.keep_alive
+            crate::connection::answer_error_with(client, &e, req.ids, !req.keep_alive, gateway_headers).await
+                && req.keep_alive
         }
         Ok(Outcome::ClientGone) => {
             record.status = RecordStatus::ClientDisconnected;
@@ -199,6 +219,10 @@ pub async fn proxy(
     record.duration_ms = elapsed.as_millis() as u64;
     ctx.metrics.latency.observe(record.duration_ms);
     ctx.metrics.request(endpoint, stream, backend, record.http_status);
+    if let Some(t) = ticket {
+        // The reservation becomes what is billed (kept when the backend reported no usage).
+        t.finish((!record.usage_missing).then_some(record.total_tokens));
+    }
     // /tokenize and /detokenize consume nothing: no record (CONTRACT 12).
     if endpoint.billed() {
         (ctx.shared.records)(record);
@@ -237,6 +261,27 @@ async fn attempt(
         }
     };
     relay::exchange(ctx, b, conn, client, watch, out, started).await
+}
+
+/// Answers a request a limit refuses: 429 (503 when the limit store is down and denies), with
+/// `retry-after` and the subject's `x-ratelimit-*` headers; no usage record.
+async fn refuse(
+    ctx: &CoreCtx,
+    client: &mut Stream,
+    req: &Request<'_>,
+    r: limits::Refusal,
+    stream: bool,
+) -> bool {
+    let e = match r.reason {
+        limits::Reason::StoreUnavailable => GatewayError::LimitStoreUnavailable,
+        reason => {
+            GatewayError::RateLimited { budget: reason == limits::Reason::Budget, retry_after: r.retry_after }
+        }
+    };
+    ctx.metrics.request(req.head.endpoint, stream, None, e.status());
+    let close = !req.keep_alive;
+    crate::connection::answer_error_with(client, &e, req.ids, close, r.headers.as_bytes()).await
+        && !close
 }
 
 /// Answers a request the gateway refuses before any backend sees it (no usage record: nothing

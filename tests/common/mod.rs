@@ -5,6 +5,7 @@ pub mod client;
 pub mod gateway;
 pub mod prereq;
 pub mod receiver;
+pub mod redis;
 pub mod replay;
 
 pub use client::{connect, get, post, request, Response};

@@ -1,0 +1,358 @@
+//! Limits and budgets per subject (CONTRACT section 8), the one entry point being
+//! `CoreLimits::admit` on a core thread: it takes the request's units from per-core allowances (no
+//! lock, no await, no network, no allocation for a known subject) and returns a `Ticket` whose drop
+//! replaces the token reservation by the billed tokens and frees the concurrency slot. The sync
+//! thread (`sync.rs`) slides the windows and, with `store = "redis"`, leases units from Redis.
+
+mod budget;
+mod headers;
+mod redis_store;
+mod subject;
+mod sync;
+
+use crate::config::{Config, OnStoreError, Store};
+use budget::Budget;
+pub use headers::HeaderBlock;
+use headers::{secs_to_midnight, Dimension};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+pub use subject::Kind;
+use subject::{Subject, Subjects};
+pub use sync::SyncThread;
+
+/// Who a request counts against.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    /// The index of the matched `[[auth.keys]]` entry.
+    Key(usize),
+    /// The `user_header` value (no key matched).
+    User(&'a str),
+    Anonymous,
+}
+
+/// What a request may cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Demand {
+    pub body_bytes: usize,
+    /// `max_tokens` / `max_completion_tokens` / `max_output_tokens` (0 if absent).
+    pub max_output_tokens: u64,
+    /// Choices asked for (`n`, at least 1).
+    pub n: u64,
+}
+
+impl Demand {
+    /// Tokens reserved at admission: the output asked for (per choice) plus ⌈body bytes ÷ 4⌉.
+    pub fn tokens(&self) -> u64 {
+        self.max_output_tokens
+            .saturating_mul(self.n.max(1))
+            .saturating_add((self.body_bytes as u64).div_ceil(4))
+    }
+}
+
+/// Why a request was refused (the `reason` label of `llmproxy_rate_limited_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Requests,
+    Tokens,
+    Concurrent,
+    Budget,
+    /// Redis unreachable with `on_store_error = "deny"` (503, not 429).
+    StoreUnavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] =
+        [Reason::Requests, Reason::Tokens, Reason::Concurrent, Reason::Budget, Reason::StoreUnavailable];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Requests => "requests",
+            Reason::Tokens => "tokens",
+            Reason::Concurrent => "concurrent",
+            Reason::Budget => "budget",
+            Reason::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    fn of(k: Kind) -> Reason {
+        match k {
+            Kind::Requests => Reason::Requests,
+            Kind::Tokens => Reason::Tokens,
+            Kind::Day => Reason::Budget,
+            Kind::Concurrent => Reason::Concurrent,
+        }
+    }
+}
+
+/// A refused request: why, when to retry, and the subject's header block.
+pub struct Refusal {
+    pub reason: Reason,
+    pub retry_after: u32,
+    pub headers: HeaderBlock,
+}
+
+pub enum Admission {
+    /// No limit applies (limits off, or an unlimited subject): no headers, nothing to settle.
+    Unlimited,
+    Admitted(Ticket),
+    Refused(Refusal),
+}
+
+/// The process-wide part: subjects, the store's state, refusal counters, published gauges.
+pub struct Limiter {
+    enabled: bool,
+    deny_on_store_error: bool,
+    redis: bool,
+    subjects: Subjects,
+    /// False while Redis is unreachable (the sync thread sets it).
+    store_ok: AtomicBool,
+    /// Refusals by core, then reason.
+    refused: Box<[PerCore]>,
+    /// The sync thread, woken when a core runs dry with the redis store.
+    thread: OnceLock<std::thread::Thread>,
+    wake_pending: AtomicBool,
+    /// Remaining-budget gauge lines, rebuilt by the sync thread.
+    gauges: Mutex<String>,
+}
+
+#[repr(align(64))]
+struct PerCore([AtomicU64; Reason::ALL.len()]);
+
+impl Limiter {
+    pub fn new(cfg: &Config, cores: usize) -> Limiter {
+        let rl = &cfg.rate_limit;
+        Limiter {
+            enabled: rl.enabled,
+            deny_on_store_error: rl.on_store_error == OnStoreError::Deny,
+            redis: rl.store == Store::Redis,
+            subjects: Subjects::new(cfg, cores),
+            store_ok: AtomicBool::new(true),
+            refused: (0..cores.max(1)).map(|_| PerCore(Default::default())).collect(),
+            thread: OnceLock::new(),
+            wake_pending: AtomicBool::new(false),
+            gauges: Mutex::new(String::new()),
+        }
+    }
+
+    fn wake(&self) {
+        if self.redis && !self.wake_pending.swap(true, Relaxed) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Appends the limits' metric families (Prometheus text); called when `/metrics` is scraped.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP llmproxy_rate_limited_total Requests refused by a limit, by reason (requests, tokens, concurrent, budget: 429; store_unavailable: 503).\n# TYPE llmproxy_rate_limited_total counter");
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            let v: u64 = self.refused.iter().map(|c| c.0[i].load(Relaxed)).sum();
+            let _ = writeln!(out, "llmproxy_rate_limited_total{{reason=\"{}\"}} {v}", r.label());
+        }
+        let _ = writeln!(out, "# HELP llmproxy_rate_limit_store_up Whether the limit store answers (1; always 1 for store = \"local\").\n# TYPE llmproxy_rate_limit_store_up gauge\nllmproxy_rate_limit_store_up {}", u8::from(self.store_ok.load(Relaxed)));
+        let _ = writeln!(out, "# HELP llmproxy_rate_limit_remaining Units left per limit for the subjects closest to their limits (at most 10 subjects per limit).\n# TYPE llmproxy_rate_limit_remaining gauge");
+        // Scraped on a core thread: never wait for the sync thread, which holds the lock only to
+        // swap in a new text.
+        let g = (0..10_000).find_map(|_| {
+            self.gauges.try_lock().ok().or_else(|| {
+                std::hint::spin_loop();
+                None
+            })
+        });
+        if let Some(g) = g {
+            out.push_str(&g);
+        }
+    }
+}
+
+/// One core's view: the limiter plus this core's cache of subjects (keys, anonymous, users seen).
+pub struct CoreLimits {
+    limiter: Arc<Limiter>,
+    core: usize,
+    keys: Vec<Option<Rc<Cached>>>,
+    anonymous: Option<Rc<Cached>>,
+    users: RefCell<HashMap<Box<str>, Rc<Cached>>>,
+}
+
+/// A subject as a core holds it: cloning the `Rc` for a request is a plain, core-local increment
+/// (no shared atomic per request), and the cache drops users no request holds.
+struct Cached(Arc<Subject>);
+
+/// Users cached per core before unreferenced ones are dropped from the cache.
+const CORE_USER_CACHE: usize = 4096;
+
+impl CoreLimits {
+    pub fn new(limiter: Arc<Limiter>, core: usize) -> CoreLimits {
+        let s = &limiter.subjects;
+        CoreLimits {
+            keys: s.keys.iter().map(|k| k.clone().map(|k| Rc::new(Cached(k)))).collect(),
+            anonymous: s.anonymous.clone().map(|a| Rc::new(Cached(a))),
+            users: RefCell::new(HashMap::new()),
+            limiter,
+            core,
+        }
+    }
+
+    fn subject(&self, who: Who<'_>) -> Option<Rc<Cached>> {
+        match who {
+            Who::Key(i) => self.keys.get(i)?.clone(),
+            Who::Anonymous => self.anonymous.clone(),
+            Who::User(name) => {
+                if self.limiter.subjects.user_limits.is_unlimited() {
+                    return None;
+                }
+                if let Some(s) = self.users.borrow().get(name) {
+                    return Some(s.clone());
+                }
+                let s = Rc::new(Cached(self.limiter.subjects.user(name)?));
+                let mut cache = self.users.borrow_mut();
+                if cache.len() >= CORE_USER_CACHE {
+                    cache.retain(|_, s| Rc::strong_count(s) > 1);
+                }
+                if cache.len() < CORE_USER_CACHE {
+                    cache.insert(name.into(), s.clone());
+                }
+                Some(s)
+            }
+        }
+    }
+
+    /// Admits a request of `who` costing `demand`, or refuses it. Never waits.
+    pub fn admit(&self, who: Who<'_>, demand: Demand) -> Admission {
+        if !self.limiter.enabled {
+            return Admission::Unlimited;
+        }
+        let Some(subject) = self.subject(who) else { return Admission::Unlimited };
+        let now = unix_secs();
+        let s: &Subject = &subject.0;
+        let tokens = if s.has_tokens() { demand.tokens().min(i64::MAX as u64 / 4) as i64 } else { 0 };
+        let core = self.core;
+        let refuse = |reason: Reason, retry_after: u64| {
+            self.limiter.refused[core % self.limiter.refused.len()].0[reason as usize].fetch_add(1, Relaxed);
+            self.limiter.wake();
+            Admission::Refused(Refusal {
+                reason,
+                retry_after: retry_after.clamp(1, u32::MAX as u64) as u32,
+                headers: headers(s, core, now),
+            })
+        };
+        if self.limiter.deny_on_store_error && !self.limiter.store_ok.load(Relaxed) {
+            return refuse(Reason::StoreUnavailable, 1);
+        }
+        let mut taken: [bool; 4] = [false; 4];
+        for k in Kind::ALL {
+            let Some(b) = s.budget(k) else { continue };
+            let cost = match k {
+                Kind::Requests | Kind::Concurrent => 1,
+                Kind::Tokens | Kind::Day => tokens,
+            };
+            let slice = b.window.map_or(0, |w| w.slice(now));
+            if b.take(core, cost, slice) {
+                taken[k as usize] = true;
+                continue;
+            }
+            // Refused: give back what the earlier limits took.
+            for j in Kind::ALL {
+                if taken[j as usize] {
+                    let bj = s.budget(j).expect("taken from an existing budget");
+                    match bj.window {
+                        None => bj.give_back(core, 1),
+                        Some(w) => bj.settle(
+                            core,
+                            if j == Kind::Requests { 1 } else { tokens },
+                            0,
+                            w.slice(now),
+                            now,
+                        ),
+                    }
+                }
+            }
+            return refuse(Reason::of(k), retry_after(b, k, now));
+        }
+        Admission::Admitted(Ticket {
+            headers: headers(s, core, now),
+            subject,
+            core,
+            tokens,
+            at: now,
+            billed: None,
+        })
+    }
+}
+
+/// Seconds until the limit `k` may admit again (best effort: when its oldest usage expires).
+fn retry_after(b: &Budget, k: Kind, now: u64) -> u64 {
+    match (k, b.window) {
+        (Kind::Day, _) => secs_to_midnight(now),
+        (_, Some(w)) => match b.window_usage(now).1 {
+            Some(oldest) => w.secs_until_expiry(oldest, now),
+            None => 1,
+        },
+        (_, None) => 1,
+    }
+}
+
+fn dimension(b: Option<&Budget>, core: usize, reset: impl Fn(&Budget) -> u64) -> Option<Dimension> {
+    let b = b?;
+    Some(Dimension {
+        limit: b.limit as u64,
+        remaining: b.remaining_hint(core).clamp(0, b.limit) as u64,
+        reset_secs: reset(b),
+    })
+}
+
+fn headers(s: &Subject, core: usize, now: u64) -> HeaderBlock {
+    let minute = |b: &Budget| b.reset_secs.load(Relaxed);
+    let requests = dimension(s.budget(Kind::Requests), core, minute);
+    let tokens = dimension(s.budget(Kind::Tokens), core, minute)
+        .or_else(|| dimension(s.budget(Kind::Day), core, |_| secs_to_midnight(now)));
+    HeaderBlock::write(requests, tokens)
+}
+
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An admitted request's hold on its subject's limits. `finish` (or drop) settles it.
+pub struct Ticket {
+    subject: Rc<Cached>,
+    core: usize,
+    /// Tokens reserved at admission.
+    tokens: i64,
+    at: u64,
+    billed: Option<u64>,
+    headers: HeaderBlock,
+}
+
+impl Ticket {
+    /// The `x-ratelimit-*` lines for this request's response.
+    pub fn headers(&self) -> &[u8] {
+        self.headers.as_bytes()
+    }
+
+    /// Replaces the token reservation by `billed` (None: keep the reservation, e.g. when the
+    /// backend reported no usage) and frees the concurrency slot.
+    pub fn finish(mut self, billed: Option<u64>) {
+        self.billed = billed;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let s: &Subject = &self.subject.0;
+        let now = unix_secs();
+        let billed = self.billed.map_or(self.tokens, |b| b.min(i64::MAX as u64 / 4) as i64);
+        for k in [Kind::Tokens, Kind::Day] {
+            if let (Some(b), Some(w)) = (s.budget(k), k.window()) {
+                b.settle(self.core, self.tokens, billed, w.slice(self.at), now);
+            }
+        }
+        if let Some(b) = s.budget(Kind::Concurrent) {
+            b.give_back(self.core, 1);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Who is counted: a subject (a matched `[[auth.keys]]` entry, a `user_header` value, or the shared
+//! `"anonymous"`) with one `Budget` per limit it has, and the process-wide table of subjects. Keys
+//! and anonymous are built at start; user subjects on first sight (the only allocation and the only
+//! lock, once per core per user). Read by core threads and the sync thread.
+
+use super::budget::{Budget, Window, DAY, MINUTE};
+use crate::config::{Config, LimitSet, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Most user-header subjects tracked at once; past it, new users share one `"other users"` subject
+/// (bounded memory whatever clients send).
+pub const MAX_USERS: usize = 20_000;
+
+/// The limits of a subject, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Requests,
+    Tokens,
+    Day,
+    Concurrent,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Requests, Kind::Tokens, Kind::Day, Kind::Concurrent];
+
+    /// The label used in metrics (the config key).
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Requests => "requests_per_minute",
+            Kind::Tokens => "tokens_per_minute",
+            Kind::Day => "tokens_per_day",
+            Kind::Concurrent => "max_concurrent",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Kind::Requests => "rpm",
+            Kind::Tokens => "tpm",
+            Kind::Day => "tpd",
+            Kind::Concurrent => "conc",
+        }
+    }
+
+    pub fn window(self) -> Option<Window> {
+        match self {
+            Kind::Requests | Kind::Tokens => Some(MINUTE),
+            Kind::Day => Some(DAY),
+            Kind::Concurrent => None,
+        }
+    }
+}
+
+pub struct Subject {
+    /// For metric labels: `key:<user_id>`, `user:<value>` or `anonymous`.
+    pub label: Box<str>,
+    /// Indexed by `Kind as usize`; None where the limit is 0.
+    pub budgets: [Option<Budget>; 4],
+    /// Redis key prefixes, by kind.
+    pub redis_prefix: [Box<str>; 4],
+}
+
+impl Subject {
+    /// `id` is stable across a fleet with the same config: the Redis keys are built from it.
+    pub fn new(label: String, id: String, limits: LimitSet, cores: usize, store: Store) -> Subject {
+        let budget = |limit: u64, kind: Kind| {
+            (limit > 0).then(|| {
+                // Concurrency is counted per gateway (a crashed gateway must not hold fleet slots).
+                let initial =
+                    if store == Store::Local || kind == Kind::Concurrent { limit as i64 } else { 0 };
+                Budget::new(limit, kind.window(), cores, initial)
+            })
+        };
+        Subject {
+            budgets: [
+                budget(limits.requests_per_minute, Kind::Requests),
+                budget(limits.tokens_per_minute, Kind::Tokens),
+                budget(limits.tokens_per_day, Kind::Day),
+                budget(limits.max_concurrent, Kind::Concurrent),
+            ],
+            redis_prefix: Kind::ALL.map(|k| format!("llmproxy:rl:{id}:{}:", k.short()).into_boxed_str()),
+            label: label.into(),
+        }
+    }
+
+    pub fn budget(&self, k: Kind) -> Option<&Budget> {
+        self.budgets[k as usize].as_ref()
+    }
+
+    pub fn has_tokens(&self) -> bool {
+        self.budget(Kind::Tokens).is_some() || self.budget(Kind::Day).is_some()
+    }
+}
+
+/// Every subject of this process.
+pub struct Subjects {
+    /// By `[[auth.keys]]` index; None for a key without limits.
+    pub keys: Vec<Option<Arc<Subject>>>,
+    pub anonymous: Option<Arc<Subject>>,
+    /// The limits of user-header subjects (the defaults); unlimited means no user is tracked.
+    pub user_limits: LimitSet,
+    pub users: Mutex<HashMap<Box<str>, Arc<Subject>>>,
+    /// Shared by users past MAX_USERS.
+    pub overflow: Option<Arc<Subject>>,
+    cores: usize,
+    store: Store,
+}
+
+impl Subjects {
+    pub fn new(cfg: &Config, cores: usize) -> Subjects {
+        let rl = &cfg.rate_limit;
+        let d = rl.defaults;
+        let make = |label: String, id: String, limits: LimitSet| {
+            (!limits.is_unlimited()).then(|| Arc::new(Subject::new(label, id, limits, cores, rl.store)))
+        };
+        let keys = cfg
+            .auth
+            .keys
+            .iter()
+            .map(|k| {
+                // The key's digest names it in Redis: the same on every gateway of a fleet.
+                let id = format!("k{}", hex::encode(&k.key_sha256[..12]));
+                make(format!("key:{}", k.user_id), id, k.limits.resolve(&d))
+            })
+            .collect();
+        Subjects {
+            keys,
+            anonymous: make("anonymous".into(), "anonymous".into(), d),
+            user_limits: d,
+            users: Mutex::new(HashMap::new()),
+            overflow: make("user:(other)".into(), "uoverflow".into(), d),
+            cores,
+            store: rl.store,
+        }
+    }
+
+    /// The subject of a user-header value, created on first sight (slow path: lock, allocation).
+    pub fn user(&self, name: &str) -> Option<Arc<Subject>> {
+        if self.user_limits.is_unlimited() {
+            return None;
+        }
+        let mut m = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get(name) {
+            return Some(s.clone());
+        }
+        if m.len() >= MAX_USERS {
+            return self.overflow.clone();
+        }
+        let s = Arc::new(Subject::new(
+            format!("user:{name}"),
+            format!("u:{name}"),
+            self.user_limits,
+            self.cores,
+            self.store,
+        ));
+        m.insert(name.into(), s.clone());
+        Some(s)
+    }
+
+    /// Every subject now (for the sync thread and metrics).
+    pub fn all(&self) -> Vec<Arc<Subject>> {
+        let mut v: Vec<Arc<Subject>> = self.keys.iter().flatten().cloned().collect();
+        v.extend(self.anonymous.iter().cloned());
+        v.extend(self.overflow.iter().cloned());
+        let m = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        v.extend(m.values().cloned());
+        v
+    }
+
+    /// Forgets user subjects nobody references (no core cache, no request in flight) whose
+    /// `idle` says they hold nothing worth keeping.
+    pub fn evict_users(&self, idle: impl Fn(&Subject) -> bool) {
+        let mut m = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, s| Arc::strong_count(s) > 1 || !idle(s));
+    }
+}
