@@ -42,5 +42,5 @@ done
 
 if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
     echo "=== python tests (billing examples) ==="
-    python3 -m pytest -q tests/python --ignore=tests/python/test_openai_sdk.py --ignore=tests/python/test_tls_openai_sdk.py
+    python3 -m pytest -q tests/python --ignore=tests/python/test_openai_sdk.py --ignore=tests/python/test_tls_openai_sdk.py --ignore=tests/python/test_rate_limit_sdk.py
 fi

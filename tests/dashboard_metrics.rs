@@ -25,7 +25,8 @@ fn every_dashboard_metric_is_exported() {
     assert!(names.len() >= 10, "dashboard names only {names:?}");
 
     let b = mock(Flavor::Vllm);
-    let gw = Gateway::start(&config_for(&[b.url()], ""));
+    // Limits on (with room to spare), so that their per-subject gauges are exported too.
+    let gw = Gateway::start(&config_for(&[b.url()], "[rate_limit]\nenabled = true\nrequests_per_minute = 1000000\n"));
     let stream = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b c"}]}"#;
     assert_eq!(request(gw.addr, &post("/v1/chat/completions", stream, "")).status, 200);
     assert_eq!(
@@ -37,7 +38,7 @@ fn every_dashboard_metric_is_exported() {
     let mut metrics = String::new();
     eventually(10, "tokens in /metrics", || {
         metrics = request(gw.addr, &get("/metrics")).text();
-        metrics.contains("llmproxy_tokens_total{")
+        metrics.contains("llmproxy_tokens_total{") && metrics.contains("llmproxy_rate_limit_remaining{")
     });
     for name in &names {
         let exported = metrics.lines().any(|l| {
