@@ -7,8 +7,8 @@ use crate::config::IncludeUsage;
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
 use crate::http1::RequestHead;
-use crate::net::{DialError, Stream};
 use crate::limits::{self, Admission};
+use crate::net::{DialError, Stream};
 use crate::relay::{self, End, Outcome, Outgoing};
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
 use crate::usage::sse::Cutting;
@@ -59,8 +59,11 @@ pub async fn proxy(
         (None, Some(u)) => limits::Who::User(u),
         (None, None) => limits::Who::Anonymous,
     };
-    let demand =
-        limits::Demand { body_bytes: req.body.len(), max_output_tokens: info.max_output_tokens.unwrap_or(0), n: info.n.unwrap_or(1) };
+    let demand = limits::Demand {
+        body_bytes: req.body.len(),
+        max_output_tokens: info.max_output_tokens.unwrap_or(0),
+        n: info.n.unwrap_or(1),
+    };
     let ticket = match ctx.limits.admit(who, demand) {
         Admission::Unlimited => None,
         Admission::Admitted(t) => Some(t),

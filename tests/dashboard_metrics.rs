@@ -26,7 +26,10 @@ fn every_dashboard_metric_is_exported() {
 
     let b = mock(Flavor::Vllm);
     // Limits on (with room to spare), so that their per-subject gauges are exported too.
-    let gw = Gateway::start(&config_for(&[b.url()], "[rate_limit]\nenabled = true\nrequests_per_minute = 1000000\n"));
+    let gw = Gateway::start(&config_for(
+        &[b.url()],
+        "[rate_limit]\nenabled = true\nrequests_per_minute = 1000000\n",
+    ));
     let stream = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b c"}]}"#;
     assert_eq!(request(gw.addr, &post("/v1/chat/completions", stream, "")).status, 200);
     assert_eq!(
