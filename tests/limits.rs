@@ -99,12 +99,14 @@ fn token_limit_reserves_at_admission_and_settles_to_the_billed_tokens() {
     let body =
         r#"{"model":"m","max_tokens":350,"stream":true,"messages":[{"role":"user","content":"say hello"}]}"#;
     let reserve = 350 + (body.len() as i64 + 3) / 4;
-    let r1 = request(gw.addr, &chat_req(body, "x-mock-tokens: 5\r\n"));
+    // One keep-alive connection: its next request is read only after the previous one ended.
+    let mut c = connect(gw.addr);
+    let r1 = c.request(&chat_req(body, "x-mock-tokens: 5\r\n"));
     assert_eq!(r1.status, 200);
     assert_eq!(num(&r1, "x-ratelimit-limit-tokens"), 1000);
     assert_eq!(num(&r1, "x-ratelimit-remaining-tokens"), 1000 - reserve, "remaining after the reservation");
     // The first request billed prompt 2 + completion 5 = 7 tokens: its reservation was replaced.
-    let r2 = request(gw.addr, &chat_req(body, "x-mock-tokens: 5\r\n"));
+    let r2 = c.request(&chat_req(body, "x-mock-tokens: 5\r\n"));
     assert_eq!(r2.status, 200);
     assert_eq!(num(&r2, "x-ratelimit-remaining-tokens"), 1000 - 7 - reserve);
 
@@ -126,6 +128,10 @@ fn token_limit_reserves_at_admission_and_settles_to_the_billed_tokens() {
     for s in streams {
         assert_eq!(s.join().unwrap().status, 200);
     }
+    let gauge = "llmproxy_rate_limit_remaining{subject=\"anonymous\",limit=\"tokens_per_minute\"}";
+    eventually(10, "both streams settled", || {
+        metric(&metrics(gw.addr), gauge) == Some((1000 - 14 - 12) as f64)
+    });
     let r4 = request(gw.addr, &chat_req(body, "x-mock-tokens: 5\r\n"));
     assert_eq!(r4.status, 200, "{}", r4.text());
     assert_eq!(num(&r4, "x-ratelimit-remaining-tokens"), 1000 - 14 - 2 * 6 - reserve);
@@ -153,6 +159,10 @@ fn cut_stream_counts_what_it_cost() {
         .unwrap();
     let (got, closed) = read_to_close(&mut s, 20);
     assert!(closed && got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    let gauge = "llmproxy_rate_limit_remaining{subject=\"anonymous\",limit=\"tokens_per_minute\"}";
+    eventually(10, "the cut stream settled", || {
+        metric(&metrics(gw.addr), gauge).is_some_and(|v| v > (100000 - reserve) as f64)
+    });
     let next = request(gw.addr, &chat_req(body, "x-mock-tokens: 1\r\n"));
     let used_by_cut = 100000 - reserve - num(&next, "x-ratelimit-remaining-tokens");
     assert!(used_by_cut < reserve, "the cut stream was billed {used_by_cut}, less than its reservation");
@@ -183,6 +193,13 @@ fn max_concurrent_counts_requests_in_flight_across_cores() {
     for s in streams {
         assert_eq!(s.join().unwrap().status, 200);
     }
+    // A client has its last byte a moment before the gateway ends the request and frees the slot.
+    eventually(10, "both slots free", || {
+        metric(
+            &metrics(gw.addr),
+            "llmproxy_rate_limit_remaining{subject=\"anonymous\",limit=\"max_concurrent\"}",
+        ) == Some(2.0)
+    });
     let rs = burst(gw.addr, 2, chat_req(&chat("m"), ""));
     assert!(rs.iter().all(|r| r.status == 200), "slots are free again");
     let m = metrics(gw.addr);
