@@ -131,7 +131,9 @@ impl Worker {
                 let w = b.window.expect("windowed kind");
                 let cur = w.slice(now);
                 let upto = cur.saturating_sub(w.slices);
-                let from = st.expired.map_or(upto, |e| e + 1).max(upto.saturating_sub(w.slices + 1));
+                // Only the two ids just behind the window: older ones share ring slots with ids
+                // inside it (after a stall of this thread their usage stays counted: conservative).
+                let from = st.expired.map_or(upto, |e| e + 1).max(upto.saturating_sub(1));
                 for id in from..=upto {
                     let u = b.expire_slice(id);
                     if !leasing {
