@@ -136,7 +136,13 @@ impl GatewayError {
     }
 
     /// Appends the whole HTTP response, with `extra` (complete `name: value\r\n` lines) in its head.
-    pub fn write_response_with(&self, out: &mut Vec<u8>, ids: &crate::ids::RequestIds, close: bool, extra: &[u8]) {
+    pub fn write_response_with(
+        &self,
+        out: &mut Vec<u8>,
+        ids: &crate::ids::RequestIds,
+        close: bool,
+        extra: &[u8],
+    ) {
         let mut body = Vec::with_capacity(160);
         body.extend_from_slice(b"{\"error\":{\"message\":");
         json_string(&mut body, self.message());

@@ -283,8 +283,7 @@ async fn refuse(
     };
     ctx.metrics.request(req.head.endpoint, stream, None, e.status());
     let close = !req.keep_alive;
-    crate::connection::answer_error_with(client, &e, req.ids, close, r.headers.as_bytes()).await
-        && !close
+    crate::connection::answer_error_with(client, &e, req.ids, close, r.headers.as_bytes()).await && !close
 }
 
 /// Answers a request the gateway refuses before any backend sees it (no usage record: nothing
