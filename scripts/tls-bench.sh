@@ -8,7 +8,7 @@
 # /proc) per connection or request. Installs nginx and h2load with apt-get when missing.
 #
 #   scripts/tls-bench.sh                 # release build, server on core 1, load on core 0
-#   CORE_SERVER=1 CORE_LOAD=0 DURATION=10 REQUESTS=200000 CONNS=16 scripts/tls-bench.sh
+#   CORE_SERVER=1 CORE_LOAD=0 DURATION=10 REQUESTS=200000 CONNS=16 ROUNDS=3 scripts/tls-bench.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CORE_SERVER=${CORE_SERVER:-1}
@@ -16,6 +16,7 @@ CORE_LOAD=${CORE_LOAD:-0}
 DURATION=${DURATION:-10}
 REQUESTS=${REQUESTS:-200000}
 CONNS=${CONNS:-16}
+ROUNDS=${ROUNDS:-3}
 NGINX=${NGINX:-/usr/sbin/nginx}
 
 need_apt() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }; }
@@ -130,7 +131,7 @@ NGPIDS=$(pgrep -d' ' -P "$(cat nginx/nginx.pid)"; cat nginx/nginx.pid)
 sleep 1
 
 echo "server core $CORE_SERVER, load core $CORE_LOAD; $(nproc) cores; $(uname -r)"
-for round in 1 2; do
+for round in $(seq "$ROUNDS"); do
     echo "--- round $round"
     handshake gateway "$GW_TLS" "$GWT"
     handshake nginx "$NG_TLS" $NGPIDS
@@ -141,7 +142,7 @@ for round in 1 2; do
 done
 
 echo
-echo "| measure (best of 2 rounds) | gateway | nginx ssl | gateway / nginx |"
+echo "| measure (best of $ROUNDS rounds: least disturbed) | gateway | nginx ssl | gateway / nginx |"
 echo "|---|---|---|---|"
 best() { awk -v k="$1 $2" -v lo="$3" '$1" "$2==k { if (v=="" || (lo && $3<v) || (!lo && $3>v)) v=$3 } END {print v}' results; }
 row() { # label metric lower-is-better unit
