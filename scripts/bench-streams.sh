@@ -17,7 +17,7 @@
 # Env: STREAMS (10000, lowered to what the open-files limit allows: LLMProxy holds 3 descriptors a
 # stream), EVERY_MS (1000), RAMP_MS (1 ms a stream), SETTLE_MS (3000), WINDOW_MS (15000), ROUNDS (3),
 # CONTENDERS ("direct llmproxy-uring llmproxy-epoll baseline nginx"), CORE_LOAD (0), CORE_PROXY (1),
-# SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1.
+# SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1, LLMPROXY_BIN (another llmproxy binary, for before/after runs).
 # Output: markdown on stdout and in bench-results/streams-latest.md (raw: streams-latest.jsonl).
 set -euo pipefail
 
@@ -58,7 +58,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     (cd "$ROOT/benches/baseline" && CARGO_TARGET_DIR=$TOOLS_TARGET cargo build --release --quiet)
     (cd "$ROOT/benches/loadgen" && CARGO_TARGET_DIR=$TOOLS_TARGET cargo build --release --quiet)
 fi
-LLMPROXY=$MAIN_TARGET/release/llmproxy
+LLMPROXY=${LLMPROXY_BIN:-$MAIN_TARGET/release/llmproxy}
 BASELINE=$TOOLS_TARGET/release/llmproxy-baseline
 SLOAD=$TOOLS_TARGET/release/stream-load
 SBACKEND=$TOOLS_TARGET/release/stream-backend
