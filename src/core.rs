@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 /// Size of the buffer a relay reads backend bytes into (plus framing room).
 pub const RELAY_BUF: usize = 8 * 1024;
+/// Capacity of the small buffer a slow stream waits with (see `relay.rs`): one SSE event or a few.
+pub const SMALL_BUF: usize = 1024;
 
 /// Where finished requests' usage records go (the webhook thread's non-blocking sink).
 pub type RecordSink = Arc<dyn Fn(UsageRecord) + Send + Sync>;
@@ -45,6 +47,7 @@ pub struct CoreCtx {
     pub balancer: RefCell<Balancer>,
     pub pool: RefCell<Pool>,
     buffers: RefCell<Vec<Vec<u8>>>,
+    small_buffers: RefCell<Vec<Vec<u8>>>,
     ids: IdGen,
     /// Sockets (backend, client) of the exchanges in flight, shut down when the grace runs out.
     exchanges: RefCell<Vec<(i32, i32)>>,
@@ -69,6 +72,7 @@ impl CoreCtx {
             balancer: RefCell::new(Balancer::new(n, core)),
             pool: RefCell::new(Pool::new(n)),
             buffers: RefCell::new(Vec::new()),
+            small_buffers: RefCell::new(Vec::new()),
             ids: IdGen::new(),
             exchanges: RefCell::new(Vec::new()),
             cut: Cell::new(false),
@@ -93,9 +97,22 @@ impl CoreCtx {
         self.buffers.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(RELAY_BUF + 64))
     }
 
+    /// A small buffer (capacity SMALL_BUF), reused: what a slow stream holds while it waits.
+    pub fn take_small_buf(&self) -> Vec<u8> {
+        self.small_buffers.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(SMALL_BUF))
+    }
+
+    /// Returns a relay or small buffer to its pool (others are freed).
     pub fn give_buf(&self, mut b: Vec<u8>) {
-        let mut free = self.buffers.borrow_mut();
-        if free.len() < 256 && b.capacity() >= RELAY_BUF && b.capacity() <= 4 * RELAY_BUF {
+        let cap = b.capacity();
+        let mut free = if (RELAY_BUF..=4 * RELAY_BUF).contains(&cap) {
+            self.buffers.borrow_mut()
+        } else if cap == SMALL_BUF {
+            self.small_buffers.borrow_mut()
+        } else {
+            return;
+        };
+        if free.len() < 256 {
             b.clear();
             free.push(b);
         }

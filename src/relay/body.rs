@@ -10,7 +10,7 @@
 
 use super::{End, Outcome, Outgoing, Relayed, CAP, PREFIX, SUFFIX};
 use crate::chunked::{size_line, ChunkedDecoder};
-use crate::core::CoreCtx;
+use crate::core::{CoreCtx, RELAY_BUF, SMALL_BUF};
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, ResponseHead};
 use crate::net::Stream;
@@ -195,6 +195,8 @@ pub(super) async fn relay(
     let mut pending = Some(pending);
     let body_at = PREFIX + resp.head_len;
     let body_len = buf.len() - body_at;
+    // Bytes the last read brought (here: all the head phase read); decides the next read's buffer.
+    let mut last_read = buf.len() - PREFIX;
     buf.copy_within(body_at.., PREFIX);
     buf.truncate(PREFIX + body_len);
 
@@ -266,11 +268,19 @@ pub(super) async fn relay(
                 break (End::Complete, true);
             }
         }
-        // Read more from the backend.
-        buf.truncate(PREFIX);
+        // Read more from the backend. An SSE stream whose last read was small (a slow stream: an
+        // event now and then) waits with a small buffer and gives its relay buffer back to the
+        // core's pool, so thousands of idle streams do not each hold 8 KiB across their wait; a
+        // read that fills the small buffer switches back to a relay buffer for the next one.
+        let small = sse && last_read < SMALL_BUF - PREFIX - SUFFIX;
+        if small != (buf.capacity() < RELAY_BUF) {
+            let next = if small { ctx.take_small_buf() } else { relay_buf(ctx) };
+            ctx.give_buf(std::mem::replace(&mut buf, next));
+        }
+        buf.resize(PREFIX, 0);
+        let end = buf.capacity() - SUFFIX;
         let res = {
-            let mut read =
-                std::pin::pin!(monoio::time::timeout(idle, conn.read(buf.slice_mut(PREFIX..CAP - SUFFIX))));
+            let mut read = std::pin::pin!(monoio::time::timeout(idle, conn.read(buf.slice_mut(PREFIX..end))));
             let r = if draining { Ok(read.as_mut().await) } else { armed.until(read.as_mut()).await };
             match r {
                 Ok(r) => Ok(r),
@@ -302,7 +312,7 @@ pub(super) async fn relay(
                 buf.truncate(PREFIX);
             }
             Ok(0) | Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
-            Ok(_) => {}
+            Ok(n) => last_read = n,
         }
     };
     if let Some(p) = pending.take() {
@@ -325,6 +335,13 @@ pub(super) async fn relay(
         end,
         client_reusable: keep,
     })
+}
+
+/// A relay buffer from the core's pool with room for PREFIX + RELAY_BUF + SUFFIX.
+fn relay_buf(ctx: &CoreCtx) -> Vec<u8> {
+    let mut buf = ctx.take_buf();
+    buf.reserve(CAP.saturating_sub(buf.capacity()));
+    buf
 }
 
 /// Appends `data` framed for the client (a whole chunk when chunked; the terminator when `last`).
