@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 
 /// How long an idle keep-alive connection may wait for its next request.
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
-/// Read size for client bytes.
+/// Read size for client bytes once a request outgrows the first read.
 const READ_CHUNK: usize = 4 * 1024;
+/// A new connection's input buffer: a typical chat request fits, and a stream that lasts minutes
+/// holds only this much for it (nginx's `client_header_buffer_size` is 1 KiB too); a larger head
+/// grows the buffer by READ_CHUNK, a body is read with room reserved for all of it.
+const FIRST_READ: usize = 1024;
 /// A connection's input buffer above this size is released after the request.
 const KEEP_INBUF: usize = 64 * 1024;
 
@@ -49,7 +53,7 @@ pub async fn handle(ctx: Rc<CoreCtx>, mut client: Stream, accepted: Instant) {
 }
 
 async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant) {
-    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut inbuf: Vec<u8> = Vec::with_capacity(FIRST_READ);
     let mut watch: Option<ClientWatch> = None;
     let mut since = Some(accepted);
     loop {
