@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod core;
 pub mod cores;
+pub mod deadline;
 pub mod delivery;
 pub mod endpoints;
 pub mod error;

@@ -155,17 +155,32 @@ impl<'a> Armed<'a> {
     }
 
     /// Runs `fut` to completion unless the client disconnects first (then `fut` is dropped).
-    pub async fn until<F: Future>(&mut self, fut: F) -> Result<F::Output, Disconnected> {
-        let mut fut = std::pin::pin!(fut);
-        std::future::poll_fn(|cx: &mut Context<'_>| {
-            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Ok(v));
-            }
-            match self.poll_gone(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Disconnected)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+    /// A future struct, not an `async fn`: an async fn would keep `fut` twice (its argument and
+    /// the pinned copy), and this future sits in the connection task of every open stream.
+    pub fn until<F: Future>(&mut self, fut: F) -> Until<'_, 'a, F> {
+        Until { armed: self, fut }
+    }
+}
+
+/// The future of [`Armed::until`].
+pub struct Until<'s, 'a, F> {
+    armed: &'s mut Armed<'a>,
+    fut: F,
+}
+
+impl<F: Future> Future for Until<'_, '_, F> {
+    type Output = Result<F::Output, Disconnected>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `fut` is structurally pinned: never moved out of `self`, dropped in place with it.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: as above.
+        if let Poll::Ready(v) = unsafe { Pin::new_unchecked(&mut this.fut) }.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match this.armed.poll_gone(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Disconnected)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

@@ -11,6 +11,7 @@
 use super::{End, Outcome, Outgoing, Relayed, CAP, PREFIX, SUFFIX};
 use crate::chunked::{size_line, ChunkedDecoder};
 use crate::core::{CoreCtx, RELAY_BUF, SMALL_BUF};
+use crate::deadline::within;
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, ResponseHead};
 use crate::net::Stream;
@@ -20,6 +21,8 @@ use crate::usage::{BodyUsageScanner, Usage};
 use crate::watch::Armed;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::time::Sleep;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// How the body is framed towards the client.
@@ -217,6 +220,8 @@ pub(super) async fn relay(
     // The client left after the backend finished generating: read on without sending.
     let mut draining = false;
     let idle = ctx.shared.config.limits.stream_idle_timeout;
+    // One timer for the body's reads and writes, reset before each (see `deadline::within`).
+    let mut timer = std::pin::pin!(monoio::time::sleep(idle));
     let (end, whole) = loop {
         // Decode and scan what is in the buffer.
         let raw_len = buf.len() - PREFIX;
@@ -252,7 +257,8 @@ pub(super) async fn relay(
                 }
             }
             if forward > 0 || done || pending.is_some() {
-                let (ok, b) = send(client, buf, forward, done, framing, &mut pending, ctx, idle).await;
+                let (ok, b) =
+                    send(client, buf, forward, done, framing, &mut pending, ctx, timer.as_mut(), idle).await;
                 buf = b;
                 if !ok {
                     if done {
@@ -280,7 +286,8 @@ pub(super) async fn relay(
         buf.resize(PREFIX, 0);
         let end = buf.capacity() - SUFFIX;
         let res = {
-            let mut read = std::pin::pin!(monoio::time::timeout(idle, conn.read(buf.slice_mut(PREFIX..end))));
+            let mut read =
+                std::pin::pin!(within(timer.as_mut(), idle, conn.read(buf.slice_mut(PREFIX..end))));
             let r = if draining { Ok(read.as_mut().await) } else { armed.until(read.as_mut()).await };
             match r {
                 Ok(r) => Ok(r),
@@ -372,11 +379,12 @@ async fn send(
     framing: ClientFraming,
     pending: &mut Option<Vec<u8>>,
     ctx: &CoreCtx,
+    timer: Pin<&mut Sleep>,
     timeout: Duration,
 ) -> (bool, Vec<u8>) {
     if let Some(mut p) = pending.take() {
         append_framed(&mut p, &buf[PREFIX..PREFIX + n], framing, last);
-        let r = monoio::time::timeout(timeout, client.write_all(p)).await;
+        let r = within(timer, timeout, client.write_all(p)).await;
         return match r {
             Ok((Ok(_), p)) => {
                 ctx.give_buf(p);
@@ -409,7 +417,7 @@ async fn send(
     if buf.len() == start {
         return (true, buf);
     }
-    match monoio::time::timeout(timeout, client.write_all(buf.slice(start..))).await {
+    match within(timer, timeout, client.write_all(buf.slice(start..))).await {
         Ok((Ok(_), s)) => (true, s.into_inner()),
         Ok((Err(_), s)) => (false, s.into_inner()),
         Err(_) => (false, ctx.take_buf()),
