@@ -248,7 +248,9 @@ async fn attempt(
         None => {
             let bc = &ctx.shared.backends.backends[b];
             let timeout = ctx.shared.config.limits.upstream_connect_timeout;
-            match crate::net::connect(bc.addr, bc.tls.as_ref(), timeout).await {
+            // Boxed: the dial future (a TLS handshake included) is about 3 KiB, and inline it
+            // would size the connection task that every open stream keeps (issue 14).
+            match Box::pin(crate::net::connect(bc.addr, bc.tls.as_ref(), timeout)).await {
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!("request_id={} backend {}: {e}", out.ids.ours, bc.url);
