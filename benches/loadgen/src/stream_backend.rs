@@ -247,6 +247,10 @@ fn main() -> std::io::Result<()> {
     let events: u32 = arg("--events").and_then(|v| v.parse().ok()).unwrap_or(40);
     let nofile = ev::raise_nofile();
     let l = TcpListener::bind(&listen)?;
+    // A long accept queue: thousands of streams open within seconds while this thread is busy,
+    // and an overflowing queue drops SYNs, which a proxy sees as a connect timeout.
+    // SAFETY: listen(2) again on our bound socket only changes its backlog.
+    unsafe { libc::listen(l.as_raw_fd(), 65535) };
     l.set_nonblocking(true)?;
     let mut sv = Server {
         ep: Epoll::new()?,
