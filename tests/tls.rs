@@ -37,7 +37,7 @@ fn https_backend_with_a_private_ca_serves_streams_json_and_models() {
     assert!(r.text().contains(&b.options().model), "{}", r.text());
     let r = request(gw.addr, &get("/health"));
     assert!(r.text().contains("\"backends_up\":1"), "{}", r.text());
-    assert!(hits(&b, "/health") >= 1, "the health check reached the backend over TLS");
+    eventually(10, "the health check reached the backend over TLS", || hits(&b, "/health") >= 1);
     assert!(front.handshakes() >= 1);
 }
 
