@@ -27,6 +27,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 fi
 
+# The NATS sink test starts a real nats-server with JetStream (Debian package nats-server,
+# /usr/sbin/nats-server); the full-disk test mounts a small tmpfs (mount, as root).
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    echo "+ apt-get install nats-server (for the NATS sink test)"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+
 drivers=(epoll)
 available=$(cargo run --quiet -- drivers 2>/dev/null || true)
 if grep -q '^io_uring: available' <<<"$available"; then

@@ -16,6 +16,7 @@ pub mod client;
 pub mod format;
 mod http;
 pub mod journal;
+mod nats;
 pub mod sink;
 mod tls;
 mod worker;

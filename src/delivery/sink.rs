@@ -7,6 +7,7 @@ use super::client;
 use super::format::Formatter;
 use super::http::HttpSink;
 use super::journal::Pos;
+use super::nats::NatsSink;
 use super::Entry;
 use crate::config::{SinkKind, UsageHookConfig};
 use crossbeam_channel::{Receiver, Sender};
@@ -45,7 +46,27 @@ pub fn maker(cfg: &UsageHookConfig) -> Result<MakeSink, String> {
                 )) as Box<dyn Sink>
             }))
         }
-        SinkKind::Nats => Err("usage_hook.sink = \"nats\" is not available in this build".into()),
+        SinkKind::Nats => {
+            let (url, subject, timeout) =
+                (cfg.delivery.nats_url.clone(), cfg.delivery.nats_subject.clone(), cfg.timeout);
+            Ok(Arc::new(move || {
+                match NatsSink::new(url.clone(), subject.clone(), timeout, formatter.clone()) {
+                    Ok(s) => Box::new(s) as Box<dyn Sink>,
+                    Err(e) => {
+                        Box::new(Broken(format!("cannot start the NATS runtime: {e}"))) as Box<dyn Sink>
+                    }
+                }
+            }))
+        }
+    }
+}
+
+/// A sink that could not be built: every batch fails (and stays in the journal).
+struct Broken(String);
+
+impl Sink for Broken {
+    fn send(&mut self, _: &[Entry]) -> Result<(), String> {
+        Err(self.0.clone())
     }
 }
 
