@@ -98,7 +98,12 @@ pub fn scan(body: &[u8], boundary: &[u8]) -> Result<FormInfo, FormError> {
                 }
                 info.model = (!v.is_empty()).then(|| v.to_string());
             }
-            Some(b"stream") => info.stream = content.trim_ascii().eq_ignore_ascii_case(b"true"),
+            // Read as the backend's pydantic reads a form string (issue 16), or refused.
+            Some(b"stream") => {
+                info.stream = crate::request::form_bool(content, false).ok_or(FormError(
+                    "form field \"stream\" must be one of true/false, 1/0, on/off, yes/no, t/f, y/n",
+                ))?
+            }
             _ => {}
         }
         at = end + delim.len();
@@ -147,6 +152,17 @@ mod tests {
         out.extend_from_slice(file);
         out.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
         out
+    }
+
+    #[test]
+    fn stream_is_read_as_pydantic_reads_a_form_string() {
+        let read = |v: &str| scan(&form("b", &[("stream", v)], b"x"), b"b").map(|i| i.stream);
+        assert_eq!(read("1"), Ok(true));
+        assert_eq!(read("On"), Ok(true));
+        assert_eq!(read("no"), Ok(false));
+        assert_eq!(read(""), Ok(false));
+        assert!(read("maybe").is_err());
+        assert!(read(" true").is_err());
     }
 
     #[test]

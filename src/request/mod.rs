@@ -8,10 +8,12 @@
 
 mod edit;
 mod fields;
+mod lax;
 mod unescape;
 mod walk;
 
 pub use edit::Edit;
+pub use lax::form_bool;
 pub(crate) use walk::skip_ws;
 
 use edit::{Member, Target};
