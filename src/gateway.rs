@@ -16,9 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+#[derive(Default)]
 pub struct Options {
     /// Print each usage record as a JSON line on stdout (`llmproxy demo`).
     pub echo_records: bool,
+    /// The graceful-stop flag (set by SIGTERM/SIGINT handlers installed before start).
+    pub shutdown: Arc<AtomicBool>,
 }
 
 pub struct Gateway {
@@ -86,7 +89,7 @@ impl Gateway {
             queue_depth: Box::new(move || depth_sink.queue_depth()),
             extra: vec![Box::new(move |out: &mut String| render_limits.render(out))],
         });
-        let shutdown = Arc::new(AtomicBool::new(false));
+        let shutdown = opts.shutdown.clone();
         let listener_tls =
             config.tls.as_ref().map(|t| Arc::new(crate::tls::ListenerTls::new(t.server.clone())));
         let shared = Arc::new(Shared {

@@ -169,33 +169,47 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    serve(config, Options { echo_records: false })
+    serve(config, false)
 }
 
 /// Runs a gateway until SIGTERM/SIGINT, then drains and exits 0.
-fn serve(config: Config, opts: Options) -> ExitCode {
-    let gw = match Gateway::start(config, opts) {
+fn serve(config: Config, echo_records: bool) -> ExitCode {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Every handler is installed before anything starts: tests and supervisors act on the first
+    // log lines, and a SIGTERM sent while its handler was still being installed after start was
+    // lost (the gateway then never drained) or killed the process without draining.
+    // SIGUSR1/SIGUSR2 (and SIGHUP, until reload is built) would terminate the process by default,
+    // skipping the usage journal's final commit: catch them.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    let ignored = Arc::new(AtomicBool::new(false));
+    for (sig, f) in [
+        (SIGTERM, shutdown.clone()),
+        (SIGINT, shutdown.clone()),
+        (SIGHUP, hup.clone()),
+        (SIGUSR1, ignored.clone()),
+        (SIGUSR2, ignored),
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, f) {
+            log::error!("cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let gw = match Gateway::start(config, Options { echo_records, shutdown }) {
         Ok(g) => g,
         Err(e) => {
             log::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let flag = gw.shutdown_flag();
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
-            log::error!("cannot install signal handler: {e}");
-            return ExitCode::FAILURE;
+    std::thread::spawn(move || loop {
+        if hup.swap(false, Ordering::Relaxed) {
+            log::warn!("SIGHUP: config reload is not in this build; restart to apply config changes");
         }
-    }
-    // SIGUSR1/SIGUSR2 would terminate the process by default, skipping the usage journal's final
-    // commit: catch them and do nothing.
-    let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
-        if let Err(e) = signal_hook::flag::register(sig, ignored.clone()) {
-            log::warn!("cannot ignore signal {sig}: {e}");
-        }
-    }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
     gw.run_until_shutdown();
     ExitCode::SUCCESS
 }
@@ -232,7 +246,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
         mock.options().model
     );
     eprintln!("Stop with Ctrl-C.\n");
-    let code = serve(config, Options { echo_records: true });
+    let code = serve(config, true);
     drop(mock);
     code
 }

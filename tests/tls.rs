@@ -339,8 +339,11 @@ fn listener_certificates_swap_on_reload_and_open_connections_keep_theirs() {
         b.url()
     );
     let cfg = llmproxy::config::Config::parse(&text, "test").unwrap();
-    let gw =
-        llmproxy::gateway::Gateway::start(cfg, llmproxy::gateway::Options { echo_records: false }).unwrap();
+    let gw = llmproxy::gateway::Gateway::start(
+        cfg,
+        llmproxy::gateway::Options { echo_records: false, ..Default::default() },
+    )
+    .unwrap();
     let (ca, other) = (certs.path("ca.pem"), certs.path("other_ca.pem"));
     assert!(health_over_tls(gw.addr, &ca).unwrap().starts_with("HTTP/1.1 200"));
     assert!(health_over_tls(gw.addr, &other).is_err(), "the other CA did not sign the first certificate");
