@@ -2,7 +2,9 @@
 //! thread per connection, byte shapes modelled on real vLLM/TGI/SGLang/llama.cpp/Ollama/OpenAI captures.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`,
-//! `/v1/messages`; `GET /v1/models`, `GET /health`. Other paths answer 404, known paths with the
+//! `/v1/messages`; `GET /v1/models`, `GET /health`; and the CONTRACT 12 paths each flavour serves
+//! (`native.rs`: vLLM rerank/score/pooling/classify/audio/tokenize, Ollama `/api/*`, llama.cpp
+//! `/completion`, SGLang `/generate`, TEI-style `/rerank` on tgi). Other paths answer 404, known paths with the
 //! wrong method 405, both in the flavour's own error format. A malformed request head or body framing
 //! answers 400 and closes the connection.
 //!
@@ -35,6 +37,7 @@ mod api;
 mod flavor;
 mod gzip;
 mod http;
+mod native;
 mod server;
 pub mod tls_front;
 

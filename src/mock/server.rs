@@ -203,6 +203,9 @@ fn route(sh: &Shared, req: &Request, k: &Knobs) -> Resp {
         Endpoint::Models => return json(api::models(f, sh.opts.model_id(), now), Duration::ZERO),
         _ => {}
     }
+    if !ep.is_core() {
+        return native(sh, req, k, ep, now);
+    }
     let v: Value = match serde_json::from_slice(&req.body) {
         Ok(v @ Value::Object(_)) => v,
         _ => return error(f, 400, "request body is not a JSON object"),
@@ -402,5 +405,65 @@ fn send(sh: &Shared, stream: &TcpStream, req: &Request, k: &Knobs, resp: Resp) -
         Next::Close
     } else {
         Next::KeepAlive
+    }
+}
+
+/// A CONTRACT 12 path (rerank, audio, native APIs...), answered by `native.rs`.
+fn native(sh: &Shared, req: &Request, k: &Knobs, ep: Endpoint, now: u64) -> Resp {
+    let f = sh.opts.flavor;
+    let ct = req.header("content-type").unwrap_or("");
+    let v: Option<Value> = if ct.to_ascii_lowercase().starts_with("multipart/") {
+        None
+    } else {
+        match serde_json::from_slice(&req.body) {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => Some(v),
+            _ => return error(f, 400, "request body is not a JSON object"),
+        }
+    };
+    let model = v.as_ref().and_then(|v| v.get("model")).and_then(Value::as_str).filter(|m| !m.is_empty());
+    let form_model;
+    let model = match model {
+        Some(m) => m,
+        None if v.is_none() => {
+            form_model = crate::endpoints::multipart::boundary(ct.as_bytes())
+                .and_then(|b| crate::endpoints::multipart::scan(&req.body, b))
+                .ok()
+                .and_then(|i| i.model);
+            form_model.as_deref().unwrap_or(sh.opts.model_id())
+        }
+        None => sh.opts.model_id(),
+    };
+    let n = super::native::Native {
+        flavor: f,
+        endpoint: ep,
+        json: v.as_ref(),
+        body: &req.body,
+        content_type: ct,
+        model,
+        tokens: k.tokens.unwrap_or(sh.opts.tokens.min(MAX_TOKENS)),
+        no_usage: k.no_usage,
+        created: now,
+    };
+    let ttft = k.ttft.unwrap_or(sh.opts.ttft);
+    let itl = k.itl.unwrap_or(sh.opts.itl);
+    let headers = |ct: &str| {
+        let mut h = api::headers(f, false, false, &http_date());
+        for (name, value) in h.iter_mut() {
+            if name.eq_ignore_ascii_case("content-type") {
+                *value = ct.to_string();
+            }
+        }
+        h
+    };
+    use super::native::Answer;
+    match super::native::answer(&n) {
+        Answer::NotServed => error(f, 404, &format!("Not Found: {}", ep.path())),
+        Answer::Bad(m) => error(f, 400, &m),
+        Answer::Json { content_type, body } => {
+            Resp { status: 200, headers: headers(content_type), body: Body::Json(body.into_bytes(), ttft) }
+        }
+        Answer::Stream { content_type, events } => {
+            Resp { status: 200, headers: headers(content_type), body: Body::Sse(events, ttft, itl) }
+        }
     }
 }
