@@ -159,6 +159,12 @@ impl LineScanner {
         self.final_seen
     }
 
+    /// The backend's generation is over: a JSON body (sent once done), or a stream whose final
+    /// object was seen. A client leaving after this does not cut the backend.
+    pub fn finished(&self) -> bool {
+        self.whole || self.final_seen
+    }
+
     /// An error object was seen in the body.
     pub fn error_seen(&self) -> bool {
         self.error

@@ -45,3 +45,23 @@ pub fn scan_request(
     let stream = info.streams(endpoint.streams_by_default());
     Ok(Scanned { info, stream })
 }
+
+/// Whether a backend response is NDJSON (`application/x-ndjson`, Ollama's native streams).
+pub fn is_ndjson(resp: &crate::http1::ResponseHead, head_bytes: &[u8]) -> bool {
+    resp.forward.iter().any(|h| {
+        h.name(head_bytes).eq_ignore_ascii_case(b"content-type") && {
+            let v = h.value(head_bytes).trim_ascii_start();
+            v.len() >= 20 && v[..20].eq_ignore_ascii_case(b"application/x-ndjson")
+        }
+    })
+}
+
+/// Whether the body of a response of `shape` is scanned by [`LineScanner`] (native shapes, rerank,
+/// and audio JSON bodies) rather than by the OpenAI-style scanners.
+pub fn uses_line_scanner(shape: Shape, sse: bool) -> bool {
+    match shape {
+        Shape::Ollama | Shape::Llamacpp | Shape::Sglang | Shape::Rerank => true,
+        Shape::Audio => !sse,
+        _ => false,
+    }
+}

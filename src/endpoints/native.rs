@@ -33,6 +33,7 @@ pub fn inspect(shape: Shape, obj: &[u8]) -> Seen {
         Shape::Llamacpp => llamacpp(obj),
         Shape::Sglang => sglang(obj),
         Shape::Audio => audio(obj),
+        Shape::Rerank => rerank(obj),
         _ => Seen::Other,
     }
 }
@@ -96,6 +97,31 @@ fn sglang(obj: &[u8]) -> Seen {
     if prompt.is_none() && completion.is_none() {
         return Seen::Ordinary { content: non_empty_string(obj, b"\"text\"") };
     }
+    Seen::Final { prompt, completion, audio_seconds: None }
+}
+
+/// Rerank bodies: vLLM/Jina/Cohere-style `usage.total_tokens` (all of it input, so it is the
+/// prompt), or SGLang's array of results, each with `meta_info.prompt_tokens`, which add up. TEI
+/// answers a bare array of scores without any count: no usage.
+fn rerank(obj: &[u8]) -> Seen {
+    if obj.first() == Some(&b'[') {
+        return match sum_ints(obj, b"\"prompt_tokens\"") {
+            Some(p) => Seen::Final { prompt: Some(p), completion: Some(0), audio_seconds: None },
+            None => Seen::Other,
+        };
+    }
+    let Some(v) = find_value(obj, b"\"usage\"") else { return Seen::Other };
+    if obj.get(v) != Some(&b'{') {
+        return Seen::Other;
+    }
+    let Some(n) = object_len(&obj[v..]) else { return Seen::Other };
+    let u = &obj[v..v + n];
+    let total = int_value(u, b"\"total_tokens\"");
+    let prompt = int_value(u, b"\"prompt_tokens\"").or(total);
+    if prompt.is_none() {
+        return Seen::Other;
+    }
+    let completion = int_value(u, b"\"completion_tokens\"").or(Some(0));
     Seen::Final { prompt, completion, audio_seconds: None }
 }
 

@@ -138,3 +138,22 @@ fn keys_with_spaces_and_odd_values() {
         }
     }
 }
+
+#[test]
+fn rerank_objects() {
+    let table: &[(&str, Seen)] = &[
+        (
+            r#"{"id":"rerank-1","model":"BAAI/bge-reranker-base","usage":{"total_tokens":56},"results":[{"index":1,"document":{"text":"Paris"},"relevance_score":0.99}]}"#,
+            fin(Some(56), Some(0)),
+        ),
+        (r#"{"results":[],"usage":{"prompt_tokens":9,"total_tokens":9}}"#, fin(Some(9), Some(0))),
+        (
+            r#"[{"score":0.9,"document":"a","index":0,"meta_info":{"id":"x","prompt_tokens":5}},{"score":0.1,"document":"b","index":1,"meta_info":{"id":"y","prompt_tokens":7}}]"#,
+            fin(Some(12), Some(0)),
+        ),
+        (r#"[{"index":0,"score":0.99},{"index":1,"score":0.01}]"#, Seen::Other),
+    ];
+    for (obj, want) in table {
+        assert_eq!(inspect(Shape::Rerank, obj.as_bytes()), *want, "{obj}");
+    }
+}

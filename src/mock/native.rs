@@ -28,9 +28,15 @@ pub(super) struct Native<'a> {
 pub(super) enum Answer {
     NotServed,
     Bad(String),
-    Json { content_type: &'static str, body: String },
+    Json {
+        content_type: &'static str,
+        body: String,
+    },
     /// Paced events (SSE or NDJSON lines).
-    Stream { content_type: &'static str, events: Vec<Ev> },
+    Stream {
+        content_type: &'static str,
+        events: Vec<Ev>,
+    },
 }
 
 const OLLAMA_TIME: &str = "2024-08-07T03:57:33.0365888Z";
@@ -89,7 +95,10 @@ fn rerank_vllm(n: &Native) -> Answer {
         .enumerate()
         .map(|(i, d)| {
             total += query + count_words(d).max(1);
-            let text = d.as_str().map(str::to_string).or_else(|| d.get("text").and_then(Value::as_str).map(str::to_string));
+            let text = d
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| d.get("text").and_then(Value::as_str).map(str::to_string));
             format!(
                 r#"{{"index":{i},"document":{{"text":{}}},"relevance_score":{}}}"#,
                 q(&text.unwrap_or_default()),
@@ -122,12 +131,17 @@ fn pooling(n: &Native, kind: &str) -> Answer {
     let (prefix, data) = match kind {
         "score" => ("score", r#"{"index":0,"object":"score","score":0.8125}"#.to_string()),
         "pooling" => ("pool", r#"{"index":0,"object":"pooling","data":[0.015625,-0.25,0.5]}"#.to_string()),
-        _ => ("classify", r#"{"index":0,"label":"positive","probs":[0.125,0.875],"num_classes":2}"#.to_string()),
+        _ => (
+            "classify",
+            r#"{"index":0,"label":"positive","probs":[0.125,0.875],"num_classes":2}"#.to_string(),
+        ),
     };
     let usage = if n.no_usage {
         String::new()
     } else {
-        format!(r#","usage":{{"prompt_tokens":{p},"total_tokens":{p},"completion_tokens":0,"prompt_tokens_details":null}}"#)
+        format!(
+            r#","usage":{{"prompt_tokens":{p},"total_tokens":{p},"completion_tokens":0,"prompt_tokens_details":null}}"#
+        )
     };
     json(format!(
         r#"{{"id":"{prefix}-{}","object":"list","created":{},"model":{},"data":[{data}]{usage}}}"#,
@@ -149,7 +163,11 @@ fn audio(n: &Native) -> Answer {
         return Answer::Bad("file: field required".into());
     }
     let seconds = (n.body.len() as u64).div_ceil(32_000).max(1);
-    let usage = if n.no_usage { String::new() } else { format!(r#","usage":{{"type":"duration","seconds":{seconds}}}"#) };
+    let usage = if n.no_usage {
+        String::new()
+    } else {
+        format!(r#","usage":{{"type":"duration","seconds":{seconds}}}"#)
+    };
     json(format!(r#"{{"text":{}{usage}}}"#, q(text(n).trim_start())))
 }
 
@@ -157,7 +175,10 @@ fn tokenize(n: &Native, key: &str) -> Answer {
     let c = words(n, &[key, "messages"]);
     let ids: Vec<String> = (0..c).map(|i| (1000 + i).to_string()).collect();
     if key == "content" {
-        return Answer::Json { content_type: "application/json; charset=utf-8", body: format!(r#"{{"tokens":[{}]}}"#, ids.join(",")) };
+        return Answer::Json {
+            content_type: "application/json; charset=utf-8",
+            body: format!(r#"{{"tokens":[{}]}}"#, ids.join(",")),
+        };
     }
     json(format!(r#"{{"count":{c},"max_model_len":8192,"tokens":[{}],"token_strs":null}}"#, ids.join(",")))
 }
@@ -166,7 +187,10 @@ fn detokenize(n: &Native) -> Answer {
     let k = field(n, "tokens").and_then(Value::as_array).map_or(0, Vec::len) as u32;
     let t: String = (0..k).map(token).collect();
     if n.flavor == Flavor::Llamacpp {
-        return Answer::Json { content_type: "application/json; charset=utf-8", body: format!(r#"{{"content":{}}}"#, q(&t)) };
+        return Answer::Json {
+            content_type: "application/json; charset=utf-8",
+            body: format!(r#"{{"content":{}}}"#, q(&t)),
+        };
     }
     json(format!(r#"{{"prompt":{}}}"#, q(&t)))
 }
@@ -213,8 +237,11 @@ fn ollama(n: &Native) -> Answer {
     let mut events: Vec<Ev> = (0..n.tokens)
         .map(|k| Ev {
             paced: true,
-            bytes: format!(r#"{{"model":{m},"created_at":"{OLLAMA_TIME}",{},"done":false}}"#, piece(&token(k)))
-                .into_bytes(),
+            bytes: format!(
+                r#"{{"model":{m},"created_at":"{OLLAMA_TIME}",{},"done":false}}"#,
+                piece(&token(k))
+            )
+            .into_bytes(),
         })
         .collect();
     events.push(Ev { paced: false, bytes: fin("").into_bytes() });
@@ -247,7 +274,13 @@ fn ollama_embed(n: &Native) -> Answer {
 fn llamacpp(n: &Native) -> Answer {
     let p = words(n, &["prompt"]);
     let c = n.tokens;
-    let counters = |tp: u32| if n.no_usage { String::new() } else { format!(r#","tokens_evaluated":{p},"tokens_predicted":{tp}"#) };
+    let counters = |tp: u32| {
+        if n.no_usage {
+            String::new()
+        } else {
+            format!(r#","tokens_evaluated":{p},"tokens_predicted":{tp}"#)
+        }
+    };
     let fin = |content: &str| {
         format!(
             r#"{{"content":{},"generation_settings":{{"n_predict":{c},"temperature":0.800000011920929}},"id_slot":0,"index":0,"model":{},"prompt":"<s> prompt","stop":true,"stop_type":"limit","stopping_word":"","timings":{{"predicted_n":{c},"prompt_n":{p}}},"tokens_cached":{}{},"truncated":false}}"#,
@@ -286,7 +319,11 @@ fn sglang(n: &Native) -> Answer {
         let t: String = (0..k).map(token).collect();
         let ids: Vec<String> = (0..k).map(|i| (2000 + i).to_string()).collect();
         let fr = if done { format!(r#"{{"type":"length","length":{k}}}"#) } else { "null".into() };
-        let counters = if n.no_usage { String::new() } else { format!(r#","prompt_tokens":{p},"completion_tokens":{k},"cached_tokens":0"#) };
+        let counters = if n.no_usage {
+            String::new()
+        } else {
+            format!(r#","prompt_tokens":{p},"completion_tokens":{k},"cached_tokens":0"#)
+        };
         format!(
             r#"{{"text":{},"output_ids":[{}],"meta_info":{{"id":"{id}","finish_reason":{fr}{counters},"e2e_latency":0.{}}}}}"#,
             q(&t),
