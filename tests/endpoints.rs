@@ -303,3 +303,36 @@ fn routes_disabled_unknown_paths_and_paths_no_backend_serves_are_404() {
     assert_eq!(hits(&b, "/v1/audio/transcriptions"), 0);
     std::thread::sleep(Duration::from_millis(50));
 }
+
+#[test]
+fn openai_sdk_audio_transcriptions_through_the_gateway() {
+    let ready = std::process::Command::new("python3")
+        .args(["-c", "import openai, pytest"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ready {
+        prereq::missing("python3 with the openai and pytest packages (pip install openai pytest)");
+        return;
+    }
+    let b = mock(Flavor::Vllm);
+    let r = Receiver::start();
+    let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/python/test_audio.py"])
+        .current_dir(dir)
+        .env("LLMPROXY_AUDIO_URL", gw.url())
+        .output()
+        .expect("run pytest");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pytest failed:\n{text}\ngateway log:\n{}", gw.log_text());
+    assert!(text.contains("2 passed"), "{text}");
+    assert!(r.wait_for(2, Duration::from_secs(10)), "records: {:?}", r.delivered());
+    let recs = r.delivered();
+    let t = recs.iter().find(|v| v["endpoint"] == "/v1/audio/transcriptions").expect("transcription record");
+    assert_eq!(t["model"], "whisper-large-v3", "{t}");
+    assert_eq!(t["audio_seconds"].as_f64(), Some(3.0), "{t}");
+    assert_eq!(t["user_id"], serde_json::Value::Null);
+    assert!(recs.iter().any(|v| v["endpoint"] == "/v1/audio/translations"), "{recs:?}");
+}

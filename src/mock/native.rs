@@ -152,7 +152,7 @@ fn pooling(n: &Native, kind: &str) -> Answer {
 }
 
 /// vLLM Whisper `/v1/audio/transcriptions` and `/translations`: a multipart form in; JSON with
-/// `usage: {"type":"duration","seconds":N}` out (N: the file's length as 16 kHz 16-bit mono, whole
+/// `usage: {"type":"duration","seconds":N}` out (N: the form's length as 16 kHz 16-bit mono, whole
 /// seconds rounded up, at least 1).
 fn audio(n: &Native) -> Answer {
     let form = match multipart::boundary(n.content_type.as_bytes()).and_then(|b| multipart::scan(n.body, b)) {
