@@ -114,6 +114,7 @@ pub async fn proxy(
         http_status: 0,
         duration_ms: 0,
         ttft_ms: None,
+        audio_seconds: None,
         usage_missing: false,
         ..Default::default()
     };
@@ -208,6 +209,11 @@ pub async fn proxy(
                 // stream or JSON body, whole or cut.
                 None => record.usage_missing = (200..300).contains(&r.status),
             }
+            // Endpoints of CONTRACT 12 (endpoints hook): what the backend did, and audio seconds.
+            if endpoint.shape() != crate::endpoints::Shape::OpenAi && (200..300).contains(&r.status) {
+                record.is_stream = r.streamed;
+            }
+            record.audio_seconds = r.native.audio_seconds;
             r.client_reusable
         }
     };

@@ -53,6 +53,7 @@ fn rec(id: &str) -> UsageRecord {
         http_status: 200,
         duration_ms: 812,
         ttft_ms: Some(35),
+        audio_seconds: None,
         usage_missing: false,
         ..Default::default()
     }

@@ -8,10 +8,11 @@
 //! `released()` → queue the fed bytes' first `forward` → (body done) `finish()` and queue what it
 //! returns → write. Queued held bytes live in `pending` until that write; nothing is fed before it.
 
-use super::{End, Outcome, Outgoing, Relayed, CAP, PREFIX, SUFFIX};
+use super::{End, NativeMeter, Outcome, Outgoing, Relayed, CAP, PREFIX, SUFFIX};
 use crate::chunked::{size_line, ChunkedDecoder};
 use crate::core::{CoreCtx, RELAY_BUF, SMALL_BUF};
 use crate::deadline::within;
+use crate::endpoints::LineScanner;
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, ResponseHead};
 use crate::net::Stream;
@@ -100,6 +101,8 @@ impl Decoder {
 enum Scanner {
     Sse(SseScanner),
     Body(BodyUsageScanner),
+    /// NDJSON and native-API bodies, rerank and audio JSON (endpoints hook): bytes pass unchanged.
+    Native(LineScanner),
 }
 
 /// What one `Scanner::feed` asks the relay to send.
@@ -119,13 +122,17 @@ impl Scanner {
                 s.feed(data);
                 Fed { release: false, forward: data.len() }
             }
+            Scanner::Native(s) => {
+                s.feed(data);
+                Fed { release: false, forward: data.len() }
+            }
         }
     }
 
     fn released(&self) -> &[u8] {
         match self {
             Scanner::Sse(s) => s.released(),
-            Scanner::Body(_) => &[],
+            Scanner::Body(_) | Scanner::Native(_) => &[],
         }
     }
 
@@ -133,6 +140,10 @@ impl Scanner {
         match self {
             Scanner::Sse(s) => s.finish(),
             Scanner::Body(_) => &[],
+            Scanner::Native(s) => {
+                s.finish();
+                &[]
+            }
         }
     }
 
@@ -142,6 +153,7 @@ impl Scanner {
             Scanner::Sse(s) => s.finished(),
             // A JSON body is sent once generation is done.
             Scanner::Body(_) => true,
+            Scanner::Native(s) => s.finished(),
         }
     }
 
@@ -165,6 +177,16 @@ impl Scanner {
                 Some(u) => (Some(u), UsageSource::Final, false),
                 None => (None, UsageSource::None, false),
             },
+            // Native final objects carry the totals: seen means final, even if the client left
+            // after it. Cut before it: CONTRACT 7's estimate from the content objects forwarded.
+            Scanner::Native(s) => {
+                let (u, src) = match s.usage() {
+                    Some(u) => (Some(u), UsageSource::Final),
+                    None if !whole && s.content_events() > 0 => (Some(s.estimate()), UsageSource::Estimated),
+                    None => (None, UsageSource::None),
+                };
+                (u, src, s.error_seen())
+            }
         }
     }
 }
@@ -184,6 +206,8 @@ pub(super) async fn relay(
 ) -> Outcome {
     // Client framing and head.
     let sse = resp.is_sse;
+    let shape = req.head.endpoint.shape();
+    let streamed = sse || crate::endpoints::is_ndjson(&resp, &buf[PREFIX..]);
     let cutting = if sse { req.cutting } else { Default::default() };
     let changes_length = cutting.usage_only || cutting.usage_member;
     let framing = match resp.body {
@@ -209,7 +233,9 @@ pub(super) async fn relay(
         BodyFraming::Close => Decoder::Close,
         BodyFraming::None => Decoder::Empty,
     };
-    let mut scanner = if sse {
+    let mut scanner = if crate::endpoints::uses_line_scanner(shape, sse) {
+        Scanner::Native(LineScanner::new(shape, streamed))
+    } else if sse {
         Scanner::Sse(SseScanner::with(cutting))
     } else {
         Scanner::Body(BodyUsageScanner::default())
@@ -327,6 +353,10 @@ pub(super) async fn relay(
     }
     ctx.give_buf(buf);
     let (usage, source, error_event) = scanner.metered(whole);
+    let native = match &scanner {
+        Scanner::Native(s) => NativeMeter { audio_seconds: s.audio_seconds() },
+        _ => NativeMeter::default(),
+    };
     if whole && resp.keep_alive && !stray && !matches!(resp.body, BodyFraming::Close) {
         ctx.pool.borrow_mut().put(backend, conn);
     }
@@ -341,6 +371,8 @@ pub(super) async fn relay(
         ttft,
         end,
         client_reusable: keep,
+        streamed,
+        native,
     })
 }
 

@@ -73,6 +73,16 @@ pub struct Relayed {
     pub end: End,
     /// The client connection can serve another request.
     pub client_reusable: bool,
+    /// The backend answered with a stream (SSE or NDJSON).
+    pub streamed: bool,
+    /// Native/rerank/audio bodies (endpoints/): `usage.seconds` of an audio answer.
+    pub native: NativeMeter,
+}
+
+/// What the `LineScanner` of a native-API body adds to the usage (see `Relayed::native`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NativeMeter {
+    pub audio_seconds: Option<f64>,
 }
 
 fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config::BackendConfig) {

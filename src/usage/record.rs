@@ -66,6 +66,9 @@ pub struct UsageRecord {
     pub http_status: u16,
     pub duration_ms: u64,
     pub ttft_ms: Option<u64>,
+    /// `usage.seconds` of an audio transcription/translation answer (CONTRACT 12); else null.
+    #[serde(default)]
+    pub audio_seconds: Option<f64>,
     pub cached_tokens: Option<u64>,
     pub cache_creation_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
@@ -124,6 +127,11 @@ impl UsageRecord {
         push_u64(&mut o, self.duration_ms);
         o.push_str(",\"ttft_ms\":");
         push_opt_u64(&mut o, self.ttft_ms);
+        o.push_str(",\"audio_seconds\":");
+        match self.audio_seconds.and_then(|x| serde_json::to_string(&x).ok()) {
+            Some(x) => o.push_str(&x),
+            None => o.push_str("null"),
+        }
         o.push_str(",\"cached_tokens\":");
         push_opt_u64(&mut o, self.cached_tokens);
         o.push_str(",\"cache_creation_tokens\":");
@@ -227,6 +235,7 @@ mod tests {
             http_status: 200,
             duration_ms: 5,
             ttft_ms: Some(1),
+            audio_seconds: None,
             cached_tokens: None,
             cache_creation_tokens: None,
             reasoning_tokens: Some(2),
@@ -287,6 +296,7 @@ mod tests {
                     http_status: 499,
                     duration_ms: 12,
                     ttft_ms: missing.then_some(3),
+                    audio_seconds: None,
                     cached_tokens: missing.then_some(u64::MAX),
                     cache_creation_tokens: (i % 2 == 0).then_some(7),
                     reasoning_tokens: (i % 3 == 0).then_some(0),
