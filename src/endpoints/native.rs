@@ -4,6 +4,7 @@
 //! parsed; only the final object's counters are read. Runs on core threads.
 
 use super::routes::Shape;
+use crate::usage::object_len;
 use memchr::memmem;
 
 /// What one object says.
@@ -211,38 +212,6 @@ fn sum_ints(obj: &[u8], key: &[u8]) -> Option<u64> {
         at += v;
     }
     sum
-}
-
-/// Length of the JSON object starting at `b[0] == b'{'`, or None when it does not end within `b`.
-fn object_len(b: &[u8]) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i += 1;
-                loop {
-                    let j = memchr::memchr2(b'"', b'\\', b.get(i..)?)? + i;
-                    if b[j] == b'\\' {
-                        i = j + 2;
-                    } else {
-                        i = j;
-                        break;
-                    }
-                }
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 #[cfg(test)]
