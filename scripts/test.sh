@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c "import openai, pytest, flask" 2>/dev/null; then
-    echo "+ pip install openai pytest flask (for the SDK and billing-example tests)"
-    python3 -m pip install --quiet --disable-pip-version-check openai pytest flask
+if ! python3 -c "import openai, pytest, flask, httpx" 2>/dev/null; then
+    echo "+ pip install openai pytest flask httpx (for the SDK, billing-example and rate-limit retry tests)"
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest flask httpx
 fi
 
 # The TLS tests make their certificates with the openssl CLI and drive the TLS listener with curl.
