@@ -3,67 +3,22 @@
 markdown report: medians over rounds, "added" latency against the direct run of the same round,
 and ratios of LLMProxy against nginx and against the hyper baseline."""
 
-import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
-from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_report_common as common  # noqa: E402
 
 path, cmdline, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
 load_start = sys.argv[4] if len(sys.argv) > 4 else "?"
-rows = [json.loads(l) for l in open(path) if l.strip()]
-data = defaultdict(dict)  # (contender, metric) -> {round: value}
-for r in rows:
-    data[(r["contender"], r["metric"])][r["round"]] = r["value"]
+data = common.load(path)  # (contender, metric) -> {round: value}
+results = common.Results(data)
+med, added, value = results.med, results.added, results.value
+fmt, ratio, cpu_model, git_rev, LABEL = common.fmt, common.ratio, common.cpu_model, common.git_rev, common.LABEL
 
 MAIN = ["direct", "llmproxy-uring", "llmproxy-epoll", "baseline", "nginx"]
-LABEL = {
-    "direct": "direct",
-    "llmproxy-uring": "LLMProxy io_uring",
-    "llmproxy-epoll": "LLMProxy epoll",
-    "baseline": "hyper baseline",
-    "nginx": "nginx",
-    "llmproxy-uring-nometer": "LLMProxy io_uring, metering off",
-    "baseline-nometer": "hyper baseline, metering off",
-    "floor": "floor (null-relay)",
-}
-
-
-def med(contender, metric):
-    v = list(data.get((contender, metric), {}).values())
-    return statistics.median(v) if v else None
-
-
-def added(contender, metric):
-    """Median over rounds of (through the proxy - direct) in the same round."""
-    c, d = data.get((contender, metric), {}), data.get(("direct", metric), {})
-    diffs = [c[r] - d[r] for r in c if r in d]
-    return statistics.median(diffs) if diffs else None
-
-
-def fmt(v, unit=""):
-    if v is None:
-        return "-"
-    if unit == "us":
-        return f"{v / 1000:.2f} ms" if abs(v) >= 1000 else f"{v:.0f} µs"
-    if unit == "rps":
-        return f"{v:,.0f}"
-    if unit == "kib":
-        return f"{v:.1f} KiB"
-    if unit == "cpu":
-        return f"{v:.1f} µs"
-    return f"{v:g}"
-
-
-def ratio(a, b):
-    if a is None or b is None or b <= 0 or a < 0:
-        return "n/a"
-    return f"{a / b:.2f}×"
-
-
 # (title, metric, unit, how): how = abs | added
 METRICS = [
     ("non-stream req/s, 32 conns", "c32_rps", "rps", "abs"),
@@ -82,29 +37,6 @@ METRICS = [
     ("SSE added gap between events p99, 256 streams", "s256_gap_p99_us", "us", "added"),
     ("RSS per open stream (1,000 streams)", "mem_kib_per_stream", "kib", "abs"),
 ]
-
-
-def value(contender, metric, how):
-    if how == "added":
-        return None if contender == "direct" else added(contender, metric)
-    return med(contender, metric)
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_rev():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
 
 
 out = []

@@ -3,59 +3,22 @@
 markdown report: medians over rounds, added delay against the direct run of the same round, ratios of
 LLMProxy against nginx and the hyper baseline, and the per-round spread."""
 
-import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
-from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_report_common as common  # noqa: E402
 
 (path, cmdline, rounds, load_start, streams, every_ms, events, window_ms, nofile) = sys.argv[1:10]
-data = defaultdict(dict)  # (contender, metric) -> {round: value}
-for line in open(path):
-    if line.strip():
-        r = json.loads(line)
-        data[(r["contender"], r["metric"])][r["round"]] = r["value"]
+data = common.load(path)  # (contender, metric) -> {round: value}
+results = common.Results(data)
+med, added, value = results.med, results.added, results.value
+fmt, ratio, cpu_model, git_rev, LABEL = common.fmt, common.ratio, common.cpu_model, common.git_rev, common.LABEL
 
 ALL = ["direct", "llmproxy-uring", "llmproxy-epoll", "baseline", "nginx"]
 MAIN = [c for c in ALL if any(k[0] == c for k in data)]
-LABEL = {"direct": "direct", "llmproxy-uring": "LLMProxy io_uring", "llmproxy-epoll": "LLMProxy epoll",
-         "baseline": "hyper baseline", "nginx": "nginx"}
-
-
-def med(c, m):
-    v = list(data.get((c, m), {}).values())
-    return statistics.median(v) if v else None
-
-
-def added(c, m):
-    a, d = data.get((c, m), {}), data.get(("direct", m), {})
-    diffs = [a[r] - d[r] for r in a if r in d]
-    return statistics.median(diffs) if diffs else None
-
-
-def fmt(v, unit):
-    if v is None:
-        return "-"
-    if unit == "us":
-        return f"{v / 1000:.2f} ms" if abs(v) >= 1000 else f"{v:.0f} µs"
-    if unit == "kib":
-        return f"{v:.1f} KiB"
-    if unit == "cpu":
-        return f"{v:.1f} µs"
-    if unit == "pct":
-        return f"{v:.0f} %"
-    return f"{v:g}"
-
-
-def ratio(a, b):
-    if a is None or b is None or b <= 0 or a < 0:
-        return "n/a"
-    return f"{a / b:.2f}×"
-
-
 # (title, metric, unit, how)
 METRICS = [
     ("RSS per open stream", "kib_per_stream", "kib", "abs"),
@@ -67,29 +30,6 @@ METRICS = [
     ("added delay per event p99", "delay_p99_us", "us", "added"),
     ("added delay per event p99.9", "delay_p999_us", "us", "added"),
 ]
-
-
-def value(c, m, how):
-    if how == "added":
-        return None if c == "direct" else added(c, m)
-    return med(c, m)
-
-
-def git_rev():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 out = []
