@@ -19,6 +19,11 @@
 //! - `x-mock-ttft-ms`, `x-mock-itl-ms`, `x-mock-tokens`: override the server options per request.
 //! - `x-mock-no-usage: 1`: never send usage, whatever the flavour and the request ask for.
 //! - `x-mock-gzip: 1|0`, `x-mock-details: 1|0`: override the `gzip` and `details` options.
+//! - `x-mock-stall-after: N`: send N stream events, then nothing more, holding the connection open
+//!   until the peer closes it (a backend that went quiet mid-stream).
+//! - `x-mock-hang-up: 1`: close the connection without answering (the request is recorded).
+//! - `x-mock-close-idle: 1`: answer framed for keep-alive (no `connection: close`), then close the
+//!   connection, as a server whose keep-alive idle timeout fired at once.
 //!
 //! Server options beyond pacing: `gzip` compresses every answer whose request accepts gzip
 //! (`content-encoding: gzip`, as hosted APIs and nginx `gzip on` do); `details` reports cached and

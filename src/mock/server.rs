@@ -31,6 +31,9 @@ struct Knobs {
     no_usage: bool,
     gzip: Option<bool>,
     details: Option<bool>,
+    stall: Option<usize>,
+    hang_up: bool,
+    close_idle: bool,
 }
 
 impl Knobs {
@@ -54,6 +57,9 @@ impl Knobs {
             no_usage: matches!(r.header("x-mock-no-usage"), Some(v) if v != "0" && !v.eq_ignore_ascii_case("false")),
             gzip: r.header("x-mock-gzip").map(|v| v != "0" && !v.eq_ignore_ascii_case("false")),
             details: r.header("x-mock-details").map(|v| v != "0" && !v.eq_ignore_ascii_case("false")),
+            stall: num("x-mock-stall-after").map(|n| n as usize),
+            hang_up: num("x-mock-hang-up").is_some_and(|v| v != 0),
+            close_idle: num("x-mock-close-idle").is_some_and(|v| v != 0),
         }
     }
 }
@@ -87,8 +93,13 @@ pub(super) fn serve(sh: &Shared, stream: TcpStream) {
             body: req.body.clone(),
         });
         let knobs = Knobs::parse(&req);
+        if knobs.hang_up {
+            return graceful_close(&stream);
+        }
         let resp = route(sh, &req, &knobs);
         match send(sh, &stream, &req, &knobs, resp) {
+            // Framed for keep-alive, then closed: a server whose idle timeout fired.
+            Next::KeepAlive if knobs.close_idle => return graceful_close(&stream),
             Next::KeepAlive => continue,
             Next::Close => return graceful_close(&stream),
             Next::Abort => {
@@ -385,6 +396,11 @@ fn send(sh: &Shared, stream: &TcpStream, req: &Request, k: &Knobs, resp: Resp) -
             for (i, ev) in evs.iter().enumerate() {
                 if k.abort == Some(i) {
                     return Next::Abort;
+                }
+                if k.stall == Some(i) {
+                    // Silent until the peer gives up on us (or the mock is killed).
+                    while wait_until(stream, Instant::now() + Duration::from_secs(3600)) {}
+                    return peer_gone(sh);
                 }
                 if i > 0 && ev.paced {
                     deadline += itl;

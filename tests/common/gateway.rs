@@ -137,3 +137,16 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// The I/O drivers to run a test under: io_uring and epoll, or epoll alone (said on stderr) where
+/// this kernel or its seccomp profile does not allow io_uring (`llmproxy drivers`).
+pub fn drivers() -> Vec<&'static str> {
+    let out = Command::new(env!("CARGO_BIN_EXE_llmproxy")).arg("drivers").output().expect("llmproxy drivers");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if text.lines().any(|l| l.starts_with("io_uring: available")) {
+        vec!["io_uring", "epoll"]
+    } else {
+        eprintln!("NOTE: io_uring is not available here: epoll only ({})", text.trim());
+        vec!["epoll"]
+    }
+}

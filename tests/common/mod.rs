@@ -9,7 +9,7 @@ pub mod redis;
 pub mod replay;
 
 pub use client::{connect, get, post, request, Response};
-pub use gateway::{config_for, Gateway};
+pub use gateway::{config_for, drivers, Gateway};
 pub use receiver::{Hit, Mode, Receiver};
 
 /// A simulated backend of `flavor` on 127.0.0.1:0 with small delays.
