@@ -1,7 +1,8 @@
 //! What the client and the usage record see when a backend fails or no backend can be chosen,
 //! through the real binary under each I/O driver: the first-byte timeout (504), a stream that goes
-//! quiet mid-body (stream_idle_timeout), `rejected` records, and a reused idle connection the
-//! backend closed, retried on a new one.
+//! quiet mid-body (stream_idle_timeout), `rejected` records, and the retry rule (a reused idle
+//! connection the backend closed is retried; a new connection that fails once the request was
+//! sent is not).
 
 mod common;
 mod metering_util;
@@ -154,5 +155,34 @@ fn a_reused_connection_the_backend_closed_is_retried_on_a_new_one() {
         assert_eq!(count_for(&r, &rid(&resp)), 1, "{driver}: one record per request");
         assert_eq!(hits(&b, CHAT), 2, "{driver}: the dead connection delivered nothing");
         assert_eq!(gw.log_text().matches("retrying after connection failure").count(), 1, "{driver}");
+    }
+}
+
+#[test]
+fn a_new_connection_that_fails_after_the_request_was_sent_is_not_retried() {
+    for driver in drivers() {
+        let a = mock(Flavor::Vllm);
+        let b = mock(Flavor::Vllm);
+        let r = Receiver::start();
+        let gw = start(driver, &config_for(&[a.url(), b.url()], &hook(&r, "")));
+        // The backend reads the request and closes without a byte: it may be generating, so the
+        // request is not sent again, neither there nor elsewhere.
+        let resp = request(gw.addr, &post(CHAT, &chat("m"), "x-mock-hang-up: 1\r\n"));
+        assert_eq!(resp.status, 502, "{driver}: {}", resp.text());
+        assert_eq!(resp.json()["error"]["code"], "bad_gateway", "{driver}");
+        assert_eq!(hits(&a, CHAT) + hits(&b, CHAT), 1, "{driver}: retried");
+        let rec = record_for(&r, &rid(&resp));
+        assert_eq!(rec["status"], "backend_error", "{driver}: {rec}");
+        assert_eq!(rec["http_status"], 502, "{driver}: {rec}");
+        let hit = if hits(&a, CHAT) == 1 { a.url() } else { b.url() };
+        assert_eq!(rec["backend_url"], hit.as_str(), "{driver}: {rec}");
+        assert!(!gw.log_text().contains("retrying"), "{driver}: {}", gw.log_text());
+        // A backend refusing connections is retried elsewhere: nothing was sent.
+        a.kill();
+        let mut c = connect(gw.addr);
+        for i in 0..4 {
+            let resp = c.request(&post(CHAT, &chat("m"), ""));
+            assert_eq!(resp.status, 200, "{driver} request {i}: {}", resp.text());
+        }
     }
 }
