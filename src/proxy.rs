@@ -37,14 +37,23 @@ pub async fn proxy(
 ) -> bool {
     let cfg = &ctx.shared.config;
     let endpoint = req.head.endpoint;
-    let (info, stream) = match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
-        Ok(s) => (s.info, s.stream),
-        Err(e) => return reject(ctx, client, req, GatewayError::BadRequest(e), false).await,
-    };
-
-    // Who is calling.
+    // Who is calling (and, for limits, whom a response counts against).
     let key = req.head.api_key.as_deref();
     let matched = key.and_then(|k| auth::lookup(&cfg.auth, k));
+    let who = match (matched, req.head.user_header.as_deref()) {
+        (Some(m), _) => limits::Who::Key(m.index),
+        (None, Some(u)) => limits::Who::User(u),
+        (None, None) => limits::Who::Anonymous,
+    };
+    let (info, stream) = match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
+        Ok(s) => (s.info, s.stream),
+        Err(e) => {
+            // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
+            let block = ctx.limits.headers(who);
+            let extra = block.as_ref().map_or(&[][..], |b| b.as_bytes());
+            return reject_with(ctx, client, req, GatewayError::BadRequest(e), false, extra).await;
+        }
+    };
     if cfg.auth.required && matched.is_none() {
         return reject(ctx, client, req, GatewayError::Unauthorized, stream).await;
     }
@@ -55,11 +64,6 @@ pub async fn proxy(
     let api_key = key.and_then(|k| auth::format_key(k, cfg.usage_hook.api_key_format));
 
     // Limits (CONTRACT 8), before a backend is picked: a refused request reaches none.
-    let who = match (matched, req.head.user_header.as_deref()) {
-        (Some(m), _) => limits::Who::Key(m.index),
-        (None, Some(u)) => limits::Who::User(u),
-        (None, None) => limits::Who::Anonymous,
-    };
     let demand = limits::Demand {
         body_bytes: req.body.len(),
         max_output_tokens: info.max_output_tokens.unwrap_or(0),
@@ -312,7 +316,19 @@ async fn reject(
     e: GatewayError,
     stream: bool,
 ) -> bool {
+    reject_with(ctx, client, req, e, stream, &[]).await
+}
+
+/// `reject` with `extra` header lines (a limited subject's `x-ratelimit-*` block).
+async fn reject_with(
+    ctx: &CoreCtx,
+    client: &mut Stream,
+    req: &Request<'_>,
+    e: GatewayError,
+    stream: bool,
+    extra: &[u8],
+) -> bool {
     ctx.metrics.request(req.head.endpoint, stream, None, e.status());
     let close = !req.keep_alive || e.closes_connection();
-    crate::connection::answer_error(client, &e, req.ids, close).await && !close
+    crate::connection::answer_error_with(client, &e, req.ids, close, extra).await && !close
 }

@@ -1,5 +1,6 @@
 //! The `x-ratelimit-*` header block (OpenAI's names) a limited subject's responses carry, written
 //! into a fixed inline buffer at admission (no allocation), and seconds until 00:00 UTC. Pure.
+//! All six headers are always written; a dimension the subject has no limit for is `UNLIMITED`.
 
 /// Ready `name: value\r\n` lines.
 #[derive(Clone)]
@@ -20,6 +21,13 @@ pub struct Dimension {
     pub limit: u64,
     pub remaining: u64,
     pub reset_secs: u64,
+}
+
+impl Dimension {
+    /// A dimension without a limit: limit and remaining are the largest 32-bit signed integer
+    /// (never a reason to throttle, parsed by any client's integer type), reset `0s`.
+    pub const UNLIMITED: Dimension =
+        Dimension { limit: i32::MAX as u64, remaining: i32::MAX as u64, reset_secs: 0 };
 }
 
 impl HeaderBlock {
@@ -43,19 +51,15 @@ impl HeaderBlock {
         self.push(&[name, b": ", b.format(v).as_bytes(), unit, b"\r\n"]);
     }
 
-    /// Writes the three headers of `requests` and of `tokens` (each when that limit exists).
-    pub fn write(requests: Option<Dimension>, tokens: Option<Dimension>) -> HeaderBlock {
+    /// Writes the three headers of `requests` and the three of `tokens`.
+    pub fn write(requests: Dimension, tokens: Dimension) -> HeaderBlock {
         let mut h = HeaderBlock::default();
-        if let Some(d) = requests {
-            h.number(b"x-ratelimit-limit-requests", d.limit, b"");
-            h.number(b"x-ratelimit-remaining-requests", d.remaining, b"");
-            h.number(b"x-ratelimit-reset-requests", d.reset_secs, b"s");
-        }
-        if let Some(d) = tokens {
-            h.number(b"x-ratelimit-limit-tokens", d.limit, b"");
-            h.number(b"x-ratelimit-remaining-tokens", d.remaining, b"");
-            h.number(b"x-ratelimit-reset-tokens", d.reset_secs, b"s");
-        }
+        h.number(b"x-ratelimit-limit-requests", requests.limit, b"");
+        h.number(b"x-ratelimit-remaining-requests", requests.remaining, b"");
+        h.number(b"x-ratelimit-reset-requests", requests.reset_secs, b"s");
+        h.number(b"x-ratelimit-limit-tokens", tokens.limit, b"");
+        h.number(b"x-ratelimit-remaining-tokens", tokens.remaining, b"");
+        h.number(b"x-ratelimit-reset-tokens", tokens.reset_secs, b"s");
         h
     }
 }
@@ -72,13 +76,15 @@ mod tests {
     #[test]
     fn block_has_openai_names_and_fits_every_width() {
         let big = Dimension { limit: u64::MAX, remaining: u64::MAX, reset_secs: u64::MAX };
-        let h = HeaderBlock::write(Some(big), Some(big));
+        let h = HeaderBlock::write(big, big);
         let text = std::str::from_utf8(h.as_bytes()).unwrap();
         assert_eq!(text.lines().count(), 6, "{text}");
-        let h = HeaderBlock::write(Some(Dimension { limit: 10, remaining: 3, reset_secs: 42 }), None);
+        let h =
+            HeaderBlock::write(Dimension { limit: 10, remaining: 3, reset_secs: 42 }, Dimension::UNLIMITED);
         assert_eq!(
             h.as_bytes(),
-            b"x-ratelimit-limit-requests: 10\r\nx-ratelimit-remaining-requests: 3\r\nx-ratelimit-reset-requests: 42s\r\n"
+            &b"x-ratelimit-limit-requests: 10\r\nx-ratelimit-remaining-requests: 3\r\nx-ratelimit-reset-requests: 42s\r\n\
+               x-ratelimit-limit-tokens: 2147483647\r\nx-ratelimit-remaining-tokens: 2147483647\r\nx-ratelimit-reset-tokens: 0s\r\n"[..]
         );
         assert_eq!(secs_to_midnight(86_400 * 3 + 86_399), 1);
         assert_eq!(secs_to_midnight(86_400 * 3), 86_400);

@@ -221,6 +221,16 @@ impl CoreLimits {
         }
     }
 
+    /// The `x-ratelimit-*` block of `who` without admitting anything (None: not a limited
+    /// subject), for answers given before admission (a 400 for a bad body).
+    pub fn headers(&self, who: Who<'_>) -> Option<HeaderBlock> {
+        if !self.limiter.enabled {
+            return None;
+        }
+        let subject = self.subject(who)?;
+        Some(headers(&subject.0, self.core, unix_secs()))
+    }
+
     /// Admits a request of `who` costing `demand`, or refuses it. Never waits.
     pub fn admit(&self, who: Who<'_>, demand: Demand) -> Admission {
         if !self.limiter.enabled {
@@ -305,12 +315,19 @@ fn dimension(b: Option<&Budget>, core: usize, reset: impl Fn(&Budget) -> u64) ->
     })
 }
 
+/// The subject's `x-ratelimit-*` block: all six headers, whatever limits it has. Requests are
+/// `requests_per_minute`; tokens are whichever of `tokens_per_minute` and `tokens_per_day` has
+/// less left (the one that refuses first); a dimension without a limit is `Dimension::UNLIMITED`.
 fn headers(s: &Subject, core: usize, now: u64) -> HeaderBlock {
     let minute = |b: &Budget| b.reset_secs.load(Relaxed);
     let requests = dimension(s.budget(Kind::Requests), core, minute);
-    let tokens = dimension(s.budget(Kind::Tokens), core, minute)
-        .or_else(|| dimension(s.budget(Kind::Day), core, |_| secs_to_midnight(now)));
-    HeaderBlock::write(requests, tokens)
+    let per_minute = dimension(s.budget(Kind::Tokens), core, minute);
+    let per_day = dimension(s.budget(Kind::Day), core, |_| secs_to_midnight(now));
+    let tokens = match (per_minute, per_day) {
+        (Some(m), Some(d)) => Some(if d.remaining < m.remaining { d } else { m }),
+        (m, d) => m.or(d),
+    };
+    HeaderBlock::write(requests.unwrap_or(Dimension::UNLIMITED), tokens.unwrap_or(Dimension::UNLIMITED))
 }
 
 pub fn unix_secs() -> u64 {

@@ -44,11 +44,17 @@ fn build_client_head(
     keep: bool,
 ) {
     http1::push_status_line(out, resp.status);
+    // Hook (limits): a limited subject gets the gateway's x-ratelimit-* block instead of the
+    // backend's own (an upstream's quota is not the client's).
+    let ours = !req.gateway_headers.is_empty();
     for s in &resp.forward {
-        http1::push_header(out, s.name(resp_bytes), s.value(resp_bytes));
+        let name = s.name(resp_bytes);
+        if ours && name.len() >= 12 && name[..12].eq_ignore_ascii_case(b"x-ratelimit-") {
+            continue;
+        }
+        http1::push_header(out, name, s.value(resp_bytes));
     }
     req.ids.push_headers(out);
-    // Hook (limits): gateway headers for the subject.
     out.extend_from_slice(req.gateway_headers);
     match (framing, resp.body) {
         (ClientFraming::Chunked, _) => http1::push_header(out, b"transfer-encoding", b"chunked"),
