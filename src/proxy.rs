@@ -1,7 +1,6 @@
 //! A proxied request from body to usage record: read the gateway's fields, authenticate, inject
-//! include_usage, pick a backend, retry once what the backend cannot have processed (a failed
-//! connect, or a reused idle connection that failed before any response byte), and emit exactly
-//! one usage record. Runs on core threads.
+//! include_usage, pick a backend, retry once on a connection failure before any response byte
+//! (CONTRACT 3; README, Retries), and emit exactly one usage record. Runs on core threads.
 
 use crate::auth;
 use crate::config::IncludeUsage;
@@ -254,7 +253,6 @@ async fn attempt(
     started: Instant,
 ) -> Outcome {
     let pooled = ctx.pool.borrow_mut().take(b);
-    let reused = pooled.is_some();
     let conn = match pooled {
         Some(c) => c,
         None => {
@@ -277,14 +275,7 @@ async fn attempt(
             }
         }
     };
-    match relay::exchange(ctx, b, conn, client, watch, out, started).await {
-        // A new connection that failed once the request was on its way: the backend may have
-        // received it and be generating (every proxied request is a POST), so it is not sent
-        // again. Only a reused connection's failure is taken for the backend having closed it
-        // while idle (the race every keep-alive pool has) and retried (see README, Retries).
-        Outcome::Retryable { connect: false, error } if !reused => Outcome::Failed(error),
-        other => other,
-    }
+    relay::exchange(ctx, b, conn, client, watch, out, started).await
 }
 
 /// Answers a request a limit refuses: 429 (503 when the limit store is down and denies), with

@@ -47,8 +47,7 @@ pub enum Outcome {
     /// The response (or part of it) went to the client.
     Relayed(Relayed),
     /// No response byte came; the connection failed (`connect` = could not even connect).
-    /// `proxy` retries it only when the backend cannot have processed the request: no connection,
-    /// or a reused one (closed by the backend while idle).
+    /// `proxy` retries it once on another backend (CONTRACT 3).
     Retryable { connect: bool, error: GatewayError },
     /// Nothing reached the client; answer with this error, do not retry.
     Failed(GatewayError),
