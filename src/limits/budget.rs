@@ -10,7 +10,10 @@
 //! leases from Redis instead (see `sync.rs`). Core threads call `take`/`settle`/`give_back`; the sync
 //! thread calls the rest.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI64, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// A sliding window of `slices` slices of `slice_secs` seconds (a day budget: 1 slice of 86400 s,
 /// aligned to 00:00 UTC).
@@ -57,6 +60,9 @@ pub struct Budget {
     /// How far below zero the pool may go (redis store: borrowing against the next lease, so that a
     /// burst never waits on the sync thread; 0 = exact). Set by the sync thread.
     overdraft: Padded,
+    /// The largest cost refused since the sync thread last looked (redis store: lease at least it).
+    wanted: Padded,
+    refused: Padded,
     /// The fleet's remaining units as Redis last reported them (redis store), else -1.
     pub fleet_remaining: AtomicI64,
     /// Seconds until the oldest usage in the window expires, as the sync thread last saw it.
@@ -82,6 +88,8 @@ impl Budget {
                 })
                 .collect(),
             overdraft: Padded(AtomicI64::new(0)),
+            wanted: Padded(AtomicI64::new(0)),
+            refused: Padded(AtomicI64::new(0)),
             fleet_remaining: AtomicI64::new(-1),
             reset_secs: AtomicU64::new(0),
         }
@@ -97,10 +105,11 @@ impl Budget {
         if !self.take_units(core, cost) {
             return false;
         }
-        me.consumed.fetch_add(cost as u64, Relaxed);
         if !me.ring.is_empty() {
             me.ring[slice as usize % me.ring.len()].fetch_add(cost, Relaxed);
         }
+        // Last, and Release: the sync thread that sees this count sees the usage above.
+        me.consumed.fetch_add(cost as u64, Release);
         true
     }
 
@@ -194,7 +203,19 @@ impl Budget {
     }
 
     pub fn consumed(&self) -> u64 {
-        self.cores.iter().map(|c| c.consumed.load(Relaxed)).sum()
+        self.cores.iter().map(|c| c.consumed.load(Acquire)).sum()
+    }
+
+    /// Notes a refused `cost` (refusal path only): the sync thread counts it as demand and leases
+    /// at least the largest.
+    pub fn note_refused(&self, cost: i64) {
+        self.wanted.0.fetch_max(cost, Relaxed);
+        self.refused.0.fetch_add(cost, Relaxed);
+    }
+
+    /// (largest cost refused, sum of the costs refused) since the last call (sync thread).
+    pub fn take_wanted(&self) -> (i64, i64) {
+        (self.wanted.0.swap(0, Relaxed), self.refused.0.swap(0, Relaxed))
     }
 
     pub fn add_to_pool(&self, units: i64) {

@@ -5,6 +5,7 @@
 //! thread (`sync.rs`) slides the windows and, with `store = "redis"`, leases units from Redis.
 
 mod budget;
+mod charges;
 mod headers;
 mod redis_store;
 mod subject;
@@ -115,6 +116,8 @@ pub struct Limiter {
     /// The sync thread, woken when a core runs dry with the redis store.
     thread: OnceLock<std::thread::Thread>,
     wake_pending: AtomicBool,
+    /// Gateways sharing the redis store, as Redis last said (0: unknown or local store).
+    fleet: AtomicU64,
     /// Remaining-budget gauge lines, rebuilt by the sync thread.
     gauges: Mutex<String>,
 }
@@ -134,6 +137,7 @@ impl Limiter {
             refused: (0..cores.max(1)).map(|_| PerCore(Default::default())).collect(),
             thread: OnceLock::new(),
             wake_pending: AtomicBool::new(false),
+            fleet: AtomicU64::new(0),
             gauges: Mutex::new(String::new()),
         }
     }
@@ -154,6 +158,7 @@ impl Limiter {
             let _ = writeln!(out, "llmproxy_rate_limited_total{{reason=\"{}\"}} {v}", r.label());
         }
         let _ = writeln!(out, "# HELP llmproxy_rate_limit_store_up Whether the limit store answers (1; always 1 for store = \"local\").\n# TYPE llmproxy_rate_limit_store_up gauge\nllmproxy_rate_limit_store_up {}", u8::from(self.store_ok.load(Relaxed)));
+        let _ = writeln!(out, "# HELP llmproxy_rate_limit_fleet_gateways Gateways sharing the redis store (live in the last 3 s), as this one last saw; 0 for store = \"local\".\n# TYPE llmproxy_rate_limit_fleet_gateways gauge\nllmproxy_rate_limit_fleet_gateways {}", self.fleet.load(Relaxed));
         let _ = writeln!(out, "# HELP llmproxy_rate_limit_remaining Units left per limit for the subjects closest to their limits (at most 10 subjects per limit).\n# TYPE llmproxy_rate_limit_remaining gauge");
         // Scraped on a core thread: never wait for the sync thread, which holds the lock only to
         // swap in a new text.
@@ -208,7 +213,8 @@ impl CoreLimits {
                 if let Some(s) = self.users.borrow().get(name) {
                     return Some(s.clone());
                 }
-                let s = Rc::new(Cached(self.limiter.subjects.user(name)?));
+                let local = !self.limiter.store_ok.load(Relaxed);
+                let s = Rc::new(Cached(self.limiter.subjects.user(name, local)?));
                 let mut cache = self.users.borrow_mut();
                 if cache.len() >= CORE_USER_CACHE {
                     cache.retain(|_, s| Rc::strong_count(s) > 1);
@@ -281,6 +287,7 @@ impl CoreLimits {
                     }
                 }
             }
+            b.note_refused(cost);
             return refuse(Reason::of(k), retry_after(b, k, now));
         }
         Admission::Admitted(Ticket {

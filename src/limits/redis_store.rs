@@ -1,16 +1,26 @@
 //! The Redis side of leasing, on the sync thread only: one blocking connection (short timeouts),
-//! two Lua scripts, and every tick's operations sent as one pipeline (one round trip).
+//! one Lua script, and every tick's operations sent as one pipeline (one round trip).
 //!
-//! Keys: `llmproxy:rl:<subject>:<rpm|tpm|tpd>:<slice>` hold the units granted in that slice (1 s
-//! slices for the per-minute limits, one per UTC day for the budget), expiring after the window.
-//! `lease` sums the window's slices, grants `min(want, limit - sum)` and adds the grant to the
+//! Keys: `llmproxy:rl:<subject>:<rpm|tpm|tpd>:<slice>` hold the units the fleet has charged to that
+//! slice (1 s slices for the per-minute limits, one per UTC day for the budget), expiring after the
+//! window. `SYNC` first applies a gateway's corrections (moving its charges to the slices where they
+//! were used, see `sync.rs`), then sums the window's slices and grants `min(want, limit - sum)`
+//! (near the limit at most half of what is left, but at least `need`), adding the grant to the
 //! current slice, atomically: N gateways can never be granted more than the limit together.
+//! `llmproxy:rl:fleet` is a sorted set of live gateways (score: last tick, ms), for the fleet size.
 
 use redis::{Connection, Value};
 use std::time::Duration;
 
-const LEASE: &str = r#"
-local prefix, cur, n, limit, want, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+const SYNC: &str = r#"
+local prefix, cur, n, limit, want, need, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+for i = 8, #ARGV - 1, 2 do
+  local s, d = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if d ~= 0 and s > cur - n and s <= cur then
+    local k = prefix .. s
+    if redis.call('INCRBY', k, d) <= 0 then redis.call('DEL', k) else redis.call('EXPIRE', k, ttl) end
+  end
+end
 local keys = {}
 for s = cur - n + 1, cur do keys[#keys + 1] = prefix .. s end
 local used = 0
@@ -18,8 +28,7 @@ for _, v in ipairs(redis.call('MGET', unpack(keys))) do
   if v then used = used + tonumber(v) end
 end
 local avail = limit - used
-local grant = want
-if grant > avail then grant = avail end
+local grant = math.min(want, math.max(need, math.ceil(avail / 2)), avail)
 if grant < 0 then grant = 0 end
 if grant > 0 then
   redis.call('INCRBY', prefix .. cur, grant)
@@ -28,43 +37,31 @@ end
 return {grant, avail - grant}
 "#;
 
-/// Gives back up to ARGV[1] units of a slice that still exists (an expired slice has freed them).
-const REFUND: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local d = math.min(tonumber(ARGV[1]), tonumber(v))
-if d > 0 then redis.call('DECRBY', KEYS[1], d) end
-return d
-"#;
+/// The sorted set of live gateways.
+const FLEET: &str = "llmproxy:rl:fleet";
+/// A gateway that has not ticked for this long no longer counts in the fleet.
+const FLEET_TTL_MS: u64 = 3000;
 
-/// One operation of a tick.
+/// One budget's operation of a tick.
 #[derive(Debug, Clone)]
-pub enum Op {
-    Lease {
-        prefix: String,
-        slice: u64,
-        slices: u64,
-        limit: i64,
-        want: i64,
-        ttl: u64,
-    },
-    Refund {
-        key: String,
-        units: i64,
-    },
-    /// Usage counted locally while Redis was away, added on reconnect.
-    Add {
-        key: String,
-        units: i64,
-        ttl: u64,
-    },
+pub struct Op {
+    pub prefix: String,
+    pub slice: u64,
+    pub slices: u64,
+    pub limit: i64,
+    /// Units to lease (0: only apply `adjust`).
+    pub want: i64,
+    /// Units wanted at once (a debt, a refused request): granted even past half of what is left.
+    pub need: i64,
+    pub ttl: u64,
+    /// Corrections to this gateway's charges: (slice, units), applied before the lease.
+    pub adjust: Vec<(u64, i64)>,
 }
 
 pub struct Store {
     url: String,
     conn: Option<Connection>,
-    lease_sha: String,
-    refund_sha: String,
+    sha: String,
 }
 
 /// Result of a lease: (granted, remaining for the fleet after it).
@@ -72,12 +69,7 @@ pub type Grant = (i64, i64);
 
 impl Store {
     pub fn new(url: &str) -> Store {
-        Store {
-            url: url.to_string(),
-            conn: None,
-            lease_sha: redis::Script::new(LEASE).get_hash().to_string(),
-            refund_sha: redis::Script::new(REFUND).get_hash().to_string(),
-        }
+        Store { url: url.to_string(), conn: None, sha: redis::Script::new(SYNC).get_hash().to_string() }
     }
 
     pub fn connected(&self) -> bool {
@@ -91,42 +83,35 @@ impl Store {
         let mut c = client.get_connection_with_timeout(timeout)?;
         c.set_read_timeout(Some(timeout))?;
         c.set_write_timeout(Some(timeout))?;
-        let a: String = redis::cmd("SCRIPT").arg("LOAD").arg(LEASE).query(&mut c)?;
-        let b: String = redis::cmd("SCRIPT").arg("LOAD").arg(REFUND).query(&mut c)?;
-        self.lease_sha = a;
-        self.refund_sha = b;
+        self.sha = redis::cmd("SCRIPT").arg("LOAD").arg(SYNC).query(&mut c)?;
         self.conn = Some(c);
         Ok(())
     }
 
-    /// Runs `ops` in one round trip; returns each lease's grant (refunds and adds give None).
-    /// On any error the connection is dropped (the caller reconnects later).
-    pub fn run(&mut self, ops: &[Op]) -> redis::RedisResult<Vec<Option<Grant>>> {
+    /// Runs `ops` in one round trip, with this gateway's fleet heartbeat when `fleet` is
+    /// `Some((gateway id, now in ms))`; returns each op's grant and the fleet size (0 when not
+    /// asked). On any error the connection is dropped (the caller reconnects later).
+    pub fn run(&mut self, ops: &[Op], fleet: Option<(&str, u64)>) -> redis::RedisResult<(Vec<Grant>, u64)> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(redis::RedisError::from((redis::ErrorKind::Io, "not connected")));
         };
         let mut p = redis::pipe();
         for op in ops {
-            match op {
-                Op::Lease { prefix, slice, slices, limit, want, ttl } => {
-                    p.cmd("EVALSHA")
-                        .arg(&self.lease_sha)
-                        .arg(0)
-                        .arg(prefix)
-                        .arg(*slice)
-                        .arg(*slices)
-                        .arg(*limit)
-                        .arg(*want)
-                        .arg(*ttl);
-                }
-                Op::Refund { key, units } => {
-                    p.cmd("EVALSHA").arg(&self.refund_sha).arg(1).arg(key).arg(*units);
-                }
-                Op::Add { key, units, ttl } => {
-                    p.cmd("INCRBY").arg(key).arg(*units).ignore();
-                    p.cmd("EXPIRE").arg(key).arg(*ttl).ignore();
-                }
+            let c = p.cmd("EVALSHA").arg(&self.sha).arg(0).arg(&op.prefix).arg(op.slice).arg(op.slices);
+            c.arg(op.limit).arg(op.want).arg(op.need).arg(op.ttl);
+            for &(slice, units) in &op.adjust {
+                c.arg(slice).arg(units);
             }
+        }
+        if let Some((id, now_ms)) = fleet {
+            p.cmd("ZADD").arg(FLEET).arg(now_ms).arg(id).ignore();
+            p.cmd("ZREMRANGEBYSCORE")
+                .arg(FLEET)
+                .arg("-inf")
+                .arg(now_ms.saturating_sub(FLEET_TTL_MS))
+                .ignore();
+            p.cmd("PEXPIRE").arg(FLEET).arg(FLEET_TTL_MS * 4).ignore();
+            p.cmd("ZCARD").arg(FLEET);
         }
         let values: Vec<Value> = match p.query(conn) {
             Ok(v) => v,
@@ -137,22 +122,17 @@ impl Store {
         };
         let mut values = values.into_iter();
         let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            match op {
-                Op::Lease { .. } => {
-                    let g: Vec<i64> = match values.next() {
-                        Some(v) => redis::from_redis_value(v)?,
-                        None => Vec::new(),
-                    };
-                    out.push(Some((g.first().copied().unwrap_or(0), g.get(1).copied().unwrap_or(0))));
-                }
-                Op::Refund { .. } => {
-                    let _ = values.next();
-                    out.push(None);
-                }
-                Op::Add { .. } => out.push(None),
-            }
+        for _ in ops {
+            let g: Vec<i64> = match values.next() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => Vec::new(),
+            };
+            out.push((g.first().copied().unwrap_or(0), g.get(1).copied().unwrap_or(0)));
         }
-        Ok(out)
+        let fleet = match (fleet, values.next()) {
+            (Some(_), Some(v)) => redis::from_redis_value(v)?,
+            _ => 0,
+        };
+        Ok((out, fleet))
     }
 }

@@ -136,7 +136,8 @@ impl Subjects {
     }
 
     /// The subject of a user-header value, created on first sight (slow path: lock, allocation).
-    pub fn user(&self, name: &str) -> Option<Arc<Subject>> {
+    /// `counting_locally`: Redis is away, so a new subject starts with the whole limit in stock.
+    pub fn user(&self, name: &str, counting_locally: bool) -> Option<Arc<Subject>> {
         if self.user_limits.is_unlimited() {
             return None;
         }
@@ -152,7 +153,7 @@ impl Subjects {
             format!("u:{name}"),
             self.user_limits,
             self.cores,
-            self.store,
+            if counting_locally { Store::Local } else { self.store },
         ));
         m.insert(name.into(), s.clone());
         Some(s)

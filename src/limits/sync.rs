@@ -1,15 +1,24 @@
 //! The limits sync thread (one per process, never on a core): every `sync_interval` (or sooner when
 //! a core runs dry with the redis store) it slides the windows, and with `store = "redis"` it keeps
-//! each active budget's local stock topped up by leasing from Redis in small chunks, hands back
-//! surplus, and on Redis errors falls back (`on_store_error`) and reconnects where it left off. It
-//! also republishes the remaining-budget gauges. Core threads never wait for it.
+//! each active budget's local stock topped up by leasing from Redis, moves its charges to where
+//! units were used (`charges.rs`), hands back surplus, and on Redis errors falls back
+//! (`on_store_error`) and reconnects where it left off. It also republishes the remaining-budget
+//! gauges. Core threads never wait for it.
+//!
+//! The fleet bound: every unit a gateway admits is charged in Redis to the slice it was used in,
+//! except what it overdraws (admits before a lease pays for it), and Redis grants no more than the
+//! limit over the window. So over any window the fleet admits at most the limit plus what its
+//! gateways have overdrawn and not yet repaid: each may overdraw `OVERDRAFT` of the limit divided by
+//! the fleet size (gateways that ticked in the last 3 s), and only once every other gateway counts
+//! it (`Worker::warm`), so the fleet overdraws at most `OVERDRAFT` (5 %) of the limit together.
 
 use super::budget::Budget;
+use super::charges::Charges;
 use super::redis_store::{Op, Store};
 use super::subject::{Kind, Subject};
 use super::{unix_secs, Limiter};
 use crate::config::{OnStoreError, RateLimitConfig, Store as StoreKind};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -21,6 +30,10 @@ const STORE_TIMEOUT: Duration = Duration::from_millis(300);
 const IDLE: Duration = Duration::from_secs(5);
 /// Subjects per limit shown in `llmproxy_rate_limit_remaining`.
 const TOP: usize = 10;
+/// What the whole fleet may overdraw, as a share of a limit (see the module header).
+const OVERDRAFT: f64 = 0.05;
+/// How often the fleet size is refreshed.
+const FLEET_EVERY: Duration = Duration::from_secs(1);
 
 /// The sync thread's own bookkeeping for one budget (never touched by cores).
 #[derive(Default)]
@@ -28,11 +41,15 @@ struct State {
     /// Slices up to this one have been expired.
     expired: Option<u64>,
     last_consumed: u64,
-    /// Decaying peak of units admitted per tick.
+    /// Decaying peak of units admitted (or refused for want of stock) per tick.
     demand: i64,
     last_active: Option<Instant>,
-    /// Recent grants (slice, units), newest last: surplus is refunded to the newest first.
-    grants: VecDeque<(u64, i64)>,
+    /// What this gateway has charged in Redis, by slice.
+    charges: Charges,
+    /// (slice, stock) at the last reconcile: a change of either calls for another.
+    last_seen: (u64, i64),
+    /// The `down_epoch` this budget was last turned into a local count in.
+    down_epoch: u64,
 }
 
 pub struct SyncThread {
@@ -57,6 +74,12 @@ impl SyncThread {
                 states: HashMap::new(),
                 down_since: None,
                 last_gauges: None,
+                id: format!("{}-{}", std::process::id(), unix_nanos()),
+                fleet: 0,
+                last_fleet: None,
+                connected_at: None,
+                fresh: false,
+                down_epoch: 0,
             };
             w.run(&stop2);
         })?;
@@ -81,6 +104,18 @@ struct Worker {
     /// Unix second Redis was lost (its usage since then is replayed on reconnect).
     down_since: Option<u64>,
     last_gauges: Option<Instant>,
+    /// This gateway in the fleet set.
+    id: String,
+    /// Gateways that ticked in the last 3 s (0 until Redis said).
+    fleet: u64,
+    last_fleet: Option<Instant>,
+    /// When the connection to Redis was (re)made: no overdraft until every other gateway has
+    /// counted this one (`warm`).
+    connected_at: Option<Instant>,
+    /// Just reconnected: the local stock (counted alone) is replaced by the first leases.
+    fresh: bool,
+    /// Bumped when Redis is lost: each budget is then turned into a local count, once.
+    down_epoch: u64,
 }
 
 impl Worker {
@@ -94,8 +129,8 @@ impl Worker {
                 if !store.connected() && Instant::now() >= next_connect {
                     match store.connect(STORE_TIMEOUT) {
                         Ok(()) => {
+                            self.reconnected();
                             log::info!("rate_limit: connected to redis at {}", self.cfg.redis_url);
-                            self.reconnected(now);
                         }
                         Err(e) => {
                             next_connect = Instant::now() + Duration::from_millis(500);
@@ -118,9 +153,20 @@ impl Worker {
         self.store.as_ref().is_some_and(|s| s.connected())
     }
 
+    /// Connected long enough that every other gateway's fleet count includes this one (they
+    /// refresh it every `FLEET_EVERY`, on a tick): so overdrawing gateways never outnumber the
+    /// fleet size any of them divides by.
+    fn warm(&self) -> bool {
+        self.connected_at.is_some_and(|t| t.elapsed() >= FLEET_EVERY + 2 * self.cfg.sync_interval)
+    }
+
     fn tick(&mut self, now: u64) {
         let subjects = self.limiter.subjects.all();
         let leasing = self.leasing();
+        let down = !leasing && self.store.is_some();
+        let fleet = if self.warm() { self.fleet } else { 0 };
+        self.limiter.fleet.store(fleet, Relaxed);
+        let fresh = self.fresh;
         let mut ops = Vec::new();
         let mut targets: Vec<(Arc<Subject>, Kind)> = Vec::new();
         for s in &subjects {
@@ -141,31 +187,53 @@ impl Worker {
                     }
                 }
                 st.expired = Some(upto);
+                if down && st.down_epoch != self.down_epoch {
+                    // This gateway's own view: the limit less what it admitted in the window.
+                    st.down_epoch = self.down_epoch;
+                    b.set_overdraft(0);
+                    let (used, _) = b.window_usage(now);
+                    b.add_to_pool(b.limit - used - b.stock());
+                    b.fleet_remaining.store(-1, Relaxed);
+                }
                 if leasing {
-                    if let Some(op) = plan(st, b, s, k, now) {
+                    if let Some(op) = plan(st, b, s, k, now, fleet, fresh) {
                         ops.push(op);
                         targets.push((s.clone(), k));
                     }
                 }
             }
         }
-        if ops.is_empty() {
+        let heartbeat = !self.warm() || self.last_fleet.is_none_or(|t| t.elapsed() >= FLEET_EVERY);
+        if !leasing || (ops.is_empty() && !heartbeat && !fresh) {
             return;
         }
         let Some(store) = self.store.as_mut() else { return };
-        match store.run(&ops) {
-            Ok(results) => {
-                for ((op, r), (s, k)) in ops.iter().zip(results).zip(&targets) {
-                    let (Op::Lease { slice, .. }, Some((granted, remaining))) = (op, r) else { continue };
+        let now_ms = unix_nanos() / 1_000_000;
+        match store.run(&ops, heartbeat.then_some((self.id.as_str(), now_ms))) {
+            Ok((results, n)) => {
+                if heartbeat {
+                    self.last_fleet = Some(Instant::now());
+                    self.fleet = n;
+                }
+                if fresh {
+                    // The stock counted alone while Redis was away gives way to the leases.
+                    self.fresh = false;
+                    for s in &subjects {
+                        for k in [Kind::Requests, Kind::Tokens, Kind::Day] {
+                            if let Some(b) = s.budget(k) {
+                                b.revoke_all();
+                            }
+                        }
+                    }
+                }
+                for ((op, (granted, remaining)), (s, k)) in ops.iter().zip(results).zip(&targets) {
                     let Some(b) = s.budget(*k) else { continue };
-                    b.add_to_pool(granted);
                     b.fleet_remaining.store(remaining.max(0), Relaxed);
                     if granted > 0 {
+                        b.add_to_pool(granted);
                         let st = self.states.entry((Arc::as_ptr(s) as usize, *k as usize)).or_default();
-                        st.grants.push_back((*slice, granted));
-                        while st.grants.len() > 64 {
-                            st.grants.pop_front();
-                        }
+                        st.charges.add(op.slice, granted);
+                        st.last_seen.1 += granted;
                     }
                 }
             }
@@ -189,54 +257,22 @@ impl Worker {
         );
         self.down_since = Some(now);
         self.limiter.store_ok.store(false, Relaxed);
-        for s in self.limiter.subjects.all() {
-            for k in [Kind::Requests, Kind::Tokens, Kind::Day] {
-                let Some(b) = s.budget(k) else { continue };
-                b.set_overdraft(0);
-                // This gateway's own view: the limit less what it admitted in the window.
-                let (used, _) = b.window_usage(now);
-                b.add_to_pool(b.limit - used - b.stock());
-                b.fleet_remaining.store(-1, Relaxed);
-            }
-        }
+        self.connected_at = None;
+        self.down_epoch += 1;
     }
 
-    /// Redis is back: add what was admitted meanwhile, drop the local stock, lease afresh.
-    fn reconnected(&mut self, now: u64) {
-        let down = self.down_since.take();
+    /// Redis is back: charge everything used in the windows again (Redis may have lost it;
+    /// counting twice only refuses early) and lease afresh; the local stock serves until the first
+    /// leases arrive (`fresh`), so that no request waits for them.
+    fn reconnected(&mut self) {
+        self.down_since = None;
         self.limiter.store_ok.store(true, Relaxed);
-        let mut ops = Vec::new();
-        for s in self.limiter.subjects.all() {
-            for k in [Kind::Requests, Kind::Tokens, Kind::Day] {
-                let Some(b) = s.budget(k) else { continue };
-                let w = b.window.expect("windowed kind");
-                b.set_overdraft(overdraft(b));
-                let cur = w.slice(now);
-                if let Some(d) = down {
-                    for id in w.slice(d).max((cur + 1).saturating_sub(w.slices))..=cur {
-                        let units = b.usage_of(id);
-                        if units > 0 {
-                            let key = format!("{}{id}", s.redis_prefix[k as usize]);
-                            ops.push(Op::Add { key, units, ttl: ttl(b) });
-                        }
-                    }
-                }
-                // Units held locally were counted against this gateway's own view only.
-                let held = b.revoke_all();
-                if held < 0 {
-                    b.add_to_pool(held);
-                }
-                if let Some(st) = self.states.get_mut(&(Arc::as_ptr(&s) as usize, k as usize)) {
-                    st.grants.clear();
-                }
-            }
-        }
-        if let Some(store) = self.store.as_mut() {
-            if !ops.is_empty() {
-                if let Err(e) = store.run(&ops) {
-                    self.lost(now, &e.to_string());
-                }
-            }
+        self.connected_at = Some(Instant::now());
+        self.last_fleet = None;
+        self.fresh = true;
+        for st in self.states.values_mut() {
+            st.charges.clear();
+            st.last_seen = (0, i64::MIN);
         }
     }
 
@@ -293,70 +329,81 @@ fn remaining(b: &Budget) -> i64 {
     (if f >= 0 { f + b.stock().max(0) } else { b.stock() }).clamp(0, b.limit)
 }
 
-/// Borrowing allowed against the next lease: 2 % of the limit (at least 1), so that N gateways
-/// over-admit at most N × 2 % when the fleet runs out between two ticks.
-fn overdraft(b: &Budget) -> i64 {
-    (b.limit / 50).max(1)
+/// Borrowing allowed against the next lease, per gateway: `OVERDRAFT` of the limit shared by the
+/// fleet (rounded down: none for a small limit or a large fleet; none until the fleet size is known).
+fn overdraft(b: &Budget, fleet: u64) -> i64 {
+    if fleet == 0 {
+        return 0;
+    }
+    (b.limit as f64 * OVERDRAFT / fleet as f64) as i64
 }
 
 fn ttl(b: &Budget) -> u64 {
     b.window.map_or(60, |w| (w.slices + 2) * w.slice_secs)
 }
 
-/// The lease or refund that brings `b`'s stock to its target (None: nothing to do).
-fn plan(st: &mut State, b: &Budget, s: &Subject, k: Kind, now: u64) -> Option<Op> {
+/// The corrections and lease that bring `b`'s charges and stock to their targets (None: nothing to
+/// do). Surplus stock is taken back here; the corrections hand it back to Redis.
+/// `fresh`: the local stock is about to be dropped (just reconnected): lease as if it were 0.
+fn plan(st: &mut State, b: &Budget, s: &Subject, k: Kind, now: u64, fleet: u64, fresh: bool) -> Option<Op> {
     let w = b.window?;
-    b.set_overdraft(overdraft(b));
+    let overdraft = overdraft(b, fleet);
+    b.set_overdraft(overdraft);
+    // Read first (Acquire): the usage of every admission it counts is visible below.
     let consumed = b.consumed();
+    let (wanted, refused) = b.take_wanted();
     let delta = (consumed - st.last_consumed.min(consumed)) as i64;
     st.last_consumed = consumed;
-    st.demand = delta.max(st.demand - st.demand / 4);
-    if delta > 0 {
+    st.demand = (delta + refused).max(st.demand - st.demand / 4);
+    if delta > 0 || wanted > 0 {
         st.last_active = Some(Instant::now());
     }
     let active = st.last_active.is_some_and(|t| t.elapsed() < IDLE);
-    // Stock to hold: two ticks of demand, at least the overdraft, at most a tenth of the limit
+    // Stock to hold: two ticks of demand, at least what was refused, at most a tenth of the limit
     // (bounding what one gateway can strand while others are refused).
-    let target = if active { (2 * st.demand).max(overdraft(b)).min((b.limit / 10).max(1)) } else { 0 };
-    let stock = b.stock();
-    let prefix = &s.redis_prefix[k as usize];
-    if stock < target {
-        return Some(Op::Lease {
-            prefix: prefix.to_string(),
-            slice: w.slice(now),
-            slices: w.slices,
-            limit: b.limit,
-            want: target - stock,
-            ttl: ttl(b),
-        });
-    }
-    let surplus = if active { stock - 2 * target } else { stock };
-    if surplus <= 0 {
-        return None;
-    }
-    // Refund to the newest grant still safely in the window (one op per tick is enough); what
-    // cannot be refunded stays in stock and is used or expires with its slice.
-    while st.grants.back().is_some_and(|&(slice, _)| w.secs_until_expiry(slice, now) <= 2) {
-        st.grants.clear();
-    }
-    let &(slice, units) = st.grants.back()?;
-    let want = surplus.min(units);
-    let n = if active {
-        b.take_from_pool(want)
-    } else {
+    let cap = (b.limit / 10).max(1).max(wanted);
+    let target = if active { (2 * st.demand).max(wanted).max(overdraft).min(cap) } else { 0 };
+    let mut stock = if fresh { 0 } else { b.stock() };
+    if fresh {
+        // The local stock is dropped when the leases arrive: nothing to trim.
+    } else if !active && stock != 0 {
+        // Idle: hand everything back (a debt stays).
         let all = b.revoke_all();
-        let n = all.clamp(0, want);
-        b.add_to_pool(all - n);
-        n
+        b.add_to_pool(all.min(0));
+        stock = all.min(0);
+    } else if stock > 2 * target.max(1) {
+        stock -= b.take_from_pool(stock - target);
+    }
+    let cur = w.slice(now);
+    let first = (cur + 1).saturating_sub(w.slices);
+    // After a reconnect (last_seen reset) everything is charged again; an idle budget with
+    // nothing charged is not looked at.
+    let changed = st.last_seen.1 != stock || delta > 0 || st.last_seen.1 == i64::MIN;
+    let moved = st.last_seen.0 != cur && (stock != 0 || !st.charges.is_empty());
+    let adjust = if changed || moved {
+        st.last_seen = (cur, stock);
+        st.charges.reconcile(first, cur, stock, |id| b.usage_of(id))
+    } else {
+        Vec::new()
     };
-    if n <= 0 {
+    let want = (target - stock).max(0);
+    if want == 0 && adjust.is_empty() {
         return None;
     }
-    st.grants.pop_back();
-    if n < units {
-        st.grants.push_back((slice, units - n));
-    }
-    Some(Op::Refund { key: format!("{prefix}{slice}"), units: n })
+    Some(Op {
+        prefix: s.redis_prefix[k as usize].to_string(),
+        slice: cur,
+        slices: w.slices,
+        limit: b.limit,
+        want,
+        need: ((-stock).max(0) + wanted).min(want),
+        ttl: ttl(b),
+        adjust,
+    })
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn escape(v: &str) -> String {
