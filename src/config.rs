@@ -81,8 +81,13 @@ pub struct RuntimeConfig {
 pub struct BackendConfig {
     /// As written in the config, without a trailing slash; used as the metric label and in records.
     pub url: String,
-    /// Resolved once at start: core threads never resolve names.
-    pub addr: SocketAddr,
+    /// Every address the host resolved to when the config was loaded (one for an IP literal).
+    /// Core threads never resolve names: the discovery thread re-resolves `resolve_name` every
+    /// `dns_refresh`, and the snapshot's endpoints carry the current addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// `(host, port)` to re-resolve; None when the url holds an IP address.
+    pub resolve_name: Option<(String, u16)>,
+    pub dns_refresh: Duration,
     /// `host[:port]` for the Host header.
     pub host_header: String,
     /// Path prefix of the url (without trailing slash), prepended to the request path.
@@ -158,6 +163,16 @@ pub struct AuthKey {
     pub limits: KeyLimits,
 }
 
+impl AuthKey {
+    /// The key's stable id: the first 8 bytes of its SHA-256, the same across reloads and across
+    /// every gateway of a fleet (limits and logs name a key by it, never by the key).
+    pub fn id(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.key_sha256[..8]);
+        u64::from_be_bytes(b)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw TOML shape.
 
@@ -201,6 +216,7 @@ struct RawBackend {
     tls_server_name: Option<String>,
     paths: Option<Vec<String>>,
     continuous_usage: Option<String>,
+    dns_refresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -407,17 +423,18 @@ fn parse_addr(p: &mut Problems<'_>, key: &str, s: &str) -> Option<SocketAddr> {
     }
 }
 
-/// A backend URL taken apart.
-struct BackendUrl {
-    addr: SocketAddr,
+/// What a backend url names: where to connect and what to send.
+struct BackendTarget {
+    addrs: Vec<SocketAddr>,
+    resolve_name: Option<(String, u16)>,
     /// `host[:port]` as written, for the Host header.
     authority: String,
     base_path: String,
     https: bool,
 }
 
-/// Splits `http(s)://host[:port][/base]`. Resolves the name once.
-fn parse_backend_url(p: &mut Problems<'_>, key: &str, url: &str) -> Option<BackendUrl> {
+/// Splits `http(s)://host[:port][/base]` into its parts and resolves the host (every address).
+fn parse_backend_url(p: &mut Problems<'_>, key: &str, url: &str) -> Option<BackendTarget> {
     let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
         (Some(r), _) => (r, false),
         (_, Some(r)) => (r, true),
@@ -434,16 +451,34 @@ fn parse_backend_url(p: &mut Problems<'_>, key: &str, url: &str) -> Option<Backe
         p.push(key, format_args!("{url:?}: missing host"));
         return None;
     }
-    let with_port =
-        if authority.rsplit_once(':').is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-            && !authority.ends_with(']')
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:{}", if https { 443 } else { 80 })
-        };
-    let addr = parse_addr(p, key, &with_port)?;
-    Some(BackendUrl { addr, authority: authority.to_string(), base_path: path.to_string(), https })
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, port)) if !authority.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) => {
+            match port.parse::<u16>() {
+                Ok(n) => (h, n),
+                Err(_) => {
+                    p.push(key, format_args!("{url:?}: invalid port {port:?}"));
+                    return None;
+                }
+            }
+        }
+        _ => (authority, if https { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let addrs = match crate::resolve::resolve(host, port) {
+        Ok(a) => a,
+        Err(e) => {
+            p.push(key, format_args!("{url:?}: cannot resolve {host:?} ({e})"));
+            return None;
+        }
+    };
+    Some(BackendTarget {
+        addrs,
+        resolve_name: (!is_ip).then(|| (host.to_string(), port)),
+        authority: authority.to_string(),
+        base_path: path.to_string(),
+        https,
+    })
 }
 
 /// The host part of `host[:port]` (brackets kept for IPv6).
@@ -560,6 +595,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("tls.key_file", Kind::Str),
     ("backends.paths", Kind::StrList),
     ("backends.continuous_usage", Kind::Str),
+    ("backends.dns_refresh", Kind::Str),
     ("balancer", Kind::Table),
     ("balancer.strategy", Kind::Str),
     ("limits", Kind::Table),
@@ -682,6 +718,7 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
             ContinuousUsage::Auto,
             &[("auto", ContinuousUsage::Auto), ("on", ContinuousUsage::On), ("off", ContinuousUsage::Off)],
         );
+        let dns_refresh = p.positive_duration(&format!("backends[{i}].dns_refresh"), &b.dns_refresh, "30s");
         if let Some(u) = parse_backend_url(p, &key, &url) {
             if backends.iter().any(|x: &BackendConfig| x.url == url) {
                 p.push(&key, format_args!("{url:?} is listed twice"));
@@ -695,7 +732,9 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
             let tls = tls::backend(p, i, u.https, host_of(&u.authority), &keys);
             backends.push(BackendConfig {
                 url,
-                addr: u.addr,
+                addrs: u.addrs,
+                resolve_name: u.resolve_name,
+                dns_refresh,
                 host_header: u.authority,
                 base_path: u.base_path,
                 tls,

@@ -6,6 +6,7 @@ use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Endpoint, Method, Parse, RequestHead};
 use crate::ids::RequestIds;
 use crate::net::Stream;
+use crate::snapshot::Snapshot;
 use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -57,7 +58,7 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant)
     let mut watch: Option<ClientWatch> = None;
     let mut since = Some(accepted);
     loop {
-        let head = match read_head(ctx, client, &mut inbuf, since).await {
+        let (head, snap) = match read_head(ctx, client, &mut inbuf, since).await {
             Ok(h) => h,
             Err(HeadError::Closed) => return,
             Err(HeadError::Answer(e)) => {
@@ -69,7 +70,8 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant)
         };
         since = None;
         ctx.inflight.set(ctx.inflight.get() + 1);
-        let keep = serve_request(ctx, client, &mut inbuf, &mut watch, head).await;
+        let keep = serve_request(ctx, &snap, client, &mut inbuf, &mut watch, head).await;
+        drop(snap);
         ctx.inflight.set(ctx.inflight.get() - 1);
         if !keep || ctx.shared.shutting_down() {
             return;
@@ -82,18 +84,21 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant)
 
 /// Reads until `inbuf` starts with a complete head. `accepted` is set for the first request (its
 /// head timeout counts from accept); later ones first wait up to KEEP_ALIVE_IDLE for a first byte.
+/// Returns the head with the config snapshot the request will run on (loaded as its bytes came).
+#[allow(clippy::redundant_allocation)]
 async fn read_head(
     ctx: &CoreCtx,
     client: &mut Stream,
     inbuf: &mut Vec<u8>,
     accepted: Option<Instant>,
-) -> Result<RequestHead, HeadError> {
-    let header_timeout = ctx.shared.config.limits.header_read_timeout;
+) -> Result<(RequestHead, Rc<std::sync::Arc<Snapshot>>), HeadError> {
+    let mut snap = ctx.snapshot();
+    let header_timeout = snap.config.limits.header_read_timeout;
     let mut deadline = accepted.map(|t| t + header_timeout);
     loop {
         if !inbuf.is_empty() {
-            match http1::parse_request(inbuf, &ctx.shared.config.auth.user_header) {
-                Parse::Complete(h) => return Ok(h),
+            match http1::parse_request(inbuf, &snap.config.auth.user_header) {
+                Parse::Complete(h) => return Ok((h, snap)),
                 Parse::Invalid(e) => return Err(HeadError::Answer(e)),
                 Parse::Partial => {}
             }
@@ -104,7 +109,9 @@ async fn read_head(
             None => KEEP_ALIVE_IDLE,
         };
         match read_more(client, inbuf, wait).await {
-            ReadMore::Data => {}
+            // The request runs on the config current when its bytes arrived, not when the
+            // keep-alive wait began.
+            ReadMore::Data => snap = ctx.snapshot(),
             ReadMore::Eof | ReadMore::Error => return Err(HeadError::Closed),
             ReadMore::TimedOut if inbuf.is_empty() && deadline.is_none() => return Err(HeadError::Closed),
             ReadMore::TimedOut => return Err(HeadError::Answer(GatewayError::RequestTimeout)),
@@ -154,12 +161,12 @@ pub enum Body {
 
 /// Reads the body; returns it and where the next request starts in `inbuf`.
 async fn read_body(
-    ctx: &CoreCtx,
+    snap: &Snapshot,
     client: &mut Stream,
     inbuf: &mut Vec<u8>,
     head: &RequestHead,
 ) -> Result<(Body, usize), GatewayError> {
-    let limits = &ctx.shared.config.limits;
+    let limits = &snap.config.limits;
     let start = head.head_len;
     let idle = limits.header_read_timeout;
     let mut continued = false;
@@ -220,6 +227,7 @@ async fn read_body(
 /// Handles one request whose head is at the start of `inbuf`; returns whether to keep the connection.
 async fn serve_request(
     ctx: &CoreCtx,
+    snap: &Snapshot,
     client: &mut Stream,
     inbuf: &mut Vec<u8>,
     watch: &mut Option<ClientWatch>,
@@ -232,7 +240,7 @@ async fn serve_request(
     let keep = head.keep_alive && !ctx.shared.shutting_down();
     let method_ok = head.method == endpoint.method();
     let early = if endpoint == Endpoint::Unknown
-        || !ctx.shared.config.routes.enabled(endpoint)
+        || !snap.config.routes.enabled(endpoint)
         || (ctx.admin_only && !matches!(endpoint, Endpoint::Health | Endpoint::Metrics))
     {
         Some(GatewayError::NotFound)
@@ -250,7 +258,7 @@ async fn serve_request(
         inbuf.drain(..head.head_len);
         return keep;
     }
-    let (body, next) = match read_body(ctx, client, inbuf, &head).await {
+    let (body, next) = match read_body(snap, client, inbuf, &head).await {
         Ok(b) => b,
         Err(e) => {
             ctx.metrics.request(endpoint, false, None, e.status());
@@ -259,7 +267,7 @@ async fn serve_request(
         }
     };
     let keep = match endpoint {
-        Endpoint::Health => answer_health(ctx, client, &rid, keep).await && keep,
+        Endpoint::Health => answer_health(ctx, snap, client, &rid, keep).await && keep,
         Endpoint::Metrics => {
             let text = ctx.shared.registry.render();
             ctx.metrics.request(endpoint, false, None, 200);
@@ -268,7 +276,7 @@ async fn serve_request(
                 && keep
         }
         Endpoint::Models => {
-            let (status, body) = crate::models::merged(ctx, &rid).await;
+            let (status, body) = crate::models::merged(snap, &rid).await;
             ctx.metrics.request(endpoint, false, None, status);
             answer(client, status, b"application/json", &body, &rid, keep).await && keep
         }
@@ -285,6 +293,7 @@ async fn serve_request(
                 *watch = ClientWatch::new(client).ok();
             }
             let req = crate::proxy::Request {
+                snap,
                 head: &head,
                 head_bytes: &inbuf[..head.head_len],
                 body: body_bytes,
@@ -305,14 +314,19 @@ async fn serve_request(
     keep
 }
 
-async fn answer_health(ctx: &CoreCtx, client: &mut Stream, rid: &RequestIds, keep: bool) -> bool {
-    let set = &ctx.shared.backends;
-    let up = (0..set.len()).filter(|&i| set.is_up(i)).count();
+async fn answer_health(
+    ctx: &CoreCtx,
+    snap: &Snapshot,
+    client: &mut Stream,
+    rid: &RequestIds,
+    keep: bool,
+) -> bool {
+    let up = (0..snap.backends.len()).filter(|&i| snap.backend_up(i)).count();
     let status = if up > 0 { 200 } else { 503 };
     let body = format!(
         "{{\"status\":\"{}\",\"backends_up\":{up},\"backends\":{}}}\n",
         if up > 0 { "ok" } else { "unavailable" },
-        set.len()
+        snap.backends.len()
     );
     ctx.metrics.request(Endpoint::Health, false, None, status);
     answer(client, status, b"application/json", body.as_bytes(), rid, keep).await

@@ -1,13 +1,15 @@
 //! Per-core context: what one worker thread's tasks share without locks (pool, balancer rotation,
-//! buffers, counters), plus the `Shared` part that all cores read. Lives on its core thread (Rc).
+//! buffers, counters, the cached config snapshot), plus the `Shared` part that all cores read.
+//! Lives on its core thread (Rc).
 
-use crate::balancer::{BackendSet, Balancer};
-use crate::config::Config;
+use crate::balancer::Balancer;
 use crate::ids::{IdGen, RequestIds};
 use crate::metrics::{CoreMetrics, Registry};
+use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::upstream::Pool;
 use crate::usage::record::UsageRecord;
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -21,8 +23,9 @@ pub type RecordSink = Arc<dyn Fn(UsageRecord) + Send + Sync>;
 
 /// Read-mostly state shared by every core.
 pub struct Shared {
-    pub config: Arc<Config>,
-    pub backends: Arc<BackendSet>,
+    /// What config decides, swapped by reload and discovery. On a core, read it through
+    /// `CoreCtx::snapshot()` (once per request), never by holding a snapshot across requests.
+    pub snapshots: Arc<SnapshotCell>,
     pub registry: Arc<Registry>,
     pub records: RecordSink,
     pub shutdown: Arc<AtomicBool>,
@@ -44,6 +47,10 @@ pub struct CoreCtx {
     pub shared: Arc<Shared>,
     pub core: usize,
     pub metrics: Arc<CoreMetrics>,
+    /// This core's copy of the current snapshot (replaced when the generation moves). The Rc
+    /// is cloned per request without touching the Arc's shared (cross-core) reference count.
+    #[allow(clippy::redundant_allocation)]
+    snap: RefCell<Rc<Arc<Snapshot>>>,
     pub balancer: RefCell<Balancer>,
     pub pool: RefCell<Pool>,
     buffers: RefCell<Vec<Vec<u8>>>,
@@ -56,8 +63,7 @@ pub struct CoreCtx {
     /// Requests being handled on this core (drain waits for 0).
     pub inflight: Cell<usize>,
     pub connections: Cell<usize>,
-    /// This core's share of `limits.max_connections`.
-    pub max_connections: usize,
+    workers: usize,
     /// Serves only /health and /metrics (the `admin_listen` listener).
     pub admin_only: bool,
     /// This core's side of the limits (admission, subject cache).
@@ -66,11 +72,10 @@ pub struct CoreCtx {
 
 impl CoreCtx {
     pub fn new(shared: Arc<Shared>, core: usize, workers: usize, metrics: Arc<CoreMetrics>) -> Self {
-        let n = shared.backends.len();
-        let max_connections = shared.config.limits.max_connections.div_ceil(workers.max(1));
         CoreCtx {
-            balancer: RefCell::new(Balancer::new(n, core)),
-            pool: RefCell::new(Pool::new(n)),
+            snap: RefCell::new(Rc::new(shared.snapshots.load())),
+            balancer: RefCell::new(Balancer::new(core)),
+            pool: RefCell::new(Pool::new()),
             buffers: RefCell::new(Vec::new()),
             small_buffers: RefCell::new(Vec::new()),
             ids: IdGen::new(),
@@ -78,13 +83,31 @@ impl CoreCtx {
             cut: Cell::new(false),
             inflight: Cell::new(0),
             connections: Cell::new(0),
-            max_connections,
+            workers: workers.max(1),
             admin_only: false,
             limits: crate::limits::CoreLimits::new(shared.limits.clone(), core),
             shared,
             core,
             metrics,
         }
+    }
+
+    /// The current config snapshot: one atomic load (the generation) and a non-atomic Rc clone;
+    /// a new snapshot is fetched only when the generation moved. A request calls this once and
+    /// keeps what it got to the end, so in-flight requests finish on the config they started with.
+    #[allow(clippy::redundant_allocation)]
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        let g = self.shared.snapshots.generation();
+        let mut s = self.snap.borrow_mut();
+        if s.generation != g {
+            *s = Rc::new(self.shared.snapshots.load());
+        }
+        s.clone()
+    }
+
+    /// This core's share of `limits.max_connections`.
+    pub fn max_connections(&self, snap: &Snapshot) -> usize {
+        snap.config.limits.max_connections.div_ceil(self.workers)
     }
 
     pub fn admin_only(mut self) -> Self {

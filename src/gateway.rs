@@ -2,12 +2,12 @@
 //! the webhook and health threads, one pinned worker per core; then a graceful drain on stop.
 //! Used by `main` (run, demo) and by tests that want the gateway in-process.
 
-use crate::balancer::BackendSet;
 use crate::config::Config;
 use crate::core::{CoreCtx, Shared};
 use crate::cores::{self, Driver};
 use crate::delivery::{self, WebhookHandle, WebhookStats};
-use crate::metrics::{CoreMetrics, Registry};
+use crate::metrics::{CoreMetrics, Registry, ReloadStats};
+use crate::snapshot::SnapshotCell;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +22,10 @@ pub struct Options {
     pub echo_records: bool,
     /// The graceful-stop flag (set by SIGTERM/SIGINT handlers installed before start).
     pub shutdown: Arc<AtomicBool>,
+    /// The file SIGHUP reloads (None: the config did not come from a file).
+    pub config_path: Option<std::path::PathBuf>,
+    /// Set (by a SIGHUP handler installed before start) to ask for a reload.
+    pub reload: Arc<AtomicBool>,
 }
 
 pub struct Gateway {
@@ -29,6 +33,10 @@ pub struct Gateway {
     pub admin_addr: Option<SocketAddr>,
     pub driver: Driver,
     shutdown: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    config_path: Option<std::path::PathBuf>,
+    snapshots: Arc<SnapshotCell>,
+    reloads: Arc<ReloadStats>,
     workers: Vec<JoinHandle<()>>,
     health: Option<JoinHandle<()>>,
     health_stop: Arc<AtomicBool>,
@@ -74,27 +82,30 @@ impl Gateway {
 
         let stats = Arc::new(WebhookStats::default());
         let (sink, webhook) = delivery::start(&config.usage_hook, stats.clone(), opts.echo_records)?;
-        let backends = Arc::new(BackendSet::new(config.backends.clone(), config.strategy));
+        let snapshots = Arc::new(
+            SnapshotCell::new((*config).clone(), plan.len())
+                .map_err(|p| io::Error::new(io::ErrorKind::InvalidInput, p.join("; ")))?,
+        );
         let core_metrics: Vec<Arc<CoreMetrics>> =
-            (0..plan.len()).map(|_| Arc::new(CoreMetrics::new(backends.len()))).collect();
+            (0..plan.len()).map(|i| Arc::new(CoreMetrics::new(i))).collect();
         let depth_sink = sink.clone();
         let limiter = Arc::new(crate::limits::Limiter::new(&config, plan.len()));
         let limits = crate::limits::SyncThread::start(limiter.clone(), &config.rate_limit)?;
         let render_limits = limiter.clone();
+        let reloads = Arc::new(ReloadStats::default());
         let registry = Arc::new(Registry {
-            backend_names: config.backends.iter().map(|b| b.url.clone()).collect(),
+            snapshots: snapshots.clone(),
             cores: core_metrics.clone(),
-            backends: backends.clone(),
             webhook: stats,
             queue_depth: Box::new(move || depth_sink.queue_depth()),
             extra: vec![Box::new(move |out: &mut String| render_limits.render(out))],
+            reloads: reloads.clone(),
         });
         let shutdown = opts.shutdown.clone();
         let listener_tls =
             config.tls.as_ref().map(|t| Arc::new(crate::tls::ListenerTls::new(t.server.clone())));
         let shared = Arc::new(Shared {
-            config: config.clone(),
-            backends: backends.clone(),
+            snapshots: snapshots.clone(),
             registry,
             records: Arc::new(move |r| sink.submit(r)),
             shutdown: shutdown.clone(),
@@ -109,8 +120,7 @@ impl Gateway {
         });
 
         let health_stop = Arc::new(AtomicBool::new(false));
-        let health =
-            crate::health::spawn(backends.clone(), config.health_check.clone(), health_stop.clone())?;
+        let health = crate::health::spawn(snapshots.clone(), health_stop.clone())?;
 
         log::info!("listening on {addr}");
         if listener_tls.is_some() {
@@ -119,12 +129,16 @@ impl Gateway {
         if let Some(a) = admin_addr {
             log::info!("admin endpoints (/health, /metrics) on {a}");
         }
-        for b in &config.backends {
+        let snap = snapshots.load();
+        for b in &snap.backends {
+            let addrs: Vec<String> =
+                snap.endpoints[b.endpoints.clone()].iter().map(|e| e.addr.to_string()).collect();
             log::info!(
-                "backend {} (weight {}{})",
-                b.url,
-                b.weight,
-                if b.models.is_empty() { String::new() } else { format!(", models {:?}", b.models) }
+                "backend {} (weight {}{}; addresses {})",
+                b.cfg.url,
+                b.cfg.weight,
+                if b.cfg.models.is_empty() { String::new() } else { format!(", models {:?}", b.cfg.models) },
+                addrs.join(", ")
             );
         }
         let pinned: Vec<String> =
@@ -182,6 +196,10 @@ impl Gateway {
             admin_addr,
             driver,
             shutdown,
+            reload: opts.reload,
+            config_path: opts.config_path,
+            snapshots,
+            reloads,
             workers,
             health: Some(health),
             health_stop,
@@ -200,6 +218,21 @@ impl Gateway {
     /// The flag that starts a graceful stop when set (signal handlers set it).
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()
+    }
+
+    /// The flag that asks for a config reload when set (the SIGHUP handler sets it).
+    pub fn reload_flag(&self) -> Arc<AtomicBool> {
+        self.reload.clone()
+    }
+
+    /// Reloads the config file now (what SIGHUP does); true when the new config is in use.
+    pub fn reload(&self) -> bool {
+        let Some(path) = &self.config_path else {
+            log::warn!("reload requested, but this gateway's config did not come from a file");
+            return false;
+        };
+        let Some(_config) = crate::reload::reload(path, &self.snapshots, &self.reloads) else { return false };
+        true
     }
 
     /// Stops accepting, waits for in-flight requests (up to `shutdown_grace`), stops the health
@@ -226,6 +259,9 @@ impl Gateway {
     /// Blocks until the shutdown flag is set, then stops.
     pub fn run_until_shutdown(self) {
         while !self.shutdown.load(Ordering::Relaxed) {
+            if self.reload.swap(false, Ordering::Relaxed) {
+                self.reload();
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         log::info!("shutting down: draining in-flight requests");

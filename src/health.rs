@@ -1,27 +1,33 @@
-//! Active health checks on their own thread (never on a core): every `interval`, a blocking
-//! `GET <path>` to each backend (over TLS for https ones, through `net::dial`); 2xx marks it up,
-//! anything else down, except a TLS rejection (e.g. a certificate that does not verify), which is
-//! logged and leaves the backend up so requests answer 502 with the reason. Cores mark down passively.
-//! For `continuous_usage = "auto"` backends it also reads `GET /v1/models` and learns from
-//! `owned_by` whether the server reports continuous usage (vLLM, SGLang).
+//! Active health checks on their own thread (never on a core): a blocking `GET <path>` (through
+//! `net::dial`, over TLS for https backends) to each endpoint (every address of every backend) of
+//! the current snapshot; 2xx marks it up, anything else down, except a TLS rejection (a
+//! certificate that does not verify), which is logged and leaves the endpoint up so requests
+//! answer 502 with the reason. Every endpoint is checked at once when it appears (start, reload,
+//! DNS change); an up endpoint every `interval`; a down one (by check, or marked down by a core)
+//! again after 100 ms, then backing off to `interval`, so a gateway started before its backends
+//! follows them quickly. For `continuous_usage = "auto"` backends it also reads `GET /v1/models`
+//! and learns from `owned_by` whether the server reports continuous usage (vLLM, SGLang).
 
-use crate::balancer::BackendSet;
-use crate::config::HealthCheckConfig;
+use crate::config::{BackendConfig, HealthCheckConfig};
+use crate::snapshot::{Backend, EndpointId, SnapshotCell};
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Checks one backend once; true when it answered 2xx in time.
-pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
-    let b = &set.backends[i];
-    let mut s = match crate::net::connect_blocking(b.addr, b.tls.as_ref(), cfg.timeout) {
+/// First re-check of an endpoint found down.
+pub const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Checks one endpoint once; true when it answered 2xx in time.
+pub fn check_once(addr: SocketAddr, b: &BackendConfig, cfg: &HealthCheckConfig) -> bool {
+    let mut s = match crate::net::connect_blocking(addr, b.tls.as_ref(), cfg.timeout) {
         Ok(s) => s,
         // Alive, but its TLS does not match the settings: kept up so requests get a 502 that
         // says why (see proxy), and said here too.
         Err(e) if e.is_tls_rejection() => {
-            log::warn!("health check of {}: {e}", b.url);
+            log::warn!("health check of {} ({addr}): {e}", b.url);
             return true;
         }
         Err(_) => return false,
@@ -53,35 +59,97 @@ pub fn check_once(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) -> bool {
     buf.starts_with(b"HTTP/1.") && buf[9] == b'2'
 }
 
+/// When one endpoint is checked next. Pure: `after_check` and `marked_down` are the transitions.
+#[derive(Debug, Clone, Copy)]
+pub struct Due {
+    pub next: Instant,
+    backoff: Duration,
+    last_up: bool,
+}
+
+impl Due {
+    /// A new endpoint: checked at once.
+    pub fn new(now: Instant) -> Self {
+        Due { next: now, backoff: FIRST_RETRY, last_up: true }
+    }
+
+    /// After a check: up -> again in `interval`; down -> again after the backoff, which doubles
+    /// up to `interval`.
+    pub fn after_check(&mut self, now: Instant, up: bool, interval: Duration) {
+        if up {
+            self.next = now + interval;
+            self.backoff = FIRST_RETRY.min(interval);
+        } else {
+            self.next = now + self.backoff.min(interval);
+            self.backoff = (self.backoff * 2).min(interval);
+        }
+        self.last_up = up;
+    }
+
+    /// A core marked the endpoint down (a refused connect): re-check it soon.
+    pub fn marked_down(&mut self, now: Instant) {
+        if self.last_up {
+            self.last_up = false;
+            self.backoff = FIRST_RETRY;
+            self.next = self.next.min(now + FIRST_RETRY);
+        }
+    }
+}
+
 /// Starts the health thread; it stops when `stop` is set.
-pub fn spawn(
-    set: Arc<BackendSet>,
-    cfg: HealthCheckConfig,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(snapshots: Arc<SnapshotCell>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("llmproxy-health".into()).spawn(move || {
+        let mut due: Vec<(EndpointId, Due)> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            for i in 0..set.len() {
-                let up = check_once(&set, i, &cfg);
-                if up && set.backends[i].continuous_usage == crate::config::ContinuousUsage::Auto {
-                    learn_continuous(&set, i, &cfg);
+            let snap = snapshots.load();
+            let cfg = &snap.config.health_check;
+            let now = Instant::now();
+            // Follow the snapshot's endpoints by id: new ones are due at once, gone ones dropped.
+            due = snap
+                .endpoints
+                .iter()
+                .map(|e| (e.id, due.iter().find(|(id, _)| *id == e.id).map_or(Due::new(now), |d| d.1)))
+                .collect();
+            for (e, (_, d)) in snap.endpoints.iter().zip(due.iter_mut()) {
+                if stop.load(Ordering::Relaxed) {
+                    return;
                 }
-                if set.set_up(i, up) {
+                if !e.state.is_up() {
+                    d.marked_down(Instant::now());
+                }
+                if Instant::now() < d.next {
+                    continue;
+                }
+                let backend = &snap.backends[e.backend];
+                let b = &backend.cfg;
+                let up = check_once(e.addr, b, cfg);
+                if up && b.continuous_usage == crate::config::ContinuousUsage::Auto {
+                    learn_continuous(backend, e.addr, cfg);
+                }
+                d.after_check(Instant::now(), up, cfg.interval);
+                if e.state.set_up(up) {
                     if up {
-                        log::info!("backend {} is up (health check passed)", set.backends[i].url);
+                        log::info!("backend {} ({}) is up (health check passed)", b.url, e.addr);
                     } else {
                         log::warn!(
-                            "backend {} is down (health check {} failed)",
-                            set.backends[i].url,
+                            "backend {} ({}) is down (health check {} failed)",
+                            b.url,
+                            e.addr,
                             cfg.path
                         );
                     }
                 }
             }
-            // Sleep in small steps so shutdown is prompt.
-            let until = Instant::now() + cfg.interval;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20).min(cfg.interval));
+            // Sleep until the next endpoint is due, in small steps so shutdown, a new snapshot
+            // and endpoints marked down by cores are seen promptly.
+            let next = due.iter().map(|(_, d)| d.next).min().unwrap_or(now + cfg.interval);
+            let g = snapshots.generation();
+            while Instant::now() < next
+                && !stop.load(Ordering::Relaxed)
+                && snapshots.generation() == g
+                && snap.endpoints.iter().zip(&due).all(|(e, (_, d))| e.state.is_up() || !d.last_up)
+            {
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     })
@@ -95,9 +163,9 @@ const CONTINUOUS_OWNERS: [&str; 2] = ["vllm", "sglang"];
 
 /// `GET /v1/models` once; sets the backend's learned continuous-usage flag from `owned_by`.
 /// A backend that does not answer keeps what was learned before.
-fn learn_continuous(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) {
-    let b = &set.backends[i];
-    let Ok(mut s) = crate::net::connect_blocking(b.addr, b.tls.as_ref(), cfg.timeout) else { return };
+fn learn_continuous(backend: &Backend, addr: SocketAddr, cfg: &HealthCheckConfig) {
+    let b = &backend.cfg;
+    let Ok(mut s) = crate::net::connect_blocking(addr, b.tls.as_ref(), cfg.timeout) else { return };
     let mut req = format!(
         "GET {}/v1/models HTTP/1.1\r\nHost: {}\r\nUser-Agent: llmproxy-health\r\nConnection: close\r\n",
         b.base_path, b.host_header
@@ -115,7 +183,7 @@ fn learn_continuous(set: &BackendSet, i: usize, cfg: &HealthCheckConfig) {
         return;
     }
     let on = owners(&body).any(|o| CONTINUOUS_OWNERS.iter().any(|c| o.eq_ignore_ascii_case(c.as_bytes())));
-    if set.set_learned_continuous(i, on) {
+    if backend.set_learned_continuous(on) {
         log::info!("backend {}: continuous usage {} (learned from /v1/models owned_by)", b.url, on);
     }
 }
@@ -139,10 +207,35 @@ pub fn owners(text: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn owners_found() {
         let t = br#"{"data":[{"id":"a","owned_by": "vllm"},{"owned_by":null},{"owned_by":"sglang"}]}"#;
         let o: Vec<&[u8]> = super::owners(t).collect();
         assert_eq!(o, vec![&b"vllm"[..], &b"sglang"[..]]);
+    }
+
+    #[test]
+    fn a_down_endpoint_is_rechecked_with_backoff_up_to_the_interval() {
+        let t0 = Instant::now();
+        let interval = Duration::from_secs(1);
+        let mut d = Due::new(t0);
+        assert_eq!(d.next, t0);
+        let mut gaps = Vec::new();
+        for _ in 0..6 {
+            d.after_check(t0, false, interval);
+            gaps.push((d.next - t0).as_millis());
+        }
+        assert_eq!(gaps, [100, 200, 400, 800, 1000, 1000]);
+        d.after_check(t0, true, interval);
+        assert_eq!((d.next - t0).as_millis(), 1000);
+        // Marked down by a core between checks: re-checked within FIRST_RETRY, then backs off.
+        d.marked_down(t0);
+        assert_eq!((d.next - t0).as_millis(), 100);
+        d.after_check(t0, false, interval);
+        assert_eq!((d.next - t0).as_millis(), 100);
+        d.after_check(t0, false, interval);
+        assert_eq!((d.next - t0).as_millis(), 200);
     }
 }

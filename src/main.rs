@@ -169,26 +169,27 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    serve(config, false)
+    serve(config, Some(path.to_path_buf()), false)
 }
 
-/// Runs a gateway until SIGTERM/SIGINT, then drains and exits 0.
-fn serve(config: Config, echo_records: bool) -> ExitCode {
+/// Runs a gateway until SIGTERM/SIGINT, then drains and exits 0. SIGHUP reloads the config file;
+/// SIGUSR1/SIGUSR2 are caught and ignored (their default action would kill the process).
+fn serve(config: Config, config_path: Option<PathBuf>, echo_records: bool) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     // Every handler is installed before anything starts: tests and supervisors act on the first
     // log lines, and a SIGTERM sent while its handler was still being installed after start was
-    // lost (the gateway then never drained) or killed the process without draining.
-    // SIGUSR1/SIGUSR2 (and SIGHUP, until reload is built) would terminate the process by default,
+    // lost (the gateway then never drained) or killed the process without draining; a SIGHUP
+    // must never kill the process. SIGUSR1/SIGUSR2 would terminate the process by default,
     // skipping the usage journal's final commit: catch them.
     let shutdown = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
     let ignored = Arc::new(AtomicBool::new(false));
     for (sig, f) in [
         (SIGTERM, shutdown.clone()),
         (SIGINT, shutdown.clone()),
-        (SIGHUP, hup.clone()),
+        (SIGHUP, reload.clone()),
         (SIGUSR1, ignored.clone()),
         (SIGUSR2, ignored),
     ] {
@@ -197,19 +198,13 @@ fn serve(config: Config, echo_records: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let gw = match Gateway::start(config, Options { echo_records, shutdown }) {
+    let gw = match Gateway::start(config, Options { echo_records, config_path, reload, shutdown }) {
         Ok(g) => g,
         Err(e) => {
             log::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    std::thread::spawn(move || loop {
-        if hup.swap(false, Ordering::Relaxed) {
-            log::warn!("SIGHUP: config reload is not in this build; restart to apply config changes");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    });
     gw.run_until_shutdown();
     ExitCode::SUCCESS
 }
@@ -246,7 +241,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
         mock.options().model
     );
     eprintln!("Stop with Ctrl-C.\n");
-    let code = serve(config, true);
+    let code = serve(config, None, true);
     drop(mock);
     code
 }

@@ -1,89 +1,23 @@
 //! Metrics: per-core counters written only by their own core (no contended cache lines on the hot
 //! path), merged with the shared gauges when `/metrics` is scraped, and rendered as Prometheus text.
 
+use crate::counters::STATUS_SLOTS;
+pub use crate::counters::{BackendStats, CoreMetrics, Histogram, BUCKETS_MS};
 use crate::http1::Endpoint;
+use crate::snapshot::SnapshotCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-/// Upper bounds (ms) of the latency and TTFT histogram buckets.
-pub const BUCKETS_MS: [u64; 18] =
-    [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 30000, 60000, 120000, 300000];
-/// Status codes with their own counter; others count under "other".
-const STATUS_SLOTS: [u16; 17] =
-    [200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 422, 429, 431, 500, 502, 503, 504];
-const ENDPOINTS: usize = Endpoint::ALL.len();
 /// Most distinct model labels in `llmproxy_tokens_total`; more count under "other".
 const MAX_MODELS: usize = 200;
 
-fn status_slot(status: u16) -> usize {
-    STATUS_SLOTS.iter().position(|&s| s == status).unwrap_or(STATUS_SLOTS.len())
-}
-
-#[derive(Debug)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_MS.len()],
-    sum: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    pub fn observe(&self, ms: u64) {
-        if let Some(i) = BUCKETS_MS.iter().position(|&b| ms <= b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.sum.fetch_add(ms, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-}
-
-/// Counters of one core. Only that core writes them; the scraper reads.
-#[derive(Debug)]
-pub struct CoreMetrics {
-    backends: usize,
-    /// [endpoint][stream][backend + 1 ("none")][status slot]
-    requests: Box<[AtomicU64]>,
-    pub latency: Histogram,
-    pub ttft: Histogram,
-    pub connections: AtomicI64,
-    /// In-flight requests per backend started on this core.
-    pub inflight: Box<[AtomicI64]>,
-}
-
-impl CoreMetrics {
-    pub fn new(backends: usize) -> Self {
-        let n = ENDPOINTS * 2 * (backends + 1) * (STATUS_SLOTS.len() + 1);
-        CoreMetrics {
-            backends,
-            requests: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            latency: Histogram::default(),
-            ttft: Histogram::default(),
-            connections: AtomicI64::new(0),
-            inflight: (0..backends).map(|_| AtomicI64::new(0)).collect(),
-        }
-    }
-
-    fn slot(&self, endpoint: usize, stream: bool, backend: Option<usize>, status_slot: usize) -> usize {
-        let b = backend.map_or(0, |b| b + 1);
-        ((endpoint * 2 + usize::from(stream)) * (self.backends + 1) + b) * (STATUS_SLOTS.len() + 1)
-            + status_slot
-    }
-
-    pub fn request(&self, endpoint: Endpoint, stream: bool, backend: Option<usize>, status: u16) {
-        let i = self.slot(endpoint.index(), stream, backend, status_slot(status));
-        self.requests[i].fetch_add(1, Relaxed);
-    }
+/// Config reloads (SIGHUP), by result.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub error: AtomicU64,
 }
 
 /// Token counts by model, kept by the webhook thread from the records it handles (off the hot path).
@@ -120,16 +54,17 @@ impl TokenCounters {
 /// Appends metric families owned elsewhere to the `/metrics` text.
 pub type RenderFn = Box<dyn Fn(&mut String) + Send + Sync>;
 
-/// Everything `/metrics` shows: the cores' counters and the gauges owned elsewhere.
+/// Everything `/metrics` shows: the cores' counters, the backends of the current snapshot (their
+/// per-core counters and health), and the gauges owned elsewhere.
 pub struct Registry {
-    pub backend_names: Vec<String>,
+    pub snapshots: Arc<SnapshotCell>,
     pub cores: Vec<Arc<CoreMetrics>>,
-    pub backends: Arc<crate::balancer::BackendSet>,
     pub webhook: Arc<crate::delivery::WebhookStats>,
     /// Records queued in memory for the webhook thread.
     pub queue_depth: Box<dyn Fn() -> usize + Send + Sync>,
     /// Families owned by other modules (limits), appended at the end of the text.
     pub extra: Vec<RenderFn>,
+    pub reloads: Arc<ReloadStats>,
 }
 
 fn escape(v: &str) -> String {
@@ -139,7 +74,7 @@ fn escape(v: &str) -> String {
 impl Registry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
-        let nb = self.backend_names.len();
+        let snap = self.snapshots.load();
         let _ = writeln!(
             out,
             "# HELP llmproxy_requests_total Requests answered, by endpoint, stream, backend and HTTP status."
@@ -147,18 +82,20 @@ impl Registry {
         let _ = writeln!(out, "# TYPE llmproxy_requests_total counter");
         for ep in Endpoint::ALL {
             for stream in [false, true] {
-                for b in 0..=nb {
+                for b in 0..=snap.backends.len() {
                     for s in 0..=STATUS_SLOTS.len() {
-                        let backend = (b > 0).then(|| b - 1);
-                        let total: u64 = self
-                            .cores
-                            .iter()
-                            .map(|c| c.requests[c.slot(ep.index(), stream, backend, s)].load(Relaxed))
-                            .sum();
+                        let (bname, total): (&str, u64) = if b == 0 {
+                            ("none", self.cores.iter().map(|c| c.unrouted.get(ep.index(), stream, s)).sum())
+                        } else {
+                            let be = &snap.backends[b - 1];
+                            (
+                                be.cfg.url.as_str(),
+                                be.stats.per_core.iter().map(|c| c.requests.get(ep.index(), stream, s)).sum(),
+                            )
+                        };
                         if total == 0 {
                             continue;
                         }
-                        let bname = backend.map_or("none", |i| self.backend_names[i].as_str());
                         let status = STATUS_SLOTS.get(s).map_or("other".to_string(), u16::to_string);
                         let _ = writeln!(
                             out,
@@ -249,14 +186,14 @@ impl Registry {
             w.tokens.usage_missing.load(Relaxed),
         );
         let _ =
-            writeln!(out, "# HELP llmproxy_backend_up Backend health as the gateway sees it (1 up, 0 down).");
+            writeln!(out, "# HELP llmproxy_backend_up Backend health as the gateway sees it (1: at least one of its addresses is up).");
         let _ = writeln!(out, "# TYPE llmproxy_backend_up gauge");
-        for (i, name) in self.backend_names.iter().enumerate() {
+        for (i, b) in snap.backends.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "llmproxy_backend_up{{backend=\"{}\"}} {}",
-                escape(name),
-                u8::from(self.backends.is_up(i))
+                escape(&b.cfg.url),
+                u8::from(snap.backend_up(i))
             );
         }
         let _ = writeln!(
@@ -264,16 +201,40 @@ impl Registry {
             "# HELP llmproxy_backend_continuous_usage Streams to the backend ask for usage on every chunk (1) or not (0)."
         );
         let _ = writeln!(out, "# TYPE llmproxy_backend_continuous_usage gauge");
-        for (i, name) in self.backend_names.iter().enumerate() {
-            let on = u8::from(self.backends.continuous_usage(i));
-            let _ = writeln!(out, "llmproxy_backend_continuous_usage{{backend=\"{}\"}} {on}", escape(name));
+        for b in &snap.backends {
+            let on = u8::from(b.continuous_usage());
+            let _ =
+                writeln!(out, "llmproxy_backend_continuous_usage{{backend=\"{}\"}} {on}", escape(&b.cfg.url));
+        }
+        let _ = writeln!(out, "# HELP llmproxy_backend_endpoints Addresses a backend currently resolves to, and how many of them are up.");
+        let _ = writeln!(out, "# TYPE llmproxy_backend_endpoints gauge");
+        for b in &snap.backends {
+            let eps = &snap.endpoints[b.endpoints.clone()];
+            let up = eps.iter().filter(|e| e.state.is_up()).count();
+            let name = escape(&b.cfg.url);
+            let _ = writeln!(out, "llmproxy_backend_endpoints{{backend=\"{name}\",state=\"up\"}} {up}");
+            let _ = writeln!(
+                out,
+                "llmproxy_backend_endpoints{{backend=\"{name}\",state=\"down\"}} {}",
+                eps.len() - up
+            );
         }
         let _ = writeln!(out, "# HELP llmproxy_backend_inflight Requests in flight to each backend.");
         let _ = writeln!(out, "# TYPE llmproxy_backend_inflight gauge");
-        for (i, name) in self.backend_names.iter().enumerate() {
-            let v: i64 = self.cores.iter().map(|c| c.inflight[i].load(Relaxed)).sum();
-            let _ = writeln!(out, "llmproxy_backend_inflight{{backend=\"{}\"}} {}", escape(name), v.max(0));
+        for b in &snap.backends {
+            let v: i64 = b.stats.per_core.iter().map(|c| c.inflight.load(Relaxed)).sum();
+            let _ =
+                writeln!(out, "llmproxy_backend_inflight{{backend=\"{}\"}} {}", escape(&b.cfg.url), v.max(0));
         }
+        let _ = writeln!(out, "# HELP llmproxy_config_reloads_total Config reloads (SIGHUP), by result.\n# TYPE llmproxy_config_reloads_total counter");
+        let _ =
+            writeln!(out, "llmproxy_config_reloads_total{{result=\"ok\"}} {}", self.reloads.ok.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "llmproxy_config_reloads_total{{result=\"error\"}} {}",
+            self.reloads.error.load(Relaxed)
+        );
+        let _ = writeln!(out, "# HELP llmproxy_config_generation Generation of the snapshot in use (bumped by each reload and each DNS change).\n# TYPE llmproxy_config_generation gauge\nllmproxy_config_generation {}", snap.generation);
         let conns: i64 = self.cores.iter().map(|c| c.connections.load(Relaxed)).sum();
         let _ = writeln!(out, "# HELP llmproxy_connections_active Open client connections.\n# TYPE llmproxy_connections_active gauge\nllmproxy_connections_active {}", conns.max(0));
         for f in &self.extra {
@@ -301,47 +262,44 @@ mod tests {
 
     #[test]
     fn merges_cores_and_renders_every_family() {
-        let cores: Vec<_> = (0..2).map(|_| Arc::new(CoreMetrics::new(2))).collect();
-        cores[0].request(Endpoint::ChatCompletions, true, Some(1), 200);
-        cores[1].request(Endpoint::ChatCompletions, true, Some(1), 200);
+        let config = crate::config::Config::parse(
+            "[[backends]]\nurl = \"http://127.0.0.1:1\"\n[[backends]]\nurl = \"http://127.0.0.2:1\"\n",
+            "t",
+        )
+        .unwrap();
+        let snapshots = Arc::new(SnapshotCell::new(config, 2).unwrap());
+        let snap = snapshots.load();
+        let cores: Vec<_> = (0..2).map(|i| Arc::new(CoreMetrics::new(i))).collect();
+        cores[0].request(Endpoint::ChatCompletions, true, Some(&snap.backends[1].stats), 200);
+        cores[1].request(Endpoint::ChatCompletions, true, Some(&snap.backends[1].stats), 200);
         cores[1].request(Endpoint::Unknown, false, None, 404);
         cores[0].latency.observe(7);
         cores[1].latency.observe(70_000_000);
-        let backends = Arc::new(crate::balancer::BackendSet::new(
-            ["http://127.0.0.1", "http://127.0.0.2"]
-                .iter()
-                .map(|u| {
-                    crate::config::Config::parse(&format!("[[backends]]\nurl = \"{u}:1\"\n"), "t")
-                        .unwrap()
-                        .backends
-                        .remove(0)
-                })
-                .collect(),
-            crate::config::Strategy::RoundRobin,
-        ));
-        backends.set_up(1, false);
+        snap.endpoints[1].state.set_up(false);
         let webhook = Arc::new(crate::delivery::WebhookStats::default());
         webhook.spool_records.store(5, Relaxed);
         let reg = Registry {
-            backend_names: vec!["http://a:1".into(), "http://b:1".into()],
+            snapshots,
             cores,
-            backends,
             webhook,
             queue_depth: Box::new(|| 2),
             extra: Vec::new(),
+            reloads: Arc::new(ReloadStats::default()),
         };
         let text = reg.render();
-        assert!(text.contains("llmproxy_requests_total{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"http://b:1\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("llmproxy_requests_total{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"http://127.0.0.2:1\",status=\"200\"} 2"), "{text}");
         assert!(text.contains(
             "llmproxy_requests_total{endpoint=\"other\",stream=\"false\",backend=\"none\",status=\"404\"} 1"
         ));
         assert!(text.contains("llmproxy_latency_ms_bucket{le=\"10\"} 1\n"));
         assert!(text.contains("llmproxy_latency_ms_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("llmproxy_backend_up{backend=\"http://a:1\"} 1"));
-        assert!(text.contains("llmproxy_backend_up{backend=\"http://b:1\"} 0"));
+        assert!(text.contains("llmproxy_backend_up{backend=\"http://127.0.0.1:1\"} 1"));
+        assert!(text.contains("llmproxy_backend_up{backend=\"http://127.0.0.2:1\"} 0"));
         assert!(text.contains("llmproxy_spool_records 5"));
         assert!(text.contains("llmproxy_webhook_queue_depth 2"));
         assert!(text.contains("llmproxy_usage_missing_total 0"));
         assert!(text.contains("llmproxy_connections_active 0"));
+        assert!(text.contains("llmproxy_config_reloads_total{result=\"ok\"} 0"));
+        assert!(text.contains("llmproxy_config_reloads_total{result=\"error\"} 0"));
     }
 }

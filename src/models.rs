@@ -2,8 +2,8 @@
 //! administrative call, so a plain request per backend) and the model lists are joined by id.
 
 use crate::chunked::ChunkedDecoder;
-use crate::core::CoreCtx;
 use crate::http1::{self, BodyFraming, Parse};
+use crate::snapshot::Snapshot;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use std::time::Instant;
 
@@ -11,16 +11,16 @@ use std::time::Instant;
 const MAX_MODELS_BODY: usize = 4 << 20;
 
 /// Status and JSON body of the merged list.
-pub async fn merged(ctx: &CoreCtx, ids: &crate::ids::RequestIds) -> (u16, Vec<u8>) {
+pub async fn merged(snap: &Snapshot, ids: &crate::ids::RequestIds) -> (u16, Vec<u8>) {
     let rid = ids.trace();
-    let set = &ctx.shared.backends;
     let mut data: Vec<serde_json::Value> = Vec::new();
     let mut answered = 0;
-    for b in 0..set.len() {
-        if !set.is_up(b) {
+    for b in 0..snap.backends.len() {
+        // The first endpoint of the backend that is up stands for it.
+        let Some(e) = snap.backends[b].endpoints.clone().find(|&e| snap.endpoints[e].state.is_up()) else {
             continue;
-        }
-        let Some(body) = fetch(ctx, b, rid).await else { continue };
+        };
+        let Some(body) = fetch(snap, e, rid).await else { continue };
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { continue };
         answered += 1;
         for m in v.get("data").and_then(|d| d.as_array()).into_iter().flatten() {
@@ -30,14 +30,14 @@ pub async fn merged(ctx: &CoreCtx, ids: &crate::ids::RequestIds) -> (u16, Vec<u8
             }
         }
         // Backends restricted to some models also serve those, even if they do not list them.
-        for name in &set.backends[b].models {
+        for name in &snap.backends[b].cfg.models {
             if !data.iter().any(|x| x.get("id").and_then(|i| i.as_str()) == Some(name)) {
                 data.push(serde_json::json!({"id": name, "object": "model", "owned_by": "llmproxy"}));
             }
         }
     }
     if answered == 0 {
-        let e = if set.any_up() {
+        let e = if snap.any_up() {
             crate::error::GatewayError::BadGateway("no backend answered /v1/models")
         } else {
             crate::error::GatewayError::NoHealthyBackend
@@ -51,14 +51,14 @@ pub async fn merged(ctx: &CoreCtx, ids: &crate::ids::RequestIds) -> (u16, Vec<u8
     (200, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-async fn fetch(ctx: &CoreCtx, b: usize, rid: &str) -> Option<Vec<u8>> {
-    let limits = &ctx.shared.config.limits;
-    let bc = &ctx.shared.backends.backends[b];
-    let mut conn = match crate::net::connect(bc.addr, bc.tls.as_ref(), limits.upstream_connect_timeout).await
-    {
+async fn fetch(snap: &Snapshot, e: usize, rid: &str) -> Option<Vec<u8>> {
+    let limits = &snap.config.limits;
+    let bc = &snap.backend_of(e).cfg;
+    let addr = snap.endpoints[e].addr;
+    let mut conn = match crate::net::connect(addr, bc.tls.as_ref(), limits.upstream_connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
-            log::warn!("request_id={rid} /v1/models from {}: {e}", bc.url);
+            log::warn!("request_id={rid} /v1/models from {} ({addr}): {e}", bc.url);
             return None;
         }
     };

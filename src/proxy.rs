@@ -3,6 +3,7 @@
 //! (CONTRACT 3; README, Retries), and emit exactly one usage record. Runs on core threads.
 
 use crate::auth;
+use crate::balancer;
 use crate::config::IncludeUsage;
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
@@ -10,6 +11,7 @@ use crate::http1::RequestHead;
 use crate::limits::{self, Admission};
 use crate::net::{DialError, Stream};
 use crate::relay::{self, End, Outcome, Outgoing};
+use crate::snapshot::Snapshot;
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
 use crate::usage::sse::Cutting;
 use crate::watch::ClientWatch;
@@ -18,6 +20,8 @@ use std::time::{Instant, SystemTime};
 
 /// A client request ready to proxy.
 pub struct Request<'a> {
+    /// The config this request runs on, loaded once when its head arrived.
+    pub snap: &'a Snapshot,
     pub head: &'a RequestHead,
     pub head_bytes: &'a [u8],
     pub body: &'a [u8],
@@ -34,7 +38,8 @@ pub async fn proxy(
     watch: Option<&ClientWatch>,
     req: &Request<'_>,
 ) -> bool {
-    let cfg = &ctx.shared.config;
+    let snap = req.snap;
+    let cfg = &*snap.config;
     let endpoint = req.head.endpoint;
     // Who is calling (and, for limits, whom a response counts against).
     let key = req.head.api_key.as_deref();
@@ -100,7 +105,6 @@ pub async fn proxy(
     let plain = (edit, out.cutting);
     let request_id = req.ids.ours.as_str();
 
-    let set = &ctx.shared.backends;
     let mut record = UsageRecord {
         request_id: req.ids.ours.clone(),
         client_request_id: req.ids.client.clone(),
@@ -125,31 +129,33 @@ pub async fn proxy(
     let mut exclude = None;
     let mut retried = false;
     let (backend, result) = loop {
-        let b = match ctx.balancer.borrow_mut().pick_for(set, Some(endpoint), info.model.as_deref(), exclude)
+        let b = match ctx.balancer.borrow_mut().pick_for(snap, Some(endpoint), info.model.as_deref(), exclude)
         {
             Ok(b) => b,
             Err(e) => break (None, Err(e)),
         };
         (out.edit, out.cutting) = plain;
-        if let Some(e) = continuous_edit.filter(|_| set.continuous_usage(b)) {
+        if let Some(e) = continuous_edit.filter(|_| snap.backend_of(b).continuous_usage()) {
             out.edit = Some(e);
             out.cutting = Cutting { usage_only: !info.include_usage, usage_member: true, continuous: true };
         }
-        set.begin(b);
-        ctx.metrics.inflight[b].fetch_add(1, Relaxed);
-        let outcome = attempt(ctx, b, client, watch, &out, req.started).await;
-        set.end(b);
-        ctx.metrics.inflight[b].fetch_sub(1, Relaxed);
+        let inflight = &snap.backend_of(b).stats.core(ctx.core).inflight;
+        balancer::begin(snap, b);
+        inflight.fetch_add(1, Relaxed);
+        let outcome = attempt(ctx, snap, b, client, watch, &out, req.started).await;
+        balancer::end(snap, b);
+        inflight.fetch_sub(1, Relaxed);
         match outcome {
             Outcome::Retryable { connect, error } => {
                 // A refused connect or a pooled connection the backend had closed: the other idle
                 // connections to it are as old (a restart closed them all), so none is reused.
-                ctx.pool.borrow_mut().clear(b);
-                if connect && set.set_up(b, false) {
+                ctx.pool.borrow_mut().clear(snap, b);
+                if connect && snap.endpoints[b].state.set_up(false) {
                     log::warn!(
-                        "request_id={} backend {} marked down: connect failed",
+                        "request_id={} backend {} ({}) marked down: connect failed",
                         request_id,
-                        set.backends[b].url
+                        snap.backend_of(b).cfg.url,
+                        snap.endpoints[b].addr
                     );
                 }
                 if retried || ctx.cutting() {
@@ -158,7 +164,7 @@ pub async fn proxy(
                 log::info!(
                     "request_id={} retrying after connection failure on {}",
                     request_id,
-                    set.backends[b].url
+                    snap.backend_of(b).cfg.url
                 );
                 retried = true;
                 exclude = Some(b);
@@ -166,7 +172,7 @@ pub async fn proxy(
             other => break (Some(b), Ok(other)),
         }
     };
-    record.backend_url = backend.map(|b| set.backends[b].url.clone());
+    record.backend_url = backend.map(|b| snap.backend_of(b).cfg.url.clone());
     let keep = match result {
         // (The loop turns a second Retryable into Err; the pattern keeps the match total.)
         Err(e) | Ok(Outcome::Failed(e)) | Ok(Outcome::Retryable { error: e, .. }) => {
@@ -231,7 +237,7 @@ pub async fn proxy(
     let elapsed = req.started.elapsed();
     record.duration_ms = elapsed.as_millis() as u64;
     ctx.metrics.latency.observe(record.duration_ms);
-    ctx.metrics.request(endpoint, stream, backend, record.http_status);
+    ctx.metrics.request(endpoint, stream, backend.map(|b| &*snap.backend_of(b).stats), record.http_status);
     if let Some(t) = ticket {
         // The reservation becomes what is billed (kept when the backend reported no usage).
         t.finish((!record.usage_missing).then_some(record.total_tokens));
@@ -243,24 +249,25 @@ pub async fn proxy(
     keep
 }
 
-/// One try on backend `b`: a pooled connection or a new one, then the exchange.
+/// One try on endpoint `b`: a pooled connection or a new one, then the exchange.
 async fn attempt(
     ctx: &CoreCtx,
+    snap: &Snapshot,
     b: usize,
     client: &mut Stream,
     watch: Option<&ClientWatch>,
     out: &Outgoing<'_>,
     started: Instant,
 ) -> Outcome {
-    let pooled = ctx.pool.borrow_mut().take(b);
+    let pooled = ctx.pool.borrow_mut().take(snap, b);
     let conn = match pooled {
         Some(c) => c,
         None => {
-            let bc = &ctx.shared.backends.backends[b];
-            let timeout = ctx.shared.config.limits.upstream_connect_timeout;
+            let bc = &snap.backend_of(b).cfg;
+            let timeout = snap.config.limits.upstream_connect_timeout;
             // Boxed: the dial future (a TLS handshake included) is about 3 KiB, and inline it
             // would size the connection task that every open stream keeps (issue 14).
-            match Box::pin(crate::net::connect(bc.addr, bc.tls.as_ref(), timeout)).await {
+            match Box::pin(crate::net::connect(snap.endpoints[b].addr, bc.tls.as_ref(), timeout)).await {
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!("request_id={} backend {}: {e}", out.ids.ours, bc.url);
@@ -275,7 +282,7 @@ async fn attempt(
             }
         }
     };
-    relay::exchange(ctx, b, conn, client, watch, out, started).await
+    relay::exchange(ctx, snap, b, conn, client, watch, out, started).await
 }
 
 /// Answers a request a limit refuses: 429 (503 when the limit store is down and denies), with

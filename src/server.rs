@@ -33,7 +33,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                         None => {
                             let _ = stream.set_nodelay(true);
                             let stream = Stream::Plain(stream);
-                            if ctx.connections.get() >= ctx.max_connections {
+                            if ctx.connections.get() >= ctx.max_connections(&ctx.snapshot()) {
                                 monoio::spawn(refuse(stream, ctx.clone()));
                                 continue;
                             }
@@ -41,12 +41,12 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                         }
                         // Over max_connections a TLS client is just closed: a plain 503 would
                         // be noise to it, and a handshake to refuse is work to avoid.
-                        Some(_) if ctx.connections.get() >= ctx.max_connections => drop(stream),
+                        Some(_) if ctx.connections.get() >= ctx.max_connections(&ctx.snapshot()) => drop(stream),
                         Some(t) => {
                             let config = t.current();
                             let ctx = ctx.clone();
                             monoio::spawn(async move {
-                                let timeout = ctx.shared.config.limits.header_read_timeout;
+                                let timeout = ctx.snapshot().config.limits.header_read_timeout;
                                 if let Some(s) = crate::net::accept_tls(stream, config, timeout).await {
                                     connection::handle(ctx, s, accepted).await;
                                 }
@@ -63,7 +63,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
         }
     }
     drop(listener);
-    let deadline = Instant::now() + ctx.shared.config.shutdown_grace;
+    let deadline = Instant::now() + ctx.snapshot().config.shutdown_grace;
     while ctx.inflight.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }

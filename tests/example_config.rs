@@ -26,6 +26,7 @@ fn example_config_loads_with_documented_defaults() {
     assert_eq!(c.backends[0].weight, 1);
     assert!(c.backends[0].models.is_empty());
     assert!(c.backends[0].api_key.is_none());
+    assert_eq!(c.backends[0].dns_refresh, Duration::from_secs(30));
     assert_eq!(c.strategy, Strategy::Weighted);
 
     assert_eq!(c.limits.max_request_body, 16 * 1024 * 1024);

@@ -16,6 +16,7 @@ use crate::endpoints::LineScanner;
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, ResponseHead};
 use crate::net::Stream;
+use crate::snapshot::Snapshot;
 use crate::usage::record::UsageSource;
 use crate::usage::sse::SseScanner;
 use crate::usage::{BodyUsageScanner, Usage};
@@ -201,6 +202,7 @@ impl Scanner {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn relay(
     ctx: &CoreCtx,
+    snap: &Snapshot,
     backend: usize,
     mut conn: Stream,
     client: &mut Stream,
@@ -251,7 +253,7 @@ pub(super) async fn relay(
     let mut stray = false;
     // The client left after the backend finished generating: read on without sending.
     let mut draining = false;
-    let idle = ctx.shared.config.limits.stream_idle_timeout;
+    let idle = snap.config.limits.stream_idle_timeout;
     // One timer for the body's reads and writes, reset before each (see `deadline::within`).
     let mut timer = std::pin::pin!(monoio::time::sleep(idle));
     let (end, whole) = loop {
@@ -364,7 +366,7 @@ pub(super) async fn relay(
         _ => NativeMeter::default(),
     };
     if whole && resp.keep_alive && !stray && !matches!(resp.body, BodyFraming::Close) {
-        ctx.pool.borrow_mut().put(backend, conn);
+        ctx.pool.borrow_mut().put(snap, backend, conn);
     }
     if end != End::Complete {
         keep = false;

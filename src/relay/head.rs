@@ -7,6 +7,7 @@ use crate::core::CoreCtx;
 use crate::error::GatewayError;
 use crate::http1::{self, Parse, ResponseHead};
 use crate::net::Stream;
+use crate::snapshot::Snapshot;
 use crate::watch::Armed;
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
@@ -16,12 +17,13 @@ use std::time::Instant;
 /// `buf[PREFIX..PREFIX + head.head_len]`, any body bytes read with it after them.
 pub(super) async fn read(
     ctx: &CoreCtx,
+    snap: &Snapshot,
     conn: &mut Stream,
     armed: &mut Armed<'_>,
     ids: &crate::ids::RequestIds,
     url: &str,
 ) -> Result<(ResponseHead, Vec<u8>), Outcome> {
-    let deadline = Instant::now() + ctx.shared.config.limits.upstream_first_byte_timeout;
+    let deadline = Instant::now() + snap.config.limits.upstream_first_byte_timeout;
     let mut buf = ctx.take_buf();
     buf.reserve(CAP.saturating_sub(buf.capacity()));
     buf.resize(PREFIX, 0);

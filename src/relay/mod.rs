@@ -12,6 +12,7 @@ use crate::http1::{self, RequestHead};
 use crate::ids::RequestIds;
 use crate::net::Stream;
 use crate::request::Edit;
+use crate::snapshot::Snapshot;
 use crate::usage::record::UsageSource;
 use crate::usage::sse::Cutting;
 use crate::usage::Usage;
@@ -125,12 +126,13 @@ fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config:
     }
 }
 
-/// Sends the request on `conn` and relays the response to `client`. On `Relayed` with a complete,
+/// Sends the request on `conn` (to endpoint `backend` of `snap`) and relays the response to `client`. On `Relayed` with a complete,
 /// reusable exchange the backend connection has been returned to the pool. While it runs, both
 /// sockets are registered with the core so that a shutdown past its grace can cut them.
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     ctx: &CoreCtx,
+    snap: &Snapshot,
     backend: usize,
     conn: Stream,
     client: &mut Stream,
@@ -140,7 +142,7 @@ pub async fn exchange(
 ) -> Outcome {
     let fds = (conn.as_raw_fd(), client.as_raw_fd());
     ctx.exchange_started(fds);
-    let outcome = run(ctx, backend, conn, client, watch, req, started).await;
+    let outcome = run(ctx, snap, backend, conn, client, watch, req, started).await;
     ctx.exchange_ended(fds);
     outcome
 }
@@ -148,6 +150,7 @@ pub async fn exchange(
 #[allow(clippy::too_many_arguments)]
 async fn run(
     ctx: &CoreCtx,
+    snap: &Snapshot,
     backend: usize,
     mut conn: Stream,
     client: &mut Stream,
@@ -155,7 +158,7 @@ async fn run(
     req: &Outgoing<'_>,
     started: Instant,
 ) -> Outcome {
-    let bcfg = &ctx.shared.backends.backends[backend];
+    let bcfg = &snap.backend_of(backend).cfg;
     let mut out = ctx.take_buf();
     build_request(&mut out, req, bcfg);
     let (res, out) = conn.write_all(out).await;
@@ -167,9 +170,9 @@ async fn run(
         };
     }
     let mut armed = crate::watch::Armed::new(watch);
-    let (resp, buf) = match head::read(ctx, &mut conn, &mut armed, req.ids, &bcfg.url).await {
+    let (resp, buf) = match head::read(ctx, snap, &mut conn, &mut armed, req.ids, &bcfg.url).await {
         Ok(r) => r,
         Err(o) => return o,
     };
-    body::relay(ctx, backend, conn, client, armed, req, resp, buf, started).await
+    body::relay(ctx, snap, backend, conn, client, armed, req, resp, buf, started).await
 }
