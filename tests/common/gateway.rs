@@ -101,6 +101,47 @@ impl Gateway {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Replaces the config file (`@SPOOL@` as in `start`); a SIGHUP then reloads it.
+    pub fn rewrite_config(&self, config: &str) {
+        let text = config.replace("@SPOOL@", &self.spool_dir().display().to_string());
+        let tmp = self.dir.path().join("config.toml.new");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, self.dir.path().join("config.toml")).expect("replace config");
+    }
+
+    /// Sends `sig` to the gateway process.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Number of log lines containing `needle` so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Sends SIGHUP and waits until the gateway logged one more reload result than before;
+    /// returns whether it was applied ("reload: config generation") or refused.
+    pub fn reload(&self) -> bool {
+        let ok0 = self.log_count("reload: config generation");
+        let err0 = self.log_count("the running config stays in use");
+        self.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.log_count("reload: config generation") > ok0 {
+                return true;
+            }
+            if self.log_count("the running config stays in use") > err0 {
+                return false;
+            }
+            assert!(Instant::now() < deadline, "no reload result logged; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM and waits for exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
