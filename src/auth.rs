@@ -1,6 +1,6 @@
 //! Who is calling: the client's API key matched in constant time against `[auth]` keys, giving the
-//! key's identity (its index in `[[auth.keys]]`, which limits count by) and its user id, and the key
-//! as it appears in usage records. Pure; runs on core threads.
+//! key's identity (its index in `[[auth.keys]]` and its stable id, which limits count by) and its
+//! user id, and the key as it appears in usage records. Pure; runs on core threads.
 
 use crate::config::{ApiKeyFormat, AuthConfig};
 use sha2::{Digest, Sha256};
@@ -35,6 +35,8 @@ fn trim(v: &[u8]) -> &[u8] {
 pub struct KeyMatch<'a> {
     /// Index of the entry in `[[auth.keys]]` (the key's identity for limits).
     pub index: usize,
+    /// The key's stable id (`AuthKey::id`): the same across reloads.
+    pub id: u64,
     pub user_id: &'a str,
 }
 
@@ -45,7 +47,7 @@ pub fn lookup<'a>(auth: &'a AuthConfig, key: &[u8]) -> Option<KeyMatch<'a>> {
     let mut found: Option<KeyMatch<'a>> = None;
     for (index, k) in auth.keys.iter().enumerate() {
         if bool::from(k.key_sha256.ct_eq(&digest)) && found.is_none() {
-            found = Some(KeyMatch { index, user_id: &k.user_id });
+            found = Some(KeyMatch { index, id: k.id(), user_id: &k.user_id });
         }
     }
     found
@@ -98,8 +100,11 @@ mod tests {
     #[test]
     fn lookup_matches_exact_keys_only() {
         let c = cfg();
-        assert_eq!(lookup(&c, b"sk-prod-xxx"), Some(KeyMatch { index: 0, user_id: "alice" }));
-        assert_eq!(lookup(&c, b"sk-other"), Some(KeyMatch { index: 1, user_id: "bob" }));
+        assert_eq!(
+            lookup(&c, b"sk-prod-xxx"),
+            Some(KeyMatch { index: 0, id: c.keys[0].id(), user_id: "alice" })
+        );
+        assert_eq!(lookup(&c, b"sk-other"), Some(KeyMatch { index: 1, id: c.keys[1].id(), user_id: "bob" }));
         assert_eq!(lookup(&c, b"sk-prod-xx"), None);
         assert_eq!(lookup(&c, b""), None);
     }

@@ -43,6 +43,7 @@ pub struct Gateway {
     webhook: Option<WebhookHandle>,
     listener_tls: Option<Arc<crate::tls::ListenerTls>>,
     limits: Option<crate::limits::SyncThread>,
+    limiter: Arc<crate::limits::Limiter>,
 }
 
 /// A SO_REUSEPORT listener; every worker gets its own on the same address.
@@ -109,7 +110,7 @@ impl Gateway {
             registry,
             records: Arc::new(move |r| sink.submit(r)),
             shutdown: shutdown.clone(),
-            limits: limiter,
+            limits: limiter.clone(),
             id_prefix: format!(
                 "{:08x}",
                 std::time::SystemTime::now()
@@ -206,6 +207,7 @@ impl Gateway {
             webhook: Some(webhook),
             listener_tls,
             limits: Some(limits),
+            limiter,
         })
     }
 
@@ -231,7 +233,18 @@ impl Gateway {
             log::warn!("reload requested, but this gateway's config did not come from a file");
             return false;
         };
-        let Some(_config) = crate::reload::reload(path, &self.snapshots, &self.reloads) else { return false };
+        let Some(r) = crate::reload::reload(path, &self.snapshots, &self.reloads) else { return false };
+        // The other threads' reload hooks.
+        let config = &r.config;
+        self.limiter.reload(config);
+        if let (Some(w), Some(make)) = (&self.webhook, r.sink) {
+            w.reload_sink(make);
+        }
+        // (Turning [tls] on or off needs a restart: `reload::keep_restart_only`.)
+        if let (Some(l), Some(t)) = (&self.listener_tls, &config.tls) {
+            l.reload(t.server.clone());
+            log::info!("reload: listener certificate {} in use for new connections", t.cert_file);
+        }
         true
     }
 

@@ -45,7 +45,7 @@ pub async fn proxy(
     let key = req.head.api_key.as_deref();
     let matched = key.and_then(|k| auth::lookup(&cfg.auth, k));
     let who = match (matched, req.head.user_header.as_deref()) {
-        (Some(m), _) => limits::Who::Key(m.index),
+        (Some(m), _) => limits::Who::Key { index: m.index, id: m.id },
         (None, Some(u)) => limits::Who::User(u),
         (None, None) => limits::Who::Anonymous,
     };

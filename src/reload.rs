@@ -1,6 +1,8 @@
-//! SIGHUP: read the config file again, validate it, build a new snapshot and swap it in. What
-//! needs a restart (`listen`, `admin_listen`, `runtime`, `usage_hook.spool_dir`) is logged and kept
-//! as it is; an invalid file changes nothing and every problem is logged. Runs on the main thread.
+//! SIGHUP: read the config file again, validate it, build a new snapshot and swap it in; the
+//! other threads' parts (limits, the webhook's sink, listener certificates, access log) are then
+//! handed the new config by `gateway::Gateway::reload`. What needs a restart (`listen`,
+//! `admin_listen`, `runtime`, the journal's and the limit store's settings) is logged and kept as
+//! it is; an invalid file changes nothing and every problem is logged. Runs on the main thread.
 
 use crate::config::Config;
 use crate::metrics::ReloadStats;
@@ -26,17 +28,65 @@ pub fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static st
         changed.push("runtime");
         next.runtime = running.runtime.clone();
     }
-    if next.usage_hook.spool_dir != running.usage_hook.spool_dir {
+    if next.tls.is_some() != running.tls.is_some() {
+        changed.push("tls (turned on or off)");
+        next.tls = running.tls.clone();
+    }
+    // The journal thread's own settings (the sink's, url/secret/format/TLS, do reload).
+    let (a, b) = (&running.usage_hook, &mut next.usage_hook);
+    if b.spool_dir != a.spool_dir {
         changed.push("usage_hook.spool_dir");
-        next.usage_hook.spool_dir = running.usage_hook.spool_dir.clone();
+        b.spool_dir = a.spool_dir.clone();
+    }
+    if b.enabled != a.enabled
+        || b.queue_capacity != a.queue_capacity
+        || b.batch_max != a.batch_max
+        || b.batch_linger != a.batch_linger
+        || b.retry != a.retry
+        || b.replay_interval != a.replay_interval
+        || b.delivery.crash_window != a.delivery.crash_window
+        || b.delivery.concurrency != a.delivery.concurrency
+    {
+        changed.push(
+            "usage_hook (enabled, queue_capacity, batch_max, batch_linger, retry, replay_interval, crash_window, concurrency)",
+        );
+        b.enabled = a.enabled;
+        b.queue_capacity = a.queue_capacity;
+        b.batch_max = a.batch_max;
+        b.batch_linger = a.batch_linger;
+        b.retry = a.retry;
+        b.replay_interval = a.replay_interval;
+        b.delivery.crash_window = a.delivery.crash_window;
+        b.delivery.concurrency = a.delivery.concurrency;
+    }
+    // The limit store and its thread (per-key and default limits do reload).
+    let (a, b) = (&running.rate_limit, &mut next.rate_limit);
+    if b.enabled != a.enabled
+        || b.store != a.store
+        || b.redis_url != a.redis_url
+        || b.sync_interval != a.sync_interval
+        || b.on_store_error != a.on_store_error
+    {
+        changed.push("rate_limit (enabled, store, redis_url, sync_interval, on_store_error)");
+        let defaults = b.defaults;
+        *b = a.clone();
+        b.defaults = defaults;
     }
     changed
 }
 
-/// Reloads `path` into `snapshots`; returns the new config (for the reload hooks of other
-/// threads: access log, certificates, webhook) or None when nothing changed. Counts the result
-/// in `llmproxy_config_reloads_total`.
-pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Option<Arc<Config>> {
+/// A reload that passed: the config now in the snapshot, and what other threads need from it
+/// (built before the swap, so that a file whose webhook settings cannot be used changes nothing).
+pub struct Reloaded {
+    pub config: Arc<Config>,
+    /// The webhook's new sink factory (None when usage_hook is off).
+    pub sink: Option<crate::delivery::sink::MakeSink>,
+}
+
+/// Reloads `path` into `snapshots`; returns the new config and what the other threads' reload
+/// hooks need, or None when nothing changed. Counts the result in
+/// `llmproxy_config_reloads_total`.
+pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Option<Reloaded> {
     log::info!("SIGHUP: reloading {}", path.display());
     let mut next = match Config::load(path) {
         Ok(c) => c,
@@ -58,6 +108,19 @@ pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Opt
     for key in keep_restart_only(&running.config, &mut next) {
         log::warn!("reload: {key} changed in {}; it needs a restart and is ignored", path.display());
     }
+    let sink = if next.usage_hook.enabled {
+        match crate::delivery::sink::maker(&next.usage_hook) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                stats.error.fetch_add(1, Relaxed);
+                log::error!("reload of {} failed; the running config stays in use:", path.display());
+                log::error!("  {e}");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     let addrs = next.backends.iter().map(|b| b.addrs.clone()).collect();
     let next = Arc::new(next);
     let applied = next.clone();
@@ -71,7 +134,7 @@ pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Opt
                 g.unwrap_or(snap.generation),
                 urls.join(", ")
             );
-            Some(next)
+            Some(Reloaded { config: next, sink })
         }
         Err(problems) => {
             stats.error.fetch_add(1, Relaxed);
@@ -99,6 +162,18 @@ mod tests {
         .unwrap();
         let changed = keep_restart_only(&a, &mut b);
         assert_eq!(changed, ["listen", "runtime", "usage_hook.spool_dir"]);
+        let mut c = Config::parse(
+            "[usage_hook]\nconcurrency = 3\nurl = \"http://127.0.0.1:7/x\"\n[rate_limit]\nenabled = true\nrequests_per_minute = 5\n[[backends]]\nurl = \"http://127.0.0.1:8\"\n",
+            "c",
+        )
+        .unwrap();
+        let changed = keep_restart_only(&a, &mut c);
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert_eq!(c.usage_hook.delivery.concurrency, a.usage_hook.delivery.concurrency);
+        assert!(!c.rate_limit.enabled);
+        // What reloads is taken from the new file.
+        assert_eq!(c.rate_limit.defaults.requests_per_minute, 5);
+        assert_eq!(c.usage_hook.url, "http://127.0.0.1:7/x");
         assert_eq!(b.listen, a.listen);
         assert_eq!(b.runtime.workers, 0);
         assert_eq!(b.usage_hook.spool_dir, a.usage_hook.spool_dir);

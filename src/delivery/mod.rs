@@ -106,9 +106,19 @@ impl UsageSink {
 pub struct WebhookHandle {
     stop: Sender<()>,
     thread: JoinHandle<()>,
+    /// The delivery threads' sink factory (None when the hook is disabled).
+    sinks: Option<Arc<sink::SinkSlot>>,
 }
 
 impl WebhookHandle {
+    /// Config reload hook: batches sent from now on use `make` (from [`sink::maker`] with the new
+    /// `usage_hook`); a batch in flight finishes on the sink it started with.
+    pub fn reload_sink(&self, make: sink::MakeSink) {
+        if let Some(s) = &self.sinks {
+            s.swap(make);
+        }
+    }
+
     /// Graceful stop (SIGTERM path): everything submitted so far is journaled (fdatasync) before
     /// this returns; what is in memory gets one delivery attempt per batch (bounded time).
     pub fn shutdown(self) {
@@ -134,6 +144,7 @@ pub fn start(
     let (stop, stop_rx) = crossbeam_channel::bounded(1);
     let shared = Arc::new(Shared::default());
     let channels = worker::Channels { rx, overflow: orx, stop: stop_rx };
+    let mut sinks = None;
     let thread = if cfg.enabled {
         let journal = Journal::open(&cfg.spool_dir, journal::DEFAULT_SEGMENT_BYTES).map_err(|e| {
             std::io::Error::new(
@@ -143,7 +154,9 @@ pub fn start(
         })?;
         stats.spool_records.store(journal.pending(), Ordering::Relaxed);
         stats.corrupt.store(journal.corrupt, Ordering::Relaxed);
-        let make = sink::maker(cfg).map_err(std::io::Error::other)?;
+        let slot = sink::SinkSlot::new(sink::maker(cfg).map_err(std::io::Error::other)?);
+        let make = sink::following(slot.clone());
+        sinks = Some(slot);
         let w = worker::Worker::new(cfg, stats, Arc::clone(&shared), echo_stdout, channels, journal, make);
         std::thread::Builder::new().name("llmproxy-webhook".into()).spawn(move || w.run())?
     } else {
@@ -151,7 +164,7 @@ pub fn start(
             .name("llmproxy-webhook".into())
             .spawn(move || worker::run_disabled(channels, stats, echo_stdout))?
     };
-    Ok((UsageSink { tx, overflow, shared }, WebhookHandle { stop, thread }))
+    Ok((UsageSink { tx, overflow, shared }, WebhookHandle { stop, thread, sinks }))
 }
 
 /// Delivery's own series for `/metrics` (journal health and backlog age).

@@ -11,7 +11,8 @@ use super::nats::NatsSink;
 use super::Entry;
 use crate::config::{SinkKind, UsageHookConfig};
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 
 /// A destination for usage records. `send` blocks until the destination acknowledged the whole
@@ -58,6 +59,55 @@ pub fn maker(cfg: &UsageHookConfig) -> Result<MakeSink, String> {
                 }
             }))
         }
+    }
+}
+
+/// The sink factory in use, swapped by a config reload (usage_hook url, secret, format, TLS
+/// roots, sink): delivery threads built from [`following`] rebuild their sink before their next
+/// batch after a swap. (Hook for the reload engineer.)
+pub struct SinkSlot {
+    make: Mutex<MakeSink>,
+    generation: AtomicU64,
+}
+
+impl SinkSlot {
+    pub fn new(make: MakeSink) -> Arc<SinkSlot> {
+        Arc::new(SinkSlot { make: Mutex::new(make), generation: AtomicU64::new(0) })
+    }
+
+    pub fn swap(&self, make: MakeSink) {
+        *self.make.lock().unwrap_or_else(|e| e.into_inner()) = make;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn current(&self) -> (u64, MakeSink) {
+        let g = self.generation.load(Ordering::Acquire);
+        (g, self.make.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// A factory of sinks that follow `slot`.
+pub fn following(slot: Arc<SinkSlot>) -> MakeSink {
+    Arc::new(move || {
+        let (generation, make) = slot.current();
+        Box::new(Following { slot: slot.clone(), generation, inner: make() }) as Box<dyn Sink>
+    })
+}
+
+struct Following {
+    slot: Arc<SinkSlot>,
+    generation: u64,
+    inner: Box<dyn Sink>,
+}
+
+impl Sink for Following {
+    fn send(&mut self, entries: &[Entry]) -> Result<(), String> {
+        if self.slot.generation.load(Ordering::Acquire) != self.generation {
+            let (g, make) = self.slot.current();
+            self.inner = make();
+            self.generation = g;
+        }
+        self.inner.send(entries)
     }
 }
 

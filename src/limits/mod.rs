@@ -12,10 +12,11 @@ mod subject;
 mod sync;
 
 use crate::config::{Config, OnStoreError, Store};
+use arc_swap::ArcSwap;
 use budget::Budget;
 pub use headers::HeaderBlock;
 use headers::{secs_to_midnight, Dimension};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -28,8 +29,12 @@ pub use sync::SyncThread;
 /// Who a request counts against.
 #[derive(Debug, Clone, Copy)]
 pub enum Who<'a> {
-    /// The index of the matched `[[auth.keys]]` entry.
-    Key(usize),
+    /// The matched `[[auth.keys]]` entry: its index in the config the request runs on, and its
+    /// stable id (`AuthKey::id`), which finds it when a reload moved it.
+    Key {
+        index: usize,
+        id: u64,
+    },
     /// The `user_header` value (no key matched).
     User(&'a str),
     Anonymous,
@@ -108,7 +113,9 @@ pub struct Limiter {
     enabled: bool,
     deny_on_store_error: bool,
     redis: bool,
-    subjects: Subjects,
+    /// Swapped whole by a config reload (`reload`); cores follow `generation`.
+    subjects: ArcSwap<Subjects>,
+    generation: AtomicU64,
     /// False while Redis is unreachable (the sync thread sets it).
     store_ok: AtomicBool,
     /// Refusals by core, then reason.
@@ -132,7 +139,8 @@ impl Limiter {
             enabled: rl.enabled,
             deny_on_store_error: rl.on_store_error == OnStoreError::Deny,
             redis: rl.store == Store::Redis,
-            subjects: Subjects::new(cfg, cores),
+            subjects: ArcSwap::from_pointee(Subjects::new(cfg, cores, None)),
+            generation: AtomicU64::new(0),
             store_ok: AtomicBool::new(true),
             refused: (0..cores.max(1)).map(|_| PerCore(Default::default())).collect(),
             thread: OnceLock::new(),
@@ -140,6 +148,21 @@ impl Limiter {
             fleet: AtomicU64::new(0),
             gauges: Mutex::new(String::new()),
         }
+    }
+
+    /// Config reload hook (reload engineer): new per-key and default limits apply to new
+    /// requests. Subjects whose limits did not change keep their counts; `enabled` and the store
+    /// settings need a restart (`reload::keep_restart_only` keeps them).
+    pub fn reload(&self, cfg: &Config) {
+        let prev = self.subjects.load_full();
+        self.subjects.store(Arc::new(Subjects::new(cfg, prev.cores, Some(&prev))));
+        self.generation.fetch_add(1, Relaxed);
+        self.wake();
+    }
+
+    /// The subjects in use.
+    fn subjects(&self) -> Arc<Subjects> {
+        self.subjects.load_full()
     }
 
     fn wake(&self) {
@@ -178,8 +201,12 @@ impl Limiter {
 pub struct CoreLimits {
     limiter: Arc<Limiter>,
     core: usize,
-    keys: Vec<Option<Rc<Cached>>>,
-    anonymous: Option<Rc<Cached>>,
+    /// The limiter's generation this cache was filled from (re-filled when a reload moved it).
+    generation: Cell<u64>,
+    /// By key index, with the key's id.
+    keys: RefCell<Vec<(u64, Option<Rc<Cached>>)>>,
+    anonymous: RefCell<Option<Rc<Cached>>>,
+    users_unlimited: Cell<bool>,
     users: RefCell<HashMap<Box<str>, Rc<Cached>>>,
 }
 
@@ -192,29 +219,59 @@ const CORE_USER_CACHE: usize = 4096;
 
 impl CoreLimits {
     pub fn new(limiter: Arc<Limiter>, core: usize) -> CoreLimits {
-        let s = &limiter.subjects;
-        CoreLimits {
-            keys: s.keys.iter().map(|k| k.clone().map(|k| Rc::new(Cached(k)))).collect(),
-            anonymous: s.anonymous.clone().map(|a| Rc::new(Cached(a))),
+        let c = CoreLimits {
+            generation: Cell::new(u64::MAX),
+            keys: RefCell::new(Vec::new()),
+            anonymous: RefCell::new(None),
+            users_unlimited: Cell::new(true),
             users: RefCell::new(HashMap::new()),
             limiter,
             core,
+        };
+        c.sync();
+        c
+    }
+
+    /// Re-fills this core's cache when a reload swapped the subjects (one atomic load otherwise).
+    fn sync(&self) {
+        let g = self.limiter.generation.load(Relaxed);
+        if self.generation.get() == g {
+            return;
         }
+        let s = self.limiter.subjects();
+        *self.keys.borrow_mut() = s
+            .key_ids
+            .iter()
+            .zip(&s.keys)
+            .map(|(&id, k)| (id, k.clone().map(|k| Rc::new(Cached(k)))))
+            .collect();
+        *self.anonymous.borrow_mut() = s.anonymous.clone().map(|a| Rc::new(Cached(a)));
+        self.users_unlimited.set(s.user_limits.is_unlimited());
+        self.users.borrow_mut().clear();
+        self.generation.set(g);
     }
 
     fn subject(&self, who: Who<'_>) -> Option<Rc<Cached>> {
+        self.sync();
         match who {
-            Who::Key(i) => self.keys.get(i)?.clone(),
-            Who::Anonymous => self.anonymous.clone(),
+            Who::Key { index, id } => {
+                let keys = self.keys.borrow();
+                match keys.get(index) {
+                    Some((kid, s)) if *kid == id => s.clone(),
+                    // The request's config and the limits' are a reload apart: find it by id.
+                    _ => keys.iter().find(|(kid, _)| *kid == id)?.1.clone(),
+                }
+            }
+            Who::Anonymous => self.anonymous.borrow().clone(),
             Who::User(name) => {
-                if self.limiter.subjects.user_limits.is_unlimited() {
+                if self.users_unlimited.get() {
                     return None;
                 }
                 if let Some(s) = self.users.borrow().get(name) {
                     return Some(s.clone());
                 }
                 let local = !self.limiter.store_ok.load(Relaxed);
-                let s = Rc::new(Cached(self.limiter.subjects.user(name, local)?));
+                let s = Rc::new(Cached(self.limiter.subjects().user(name, local)?));
                 let mut cache = self.users.borrow_mut();
                 if cache.len() >= CORE_USER_CACHE {
                     cache.retain(|_, s| Rc::strong_count(s) > 1);

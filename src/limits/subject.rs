@@ -55,6 +55,8 @@ impl Kind {
 pub struct Subject {
     /// For metric labels: `key:<user_id>`, `user:<value>` or `anonymous`.
     pub label: Box<str>,
+    /// What it was built with (a reload keeps a subject whose limits did not change).
+    pub limits: LimitSet,
     /// Indexed by `Kind as usize`; None where the limit is 0.
     pub budgets: [Option<Budget>; 4],
     /// Redis key prefixes, by kind.
@@ -81,6 +83,7 @@ impl Subject {
             ],
             redis_prefix: Kind::ALL.map(|k| format!("llmproxy:rl:{id}:{}:", k.short()).into_boxed_str()),
             label: label.into(),
+            limits,
         }
     }
 
@@ -97,41 +100,68 @@ impl Subject {
 pub struct Subjects {
     /// By `[[auth.keys]]` index; None for a key without limits.
     pub keys: Vec<Option<Arc<Subject>>>,
+    /// Each key's stable id (`AuthKey::id`), same order as `keys`.
+    pub key_ids: Vec<u64>,
     pub anonymous: Option<Arc<Subject>>,
     /// The limits of user-header subjects (the defaults); unlimited means no user is tracked.
     pub user_limits: LimitSet,
     pub users: Mutex<HashMap<Box<str>, Arc<Subject>>>,
     /// Shared by users past MAX_USERS.
     pub overflow: Option<Arc<Subject>>,
-    cores: usize,
+    pub(super) cores: usize,
     store: Store,
 }
 
 impl Subjects {
-    pub fn new(cfg: &Config, cores: usize) -> Subjects {
+    /// The subjects of `cfg`. On a reload (`prev`), a subject whose limits did not change is
+    /// kept (with its counts); users are kept when the defaults did not change.
+    pub fn new(cfg: &Config, cores: usize, prev: Option<&Subjects>) -> Subjects {
         let rl = &cfg.rate_limit;
         let d = rl.defaults;
-        let make = |label: String, id: String, limits: LimitSet| {
-            (!limits.is_unlimited()).then(|| Arc::new(Subject::new(label, id, limits, cores, rl.store)))
+        let store = prev.map_or(rl.store, |p| p.store);
+        let make = |label: String, id: String, limits: LimitSet, old: Option<&Arc<Subject>>| {
+            if let Some(o) = old.filter(|o| o.limits == limits && *o.label == *label) {
+                return Some(o.clone());
+            }
+            (!limits.is_unlimited()).then(|| Arc::new(Subject::new(label, id, limits, cores, store)))
         };
+        let same_defaults = prev.filter(|p| p.user_limits == d);
         let keys = cfg
             .auth
             .keys
             .iter()
             .map(|k| {
+                let old = prev.and_then(|p| {
+                    let i = p.key_ids.iter().position(|&id| id == k.id())?;
+                    p.keys[i].as_ref()
+                });
                 // The key's digest names it in Redis: the same on every gateway of a fleet.
                 let id = format!("k{}", hex::encode(&k.key_sha256[..12]));
-                make(format!("key:{}", k.user_id), id, k.limits.resolve(&d))
+                make(format!("key:{}", k.user_id), id, k.limits.resolve(&d), old)
             })
             .collect();
+        let users = same_defaults
+            .map(|p| p.users.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
         Subjects {
             keys,
-            anonymous: make("anonymous".into(), "anonymous".into(), d),
+            key_ids: cfg.auth.keys.iter().map(|k| k.id()).collect(),
+            anonymous: make(
+                "anonymous".into(),
+                "anonymous".into(),
+                d,
+                prev.and_then(|p| p.anonymous.as_ref()),
+            ),
             user_limits: d,
-            users: Mutex::new(HashMap::new()),
-            overflow: make("user:(other)".into(), "uoverflow".into(), d),
+            users: Mutex::new(users),
+            overflow: make(
+                "user:(other)".into(),
+                "uoverflow".into(),
+                d,
+                prev.and_then(|p| p.overflow.as_ref()),
+            ),
             cores,
-            store: rl.store,
+            store,
         }
     }
 

@@ -161,7 +161,7 @@ impl Worker {
     }
 
     fn tick(&mut self, now: u64) {
-        let subjects = self.limiter.subjects.all();
+        let subjects = self.limiter.subjects().all();
         let leasing = self.leasing();
         let down = !leasing && self.store.is_some();
         let fleet = if self.warm() { self.fleet } else { 0 };
@@ -278,7 +278,7 @@ impl Worker {
 
     /// Rebuilds the remaining-budget gauges and each budget's reset time.
     fn publish(&mut self, now: u64) {
-        let subjects = self.limiter.subjects.all();
+        let subjects = self.limiter.subjects().all();
         let mut by_kind: [Vec<(f64, i64, &Subject)>; 4] = Default::default();
         for s in &subjects {
             for k in Kind::ALL {
@@ -312,13 +312,13 @@ impl Worker {
             *g = text;
         }
         // Forget users that hold nothing: no request in flight, nothing in any window.
-        self.limiter.subjects.evict_users(|s| {
+        self.limiter.subjects().evict_users(|s| {
             Kind::ALL
                 .iter()
                 .all(|&k| s.budget(k).is_none_or(|b| b.window_usage(now).0 == 0 && b.stock() <= b.limit))
         });
         let live: std::collections::HashSet<usize> =
-            self.limiter.subjects.all().iter().map(|s| Arc::as_ptr(s) as usize).collect();
+            self.limiter.subjects().all().iter().map(|s| Arc::as_ptr(s) as usize).collect();
         self.states.retain(|(p, _), _| live.contains(p));
     }
 }
