@@ -163,7 +163,7 @@ mod tests {
         let changed = keep_restart_only(&a, &mut b);
         assert_eq!(changed, ["listen", "runtime", "usage_hook.spool_dir"]);
         let mut c = Config::parse(
-            "[usage_hook]\nconcurrency = 3\nurl = \"http://127.0.0.1:7/x\"\n[rate_limit]\nenabled = true\nrequests_per_minute = 5\n[[backends]]\nurl = \"http://127.0.0.1:8\"\n",
+            "listen = \"127.0.0.1:1\"\n[usage_hook]\nconcurrency = 3\nurl = \"http://127.0.0.1:7/x\"\n[rate_limit]\nenabled = true\nrequests_per_minute = 5\n[[backends]]\nurl = \"http://127.0.0.1:8\"\n",
             "c",
         )
         .unwrap();
