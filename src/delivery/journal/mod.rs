@@ -8,6 +8,7 @@
 //! detected, logged, skipped and counted; acknowledged entries are not replayed.
 
 pub mod frame;
+mod legacy;
 mod scan;
 #[cfg(test)]
 mod tests;
@@ -137,6 +138,19 @@ impl Journal {
         };
         if j.pending() > 0 {
             j.oldest_disk_ts = Some(0);
+        }
+        match legacy::import(dir, &mut j) {
+            Ok(i) if i.records > 0 || i.skipped > 0 => log::info!(
+                "spool upgrade: {} undelivered records of the old spool in {} moved into the journal ({} torn or unreadable lines skipped); the old files are removed",
+                i.records,
+                dir.display(),
+                i.skipped
+            ),
+            Ok(_) => {}
+            Err(e) => log::error!(
+                "spool upgrade: cannot move the old spool in {} into the journal: {e}; its files are kept and tried again at the next start",
+                dir.display()
+            ),
         }
         Ok(j)
     }

@@ -128,3 +128,61 @@ fn held_entries_are_not_handed_out_twice() {
     let ids: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
     assert_eq!(ids, vec!["disk"]);
 }
+
+/// Writes an old-format spool (releases before the journal): JSON-lines segments and a cursor.
+fn old_spool(dir: &Path, segments: &[(u64, &str)], cursor: Option<&str>) {
+    for (id, text) in segments {
+        fs::write(dir.join(format!("segment-{id:020}.jsonl")), text).unwrap();
+    }
+    if let Some(c) = cursor {
+        fs::write(dir.join("cursor"), c).unwrap();
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn old_spool_records_after_the_cursor_are_imported_once_and_its_files_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = format!("{}\n{}\n", rec("old1"), rec("old2"));
+    let second = format!("{}\n{}\nnot json\n{}\n{{\"request_id\":\"tor", rec("a"), rec("b"), rec("c"));
+    // Segment 3 is before the cursor (delivered); in segment 4 the cursor is after "old1".
+    old_spool(
+        dir.path(),
+        &[(3, &rec("gone\n")), (4, &first), (5, &second)],
+        Some(&format!("4 {}\n", rec("old1").len() + 1)),
+    );
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.pending(), 4);
+    assert_eq!(j.corrupt, 2, "the line that is not a record and the torn last line");
+    let ids: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(ids, ["old2", "a", "b", "c"]);
+    let left = names(dir.path());
+    assert!(left.iter().all(|n| !n.starts_with("segment-") && !n.starts_with("cursor")), "{left:?}");
+    drop(j);
+    // Imported once: a second start finds them in the journal only.
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.pending(), 4);
+    assert_eq!(load_all(&mut j).len(), 4);
+}
+
+#[test]
+fn old_spool_without_cursor_is_imported_whole_and_an_empty_one_just_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    old_spool(dir.path(), &[(1, &format!("{}\n", rec("x"))), (2, &format!("{}\n", rec("y")))], None);
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(load_all(&mut j).into_iter().map(|l| l.request_id).collect::<Vec<_>>(), ["x", "y"]);
+    drop(j);
+
+    let dir = tempfile::tempdir().unwrap();
+    // What the old spool left once everything was delivered: a cursor at a fresh, absent segment.
+    old_spool(dir.path(), &[], Some("9 0\n"));
+    let j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.pending(), 0);
+    assert_eq!(names(dir.path()), ["lock"]);
+}
