@@ -25,6 +25,15 @@ run hadolint Dockerfile
 mapfile -t yaml_files < <(git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' \
     | grep -v '^deploy/helm/llmproxy/templates/')
 run yamllint --strict "${yaml_files[@]}"
+# The compose files as Compose itself reads them (every profile, the optional nats service too),
+# where the Compose v2 plugin is installed; yamllint above covers the syntax everywhere else.
+if docker compose version >/dev/null 2>&1; then
+    for f in deploy/docker-compose.yml deploy/docker-compose.cpu.yml; do
+        run docker compose -f "$f" --profile nats config -q
+    done
+else
+    echo "lint-deploy: docker compose (v2) not installed; compose files checked by yamllint only"
+fi
 for f in grafana/llmproxy-dashboard.json deploy/docker/seccomp-io_uring.json; do
     echo "+ python3 -m json.tool $f"
     python3 -m json.tool "$f" >/dev/null || failed=1

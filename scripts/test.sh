@@ -9,6 +9,11 @@ if ! python3 -c "import openai, pytest, flask, httpx" 2>/dev/null; then
     echo "+ pip install openai pytest flask httpx (for the SDK, billing-example and rate-limit retry tests)"
     python3 -m pip install --quiet --disable-pip-version-check openai pytest flask httpx
 fi
+# nats-py: examples/nats/consumer_sqlite.py, run by tests/example_nats_consumer.rs.
+if ! python3 -c "import nats" 2>/dev/null; then
+    echo "+ pip install nats-py (for the example JetStream consumer test)"
+    python3 -m pip install --quiet --disable-pip-version-check nats-py
+fi
 
 # The TLS tests make their certificates with the openssl CLI and drive the TLS listener with curl.
 tls_tools=()

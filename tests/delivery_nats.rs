@@ -5,49 +5,14 @@
 mod common;
 mod metering_util;
 
+use common::nats::{nats_server_bin, start_nats, stop_nats, KillOnDrop};
 use common::*;
 use llmproxy::mock::Flavor;
 use metering_util::rid;
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"a b"}]}"#;
-
-fn nats_server_bin() -> Option<String> {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .map(String::from)
-}
-
-fn start_nats(bin: &str, port: u16, store: &std::path::Path) -> Child {
-    let c = Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    eventually(20, "nats-server listening", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    c
-}
-
-fn stop_nats(mut c: Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let _ = c.wait();
-}
-
-struct KillOnDrop(Option<Child>);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[test]
 fn nats_broker_restart_in_the_middle_all_100_in_the_stream_once() {

@@ -6,11 +6,12 @@ what was not acked yet.
 
     pip install nats-py
     NATS_URL=nats://127.0.0.1:4222 python3 examples/nats/consumer_sqlite.py   # usage.db
+    python3 examples/nats/consumer_sqlite.py --drain   # exit once the stream has nothing more (cron, tests)
 
 Creates the stream USAGE on subject llm.usage (2 h duplicate window) if it does not exist. Works for
 format = "record" and format = "cloudevents" (the record is then the event's "data").
 """
-import asyncio, json, os, sqlite3
+import asyncio, json, os, sqlite3, sys
 
 import nats
 from nats.js.api import StreamConfig
@@ -31,7 +32,7 @@ def open_db():
     return db
 
 
-async def main():
+async def main(drain=False):
     db = open_db()
     nc = await nats.connect(URL)
     js = nc.jetstream()
@@ -43,12 +44,21 @@ async def main():
     print(f"consuming {SUBJECT} from {URL} into {DB}", flush=True)
     while True:
         try:
-            msgs = await sub.fetch(100, timeout=5)
-        except nats.errors.TimeoutError:
+            msgs = await sub.fetch(100, timeout=2 if drain else 5)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either when idle
+            if drain:
+                break
             continue
+        bad = set()
         for m in msgs:
-            v = json.loads(m.data)
-            rec = v.get("data", v) if v.get("specversion") else v
+            try:
+                v = json.loads(m.data)
+                rec = v.get("data", v) if v.get("specversion") else v
+                rec["request_id"]
+            except (ValueError, TypeError, KeyError, AttributeError):
+                print(f"not a usage record, dropped: {m.data[:200]!r}", file=sys.stderr, flush=True)
+                bad.add(id(m))
+                continue
             db.execute(
                 "INSERT OR IGNORE INTO usage VALUES (?,?,?,?,?,?,?,?,?)",
                 (rec["request_id"], rec.get("user_id"), rec.get("model"), rec.get("prompt_tokens"),
@@ -57,8 +67,13 @@ async def main():
             )
         db.commit()
         for m in msgs:
-            await m.ack()
+            if id(m) in bad:
+                await m.term()  # never redelivered: it would fail the same way
+            else:
+                await m.ack()
+    await nc.flush()  # the acks reach the server before the connection closes
+    await nc.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(drain="--drain" in sys.argv[1:]))

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod nats;
 pub mod prereq;
 pub mod receiver;
 pub mod redis;
