@@ -10,7 +10,13 @@
 #    TCP_NODELAY (Python http.server, keep-alive): REQS requests are made with wrk, then the time
 #    from the receiver's first to its last record is measured.
 # 2. gateway req/s (wrk, 32 connections, WRK_DUR s) with crash_window = "10ms" vs "off"
-#    (batch_max = 100, fast receiver), alternating, ROUNDS rounds, medians.
+#    (batch_max = 100, fast receiver), alternating, ROUNDS rounds, medians; and the gateway's CPU
+#    per request (all its threads: cores, journal, delivery; from /proc/PID/task/*/schedstat).
+# 3. (`nats`) records/s delivered to a real `nats-server -js` (sink = "nats", concurrency 16) with
+#    batch_max = 1 and 100: wrk load for REQS_DUR s, then the backlog left when the load stops is
+#    timed until llmproxy_webhook_success_total reaches the request count (the drain rate is the
+#    sink's throughput; "kept up" when no backlog was left). Needs nats-server and nats-py (to create
+#    the stream with examples/nats/consumer_sqlite.py).
 # Env: ROUNDS (3), WRK_DUR (5), REQS_DUR (3: seconds of wrk load whose records are then timed),
 # CORE_LOAD (0), CORE_GW (1), SKIP_BUILD=1, BIN (default target/release/llmproxy).
 set -euo pipefail
@@ -22,7 +28,7 @@ CORE_LOAD=${CORE_LOAD:-0}
 CORE_GW=${CORE_GW:-1}
 WHAT=${1:-all}
 BIN=${BIN:-$ROOT/target/release/llmproxy}
-P_MOCK=18203 P_HOOK=18204 P_GW=18210
+P_MOCK=18203 P_HOOK=18204 P_GW=18210 P_NATS=18222
 log() { echo "[bench-delivery $(date +%H:%M:%S)] $*" >&2; }
 
 command -v wrk >/dev/null || { log "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
@@ -58,6 +64,9 @@ gateway() { # args: extra usage_hook lines; sets GPID
 
 metric() { curl -s "http://127.0.0.1:$P_GW/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 
+# ns of CPU used so far by every thread of process $1.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
+
 delivery_rate() { # label, receiver options...
     local label=$1; shift
     receiver "$@"
@@ -89,24 +98,79 @@ fi
 
 if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
     receiver
-    declare -A RES
+    declare -A RES CPU
     for r in $(seq "$ROUNDS"); do
         for mode in '"10ms"' '"off"'; do
             gateway "batch_max = 100\ncrash_window = $mode"
+            c0=$(cpu_ns "$GPID")
             taskset -c "$CORE_LOAD" wrk -t1 -c32 -d"${WRK_DUR}s" -s "$W/post.lua" "http://127.0.0.1:$P_GW/v1/chat/completions" >"$W/wrk.txt"
+            c1=$(cpu_ns "$GPID")
             rps=$(awk '/Requests\/sec/ {print $2}' "$W/wrk.txt")
+            reqs=$(awk '/requests in/ {print $1}' "$W/wrk.txt")
+            us=$(python3 -c "print(f'{($c1 - $c0) / 1000 / $reqs:.2f}')")
             RES[$mode]+="$rps "
-            log "round $r crash_window=$mode: $rps req/s"
+            CPU[$mode]+="$us "
+            log "round $r crash_window=$mode: $rps req/s, $us us CPU/request"
             kill "$GPID"; wait "$GPID" 2>/dev/null || true
         done
     done
     kill "$RPID"; wait "$RPID" 2>/dev/null || true
     med() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
     on=$(echo "${RES['"10ms"']}" | med); off=$(echo "${RES['"off"']}" | med)
+    con=$(echo "${CPU['"10ms"']}" | med); coff=$(echo "${CPU['"off"']}" | med)
     echo
-    echo "| crash_window | req/s (median of $ROUNDS, runs: on ${RES['"10ms"']}/ off ${RES['"off"']}) |"
-    echo "|---|---|"
-    echo "| \"10ms\" (journal) | $on |"
-    echo "| \"off\" | $off |"
-    echo "| ratio | $(python3 -c "print(f'{$on/$off:.3f}')") |"
+    echo "| crash_window | req/s, median of $ROUNDS (runs) | gateway CPU us/request, median (runs) |"
+    echo "|---|---|---|"
+    echo "| \"10ms\" (journal) | $on (${RES['"10ms"']}) | $con (${CPU['"10ms"']}) |"
+    echo "| \"off\" | $off (${RES['"off"']}) | $coff (${CPU['"off"']}) |"
+    echo "| on / off (ratio of the medians) | $(python3 -c "print(f'{$on/$off:.3f}')") | $(python3 -c "print(f'{$con/$coff:.3f}')") |"
+    # Each round's two runs are back to back: the median of the per-round ratios cancels most of the
+    # drift a shared machine adds between rounds.
+    pair() { python3 -c "import statistics as s,sys; a,b=[list(map(float,x.split())) for x in sys.argv[1:]]; print(f'{s.median(x/y for x,y in zip(a,b)):.3f}')" "$1" "$2"; }
+    echo "| on / off (median of per-round ratios) | $(pair "${RES['"10ms"']}" "${RES['"off"']}") | $(pair "${CPU['"10ms"']}" "${CPU['"off"']}") |"
+fi
+
+now() { date +%s.%N; }
+
+drain_rate() { # label, usage_hook lines
+    gateway "$2"
+    local t0 t1 t2 s1 reqs done
+    t0=$(now)
+    taskset -c "$CORE_LOAD" wrk -t1 -c16 -d"${REQS_DUR}s" -s "$W/post.lua" "http://127.0.0.1:$P_GW/v1/chat/completions" >"$W/wrk.txt"
+    t1=$(now)
+    s1=$(metric llmproxy_webhook_success_total)
+    reqs=$(awk '/requests in/ {print $1}' "$W/wrk.txt")
+    for _ in $(seq 3000); do
+        done=$(metric llmproxy_webhook_success_total)
+        [[ "$done" -ge "$reqs" ]] && break
+        sleep 0.1
+    done
+    t2=$(now)
+    kill "$GPID"; wait "$GPID" 2>/dev/null || true
+    python3 - "$1" "$reqs" "$s1" "$done" "$t0" "$t1" "$t2" <<'PY'
+import sys
+label, reqs, s1, done = sys.argv[1], int(sys.argv[2]), int(float(sys.argv[3])), int(float(sys.argv[4]))
+t0, t1, t2 = map(float, sys.argv[5:8])
+left = reqs - s1
+drain = f"{left / (t2 - t1):.0f}" if left > 0 and t2 > t1 else "kept up"
+print(f"| {label} | {reqs} | {done} | {reqs / (t1 - t0):.0f} | {left} | {t2 - t1:.2f} | **{drain}** | {done / (t2 - t0):.0f} |")
+PY
+}
+
+if [[ "$WHAT" == nats ]]; then
+    NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
+    python3 -c "import nats" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check nats-py
+    taskset -c "$CORE_LOAD" "$NATS_BIN" -js -a 127.0.0.1 -p $P_NATS -sd "$W/nats" >/dev/null 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P_NATS) 2>/dev/null && break; sleep 0.05; done
+    # Creates the stream USAGE on llm.usage (and a durable consumer that reads nothing meanwhile).
+    NATS_URL=nats://127.0.0.1:$P_NATS USAGE_DB="$W/usage.db" python3 "$ROOT/examples/nats/consumer_sqlite.py" --drain >/dev/null
+    echo "| sink (concurrency 16) | requests | delivered | req/s during load | backlog at load end | drain s | drain records/s | overall records/s |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for b in 1 100; do
+        drain_rate "nats-server -js, batch_max = $b" "sink = \"nats\"\nnats_url = \"nats://127.0.0.1:$P_NATS\"\nnats_subject = \"llm.usage\"\nbatch_max = $b"
+    done
+    receiver --delay-ms 20
+    drain_rate "webhook, 20 ms per POST, batch_max = 1" "batch_max = 1"
+    kill "$RPID"; wait "$RPID" 2>/dev/null || true
 fi
