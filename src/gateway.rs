@@ -39,6 +39,7 @@ pub struct Gateway {
     reloads: Arc<ReloadStats>,
     workers: Vec<JoinHandle<()>>,
     health: Option<JoinHandle<()>>,
+    discovery: Option<JoinHandle<()>>,
     health_stop: Arc<AtomicBool>,
     webhook: Option<WebhookHandle>,
     listener_tls: Option<Arc<crate::tls::ListenerTls>>,
@@ -122,6 +123,7 @@ impl Gateway {
 
         let health_stop = Arc::new(AtomicBool::new(false));
         let health = crate::health::spawn(snapshots.clone(), health_stop.clone())?;
+        let discovery = crate::discovery::spawn(snapshots.clone(), health_stop.clone())?;
 
         log::info!("listening on {addr}");
         if listener_tls.is_some() {
@@ -203,6 +205,7 @@ impl Gateway {
             reloads,
             workers,
             health: Some(health),
+            discovery: Some(discovery),
             health_stop,
             webhook: Some(webhook),
             listener_tls,
@@ -258,8 +261,8 @@ impl Gateway {
             }
         }
         self.health_stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.health.take() {
-            let _ = h.join();
+        for t in [self.health.take(), self.discovery.take()].into_iter().flatten() {
+            let _ = t.join();
         }
         if let Some(l) = self.limits.take() {
             l.stop();

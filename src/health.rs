@@ -4,7 +4,7 @@
 //! certificate that does not verify), which is logged and leaves the endpoint up so requests
 //! answer 502 with the reason. Every endpoint is checked at once when it appears (start, reload,
 //! DNS change); an up endpoint every `interval`; a down one (by check, or marked down by a core)
-//! again after 100 ms, then backing off to `interval`, so a gateway started before its backends
+//! again after 100 ms, then backing off to 1 s (or `interval`), so a gateway started before its backends
 //! follows them quickly. For `continuous_usage = "auto"` backends it also reads `GET /v1/models`
 //! and learns from `owned_by` whether the server reports continuous usage (vLLM, SGLang).
 
@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 /// First re-check of an endpoint found down.
 pub const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Longest gap between checks of a down endpoint (or `interval`, if shorter): a backend that
+/// comes back is served within about a second, however long it was away.
+pub const MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// Checks one endpoint once; true when it answered 2xx in time.
 pub fn check_once(addr: SocketAddr, b: &BackendConfig, cfg: &HealthCheckConfig) -> bool {
@@ -74,14 +77,15 @@ impl Due {
     }
 
     /// After a check: up -> again in `interval`; down -> again after the backoff, which doubles
-    /// up to `interval`.
+    /// up to `MAX_RETRY` (or `interval`, if shorter).
     pub fn after_check(&mut self, now: Instant, up: bool, interval: Duration) {
         if up {
             self.next = now + interval;
             self.backoff = FIRST_RETRY.min(interval);
         } else {
-            self.next = now + self.backoff.min(interval);
-            self.backoff = (self.backoff * 2).min(interval);
+            let cap = interval.min(MAX_RETRY);
+            self.next = now + self.backoff.min(cap);
+            self.backoff = (self.backoff * 2).min(cap);
         }
         self.last_up = up;
     }
@@ -227,6 +231,15 @@ mod tests {
             d.after_check(t0, false, interval);
             gaps.push((d.next - t0).as_millis());
         }
+        assert_eq!(gaps, [100, 200, 400, 800, 1000, 1000]);
+        // A long interval does not slow the re-checks of a down endpoint past MAX_RETRY.
+        let mut d = Due::new(t0);
+        let gaps: Vec<u128> = (0..6)
+            .map(|_| {
+                d.after_check(t0, false, Duration::from_secs(10));
+                (d.next - t0).as_millis()
+            })
+            .collect();
         assert_eq!(gaps, [100, 200, 400, 800, 1000, 1000]);
         d.after_check(t0, true, interval);
         assert_eq!((d.next - t0).as_millis(), 1000);

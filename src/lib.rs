@@ -11,6 +11,7 @@ pub mod cores;
 pub mod counters;
 pub mod deadline;
 pub mod delivery;
+pub mod discovery;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;
