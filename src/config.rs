@@ -18,6 +18,8 @@ mod usage_hook;
 pub use usage_hook::{DeliveryConfig, RecordFormat, SinkKind};
 mod routes;
 pub use routes::RoutesConfig;
+mod access_log;
+pub use access_log::AccessLogConfig;
 
 /// Balancing strategy across backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct Config {
     pub tls: Option<ListenerTlsConfig>,
     pub routes: RoutesConfig,
     pub rate_limit: RateLimitConfig,
+    /// `[access_log]` (reloadable).
+    pub access_log: AccessLogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +196,7 @@ struct RawConfig {
     tls: tls::RawTls,
     routes: routes::RawRoutes,
     rate_limit: rate_limit::RawRateLimit,
+    access_log: access_log::RawAccessLog,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -596,6 +601,9 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("backends.paths", Kind::StrList),
     ("backends.continuous_usage", Kind::Str),
     ("backends.dns_refresh", Kind::Str),
+    (access_log::KEYS[0], Kind::Table),
+    (access_log::KEYS[1], Kind::Bool),
+    (access_log::KEYS[2], Kind::Str),
     ("balancer", Kind::Table),
     ("balancer.strategy", Kind::Str),
     ("limits", Kind::Table),
@@ -883,10 +891,12 @@ fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
 
     let tls = tls::listener(p, &raw.tls);
     let rate_limit = rate_limit::convert(&raw.rate_limit, p);
+    let access_log = access_log::convert(&raw.access_log, p);
 
     Config {
         tls,
         rate_limit,
+        access_log,
         listen,
         admin_listen,
         shutdown_grace,

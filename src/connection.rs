@@ -10,6 +10,7 @@ use crate::snapshot::Snapshot;
 use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -43,17 +44,17 @@ impl Drop for ConnGuard<'_> {
 
 /// Serves one client connection until it closes, errs, or the gateway drains; a TLS client then
 /// gets a close_notify.
-pub async fn handle(ctx: Rc<CoreCtx>, mut client: Stream, accepted: Instant) {
+pub async fn handle(ctx: Rc<CoreCtx>, mut client: Stream, accepted: Instant, peer: Option<SocketAddr>) {
     ctx.connections.set(ctx.connections.get() + 1);
     ctx.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _guard = ConnGuard(&ctx);
-    serve_connection(&ctx, &mut client, accepted).await;
+    serve_connection(&ctx, &mut client, accepted, peer).await;
     if client.is_tls() {
         client.close().await;
     }
 }
 
-async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant) {
+async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant, peer: Option<SocketAddr>) {
     let mut inbuf: Vec<u8> = Vec::with_capacity(FIRST_READ);
     let mut watch: Option<ClientWatch> = None;
     let mut since = Some(accepted);
@@ -63,14 +64,16 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant)
             Err(HeadError::Closed) => return,
             Err(HeadError::Answer(e)) => {
                 let ids = ctx.request_ids(None);
+                let t = Instant::now();
                 ctx.metrics.request(Endpoint::Unknown, false, None, e.status());
-                let _ = answer_error(client, &e, &ids, true).await;
+                let n = answer_error(client, &e, &ids, true).await;
+                log_local(ctx, &ids, peer, None, t, e.status(), n, Some(e.message()));
                 return;
             }
         };
         since = None;
         ctx.inflight.set(ctx.inflight.get() + 1);
-        let keep = serve_request(ctx, &snap, client, &mut inbuf, &mut watch, head).await;
+        let keep = serve_request(ctx, &snap, client, &mut inbuf, &mut watch, head, peer).await;
         drop(snap);
         ctx.inflight.set(ctx.inflight.get() - 1);
         if !keep || ctx.shared.shutting_down() {
@@ -232,6 +235,7 @@ async fn serve_request(
     inbuf: &mut Vec<u8>,
     watch: &mut Option<ClientWatch>,
     head: RequestHead,
+    peer: Option<SocketAddr>,
 ) -> bool {
     let started = Instant::now();
     let arrived = std::time::SystemTime::now();
@@ -253,7 +257,9 @@ async fn serve_request(
         // The body was not read: keep the connection only when there is none.
         let close = !keep || head.body != BodyFraming::None;
         ctx.metrics.request(endpoint, false, None, e.status());
-        let keep = answer_error(client, &e, &rid, close).await && !close;
+        let n = answer_error(client, &e, &rid, close).await;
+        log_local(ctx, &rid, peer, Some(&head), started, e.status(), n, Some(e.message()));
+        let keep = n > 0 && !close;
         // Consume the head, or the next turn of the keep-alive loop would serve it again.
         inbuf.drain(..head.head_len);
         return keep;
@@ -262,23 +268,32 @@ async fn serve_request(
         Ok(b) => b,
         Err(e) => {
             ctx.metrics.request(endpoint, false, None, e.status());
-            let _ = answer_error(client, &e, &rid, true).await;
+            let n = answer_error(client, &e, &rid, true).await;
+            log_local(ctx, &rid, peer, Some(&head), started, e.status(), n, Some(e.message()));
             return false;
         }
     };
     let keep = match endpoint {
-        Endpoint::Health => answer_health(ctx, snap, client, &rid, keep).await && keep,
+        Endpoint::Health => {
+            let (status, n) = answer_health(ctx, snap, client, &rid, keep).await;
+            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
+            n > 0 && keep
+        }
         Endpoint::Metrics => {
             let text = ctx.shared.registry.render();
             ctx.metrics.request(endpoint, false, None, 200);
-            answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep)
-                .await
-                && keep
+            let n =
+                answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep)
+                    .await;
+            log_local(ctx, &rid, peer, Some(&head), started, 200, n, None);
+            n > 0 && keep
         }
         Endpoint::Models => {
             let (status, body) = crate::models::merged(snap, &rid).await;
             ctx.metrics.request(endpoint, false, None, status);
-            answer(client, status, b"application/json", &body, &rid, keep).await && keep
+            let n = answer(client, status, b"application/json", &body, &rid, keep).await;
+            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
+            n > 0 && keep
         }
         _ => {
             let owned;
@@ -298,6 +313,7 @@ async fn serve_request(
                 head_bytes: &inbuf[..head.head_len],
                 body: body_bytes,
                 ids: &rid,
+                peer,
                 started,
                 arrived,
                 keep_alive: keep,
@@ -320,7 +336,7 @@ async fn answer_health(
     client: &mut Stream,
     rid: &RequestIds,
     keep: bool,
-) -> bool {
+) -> (u16, usize) {
     let up = (0..snap.backends.len()).filter(|&i| snap.backend_up(i)).count();
     let status = if up > 0 { 200 } else { 503 };
     let body = format!(
@@ -329,10 +345,28 @@ async fn answer_health(
         snap.backends.len()
     );
     ctx.metrics.request(Endpoint::Health, false, None, status);
-    answer(client, status, b"application/json", body.as_bytes(), rid, keep).await
+    (status, answer(client, status, b"application/json", body.as_bytes(), rid, keep).await)
 }
 
-/// Writes a whole response with a body; true when it was written.
+/// An access-log line for a request the gateway answered itself (when the log is on).
+#[allow(clippy::too_many_arguments)]
+fn log_local(
+    ctx: &CoreCtx,
+    ids: &RequestIds,
+    peer: Option<SocketAddr>,
+    head: Option<&RequestHead>,
+    started: Instant,
+    status: u16,
+    bytes_out: usize,
+    error: Option<&'static str>,
+) {
+    if ctx.shared.access_log.enabled() {
+        let e = crate::access_log::Entry::local(ids, peer, head, started, status, bytes_out, error);
+        ctx.shared.access_log.log(e);
+    }
+}
+
+/// Writes a whole response with a body; returns the bytes written (0: the write failed).
 pub async fn answer(
     client: &mut Stream,
     status: u16,
@@ -340,7 +374,7 @@ pub async fn answer(
     body: &[u8],
     rid: &RequestIds,
     keep: bool,
-) -> bool {
+) -> usize {
     let mut out = Vec::with_capacity(256 + body.len());
     http1::push_status_line(&mut out, status);
     http1::push_header(&mut out, b"content-type", content_type);
@@ -352,11 +386,21 @@ pub async fn answer(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    client.write_all(out).await.0.is_ok()
+    written(client, out).await
 }
 
-/// Writes a gateway error response; true when it was written.
-pub async fn answer_error(client: &mut Stream, e: &GatewayError, rid: &RequestIds, close: bool) -> bool {
+/// Writes `out`; returns its length, or 0 when the write failed.
+async fn written(client: &mut Stream, out: Vec<u8>) -> usize {
+    let n = out.len();
+    if client.write_all(out).await.0.is_ok() {
+        n
+    } else {
+        0
+    }
+}
+
+/// Writes a gateway error response; returns the bytes written (0: the write failed).
+pub async fn answer_error(client: &mut Stream, e: &GatewayError, rid: &RequestIds, close: bool) -> usize {
     answer_error_with(client, e, rid, close, &[]).await
 }
 
@@ -367,8 +411,8 @@ pub async fn answer_error_with(
     rid: &RequestIds,
     close: bool,
     extra: &[u8],
-) -> bool {
+) -> usize {
     let mut out = Vec::with_capacity(384 + extra.len());
     e.write_response_with(&mut out, rid, close || e.closes_connection(), extra);
-    client.write_all(out).await.0.is_ok()
+    written(client, out).await
 }

@@ -23,6 +23,8 @@ pub type RecordSink = Arc<dyn Fn(UsageRecord) + Send + Sync>;
 
 /// Read-mostly state shared by every core.
 pub struct Shared {
+    /// One JSON line per request, written by the access-log thread.
+    pub access_log: Arc<crate::access_log::AccessLog>,
     /// What config decides, swapped by reload and discovery. On a core, read it through
     /// `CoreCtx::snapshot()` (once per request), never by holding a snapshot across requests.
     pub snapshots: Arc<SnapshotCell>,

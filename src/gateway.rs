@@ -40,6 +40,8 @@ pub struct Gateway {
     workers: Vec<JoinHandle<()>>,
     health: Option<JoinHandle<()>>,
     discovery: Option<JoinHandle<()>>,
+    access_log: Arc<crate::access_log::AccessLog>,
+    access_thread: Option<JoinHandle<()>>,
     health_stop: Arc<AtomicBool>,
     webhook: Option<WebhookHandle>,
     listener_tls: Option<Arc<crate::tls::ListenerTls>>,
@@ -95,6 +97,7 @@ impl Gateway {
         let limits = crate::limits::SyncThread::start(limiter.clone(), &config.rate_limit)?;
         let render_limits = limiter.clone();
         let reloads = Arc::new(ReloadStats::default());
+        let (access_log, access_thread) = crate::access_log::AccessLog::start(&config.access_log)?;
         let registry = Arc::new(Registry {
             snapshots: snapshots.clone(),
             cores: core_metrics.clone(),
@@ -102,11 +105,13 @@ impl Gateway {
             queue_depth: Box::new(move || depth_sink.queue_depth()),
             extra: vec![Box::new(move |out: &mut String| render_limits.render(out))],
             reloads: reloads.clone(),
+            access_log_dropped: access_log.dropped.clone(),
         });
         let shutdown = opts.shutdown.clone();
         let listener_tls =
             config.tls.as_ref().map(|t| Arc::new(crate::tls::ListenerTls::new(t.server.clone())));
         let shared = Arc::new(Shared {
+            access_log: access_log.clone(),
             snapshots: snapshots.clone(),
             registry,
             records: Arc::new(move |r| sink.submit(r)),
@@ -206,6 +211,8 @@ impl Gateway {
             workers,
             health: Some(health),
             discovery: Some(discovery),
+            access_log,
+            access_thread: Some(access_thread),
             health_stop,
             webhook: Some(webhook),
             listener_tls,
@@ -239,6 +246,7 @@ impl Gateway {
         let Some(r) = crate::reload::reload(path, &self.snapshots, &self.reloads) else { return false };
         // The other threads' reload hooks.
         let config = &r.config;
+        self.access_log.reconfigure(&config.access_log);
         self.limiter.reload(config);
         if let (Some(w), Some(make)) = (&self.webhook, r.sink) {
             w.reload_sink(make);
@@ -262,6 +270,10 @@ impl Gateway {
         }
         self.health_stop.store(true, Ordering::Relaxed);
         for t in [self.health.take(), self.discovery.take()].into_iter().flatten() {
+            let _ = t.join();
+        }
+        self.access_log.stop();
+        if let Some(t) = self.access_thread.take() {
             let _ = t.join();
         }
         if let Some(l) = self.limits.take() {

@@ -1,6 +1,7 @@
 //! LLMProxy: a thread-per-core io_uring gateway for LLM inference servers with exact, lossless usage
 //! metering. The binary (`main.rs`) wires these modules together; tests and benches use them directly.
 
+pub mod access_log;
 pub mod auth;
 pub mod balancer;
 pub mod chunked;

@@ -65,6 +65,8 @@ pub struct Registry {
     /// Families owned by other modules (limits), appended at the end of the text.
     pub extra: Vec<RenderFn>,
     pub reloads: Arc<ReloadStats>,
+    /// Access-log lines dropped because the queue was full.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 fn escape(v: &str) -> String {
@@ -226,6 +228,7 @@ impl Registry {
             let _ =
                 writeln!(out, "llmproxy_backend_inflight{{backend=\"{}\"}} {}", escape(&b.cfg.url), v.max(0));
         }
+        let _ = writeln!(out, "# HELP llmproxy_access_log_dropped_total Access-log lines dropped because the log queue was full.\n# TYPE llmproxy_access_log_dropped_total counter\nllmproxy_access_log_dropped_total {}", self.access_log_dropped.load(Relaxed));
         let _ = writeln!(out, "# HELP llmproxy_config_reloads_total Config reloads (SIGHUP), by result.\n# TYPE llmproxy_config_reloads_total counter");
         let _ =
             writeln!(out, "llmproxy_config_reloads_total{{result=\"ok\"}} {}", self.reloads.ok.load(Relaxed));
@@ -285,6 +288,7 @@ mod tests {
             queue_depth: Box::new(|| 2),
             extra: Vec::new(),
             reloads: Arc::new(ReloadStats::default()),
+            access_log_dropped: Arc::default(),
         };
         let text = reg.render();
         assert!(text.contains("llmproxy_requests_total{endpoint=\"/v1/chat/completions\",stream=\"true\",backend=\"http://127.0.0.2:1\",status=\"200\"} 2"), "{text}");

@@ -26,6 +26,8 @@ pub struct Request<'a> {
     pub head_bytes: &'a [u8],
     pub body: &'a [u8],
     pub ids: &'a crate::ids::RequestIds,
+    /// The client's address (access log).
+    pub peer: Option<std::net::SocketAddr>,
     pub started: Instant,
     pub arrived: SystemTime,
     pub keep_alive: bool,
@@ -173,6 +175,8 @@ pub async fn proxy(
         }
     };
     record.backend_url = backend.map(|b| snap.backend_of(b).cfg.url.clone());
+    let mut bytes_out = 0;
+    let mut gw_error = None;
     let keep = match result {
         // (The loop turns a second Retryable into Err; the pattern keeps the match total.)
         Err(e) | Ok(Outcome::Failed(e)) | Ok(Outcome::Retryable { error: e, .. }) => {
@@ -182,8 +186,11 @@ pub async fn proxy(
                 record.status = RecordStatus::Rejected;
             }
             log::warn!("request_id={} failed: {} ({})", request_id, e.message(), e.status());
-            crate::connection::answer_error_with(client, &e, req.ids, !req.keep_alive, gateway_headers).await
-                && req.keep_alive
+            gw_error = Some(e.message());
+            bytes_out =
+                crate::connection::answer_error_with(client, &e, req.ids, !req.keep_alive, gateway_headers)
+                    .await as u64;
+            bytes_out > 0 && req.keep_alive
         }
         Ok(Outcome::ClientGone) => {
             record.status = RecordStatus::ClientDisconnected;
@@ -224,6 +231,7 @@ pub async fn proxy(
                 record.is_stream = r.streamed;
             }
             record.audio_seconds = r.native.audio_seconds;
+            bytes_out = r.bytes_out;
             r.client_reusable
         }
     };
@@ -238,6 +246,26 @@ pub async fn proxy(
     record.duration_ms = elapsed.as_millis() as u64;
     ctx.metrics.latency.observe(record.duration_ms);
     ctx.metrics.request(endpoint, stream, backend.map(|b| &*snap.backend_of(b).stats), record.http_status);
+    if ctx.shared.access_log.enabled() {
+        ctx.shared.access_log.log(crate::access_log::Entry {
+            time: req.arrived,
+            request_id: record.request_id.clone(),
+            client_request_id: record.client_request_id.clone(),
+            client_addr: req.peer,
+            method: crate::access_log::method_name(req.head.method),
+            path: req.head.target.clone(),
+            status: record.http_status,
+            bytes_out,
+            duration_ms: record.duration_ms,
+            ttft_ms: record.ttft_ms,
+            backend_url: record.backend_url.clone(),
+            model: record.model.clone(),
+            user_id: record.user_id.clone(),
+            prompt_tokens: record.prompt_tokens,
+            completion_tokens: record.completion_tokens,
+            error: gw_error,
+        });
+    }
     if let Some(t) = ticket {
         // The reservation becomes what is billed (kept when the backend reported no usage).
         t.finish((!record.usage_missing).then_some(record.total_tokens));
@@ -302,7 +330,26 @@ async fn refuse(
     };
     ctx.metrics.request(req.head.endpoint, stream, None, e.status());
     let close = !req.keep_alive;
-    crate::connection::answer_error_with(client, &e, req.ids, close, r.headers.as_bytes()).await && !close
+    let n = crate::connection::answer_error_with(client, &e, req.ids, close, r.headers.as_bytes()).await;
+    log_refused(ctx, req, &e, n);
+    n > 0 && !close
+}
+
+/// The access-log line of a request refused before any backend (when the log is on).
+fn log_refused(ctx: &CoreCtx, req: &Request<'_>, e: &GatewayError, bytes_out: usize) {
+    if ctx.shared.access_log.enabled() {
+        let mut l = crate::access_log::Entry::local(
+            req.ids,
+            req.peer,
+            Some(req.head),
+            req.started,
+            e.status(),
+            bytes_out,
+            Some(e.message()),
+        );
+        l.time = req.arrived;
+        ctx.shared.access_log.log(l);
+    }
 }
 
 /// Answers a request the gateway refuses before any backend sees it (no usage record: nothing
@@ -328,5 +375,7 @@ async fn reject_with(
 ) -> bool {
     ctx.metrics.request(req.head.endpoint, stream, None, e.status());
     let close = !req.keep_alive || e.closes_connection();
-    crate::connection::answer_error_with(client, &e, req.ids, close, extra).await && !close
+    let n = crate::connection::answer_error_with(client, &e, req.ids, close, extra).await;
+    log_refused(ctx, req, &e, n);
+    n > 0 && !close
 }

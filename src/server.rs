@@ -27,17 +27,18 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
         monoio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let peer = Some(peer);
                     let accepted = Instant::now();
                     match &tls {
                         None => {
                             let _ = stream.set_nodelay(true);
                             let stream = Stream::Plain(stream);
                             if ctx.connections.get() >= ctx.max_connections(&ctx.snapshot()) {
-                                monoio::spawn(refuse(stream, ctx.clone()));
+                                monoio::spawn(refuse(stream, ctx.clone(), peer));
                                 continue;
                             }
-                            monoio::spawn(connection::handle(ctx.clone(), stream, accepted));
+                            monoio::spawn(connection::handle(ctx.clone(), stream, accepted, peer));
                         }
                         // Over max_connections a TLS client is just closed: a plain 503 would
                         // be noise to it, and a handshake to refuse is work to avoid.
@@ -48,7 +49,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                             monoio::spawn(async move {
                                 let timeout = ctx.snapshot().config.limits.header_read_timeout;
                                 if let Some(s) = crate::net::accept_tls(stream, config, timeout).await {
-                                    connection::handle(ctx, s, accepted).await;
+                                    connection::handle(ctx, s, accepted, peer).await;
                                 }
                             });
                         }
@@ -87,7 +88,13 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
 /// Over `max_connections`: a 503 and close.
-async fn refuse(mut stream: Stream, ctx: Rc<CoreCtx>) {
+async fn refuse(mut stream: Stream, ctx: Rc<CoreCtx>, peer: Option<std::net::SocketAddr>) {
     let ids = ctx.request_ids(None);
-    let _ = connection::answer_error(&mut stream, &GatewayError::Overloaded, &ids, true).await;
+    let t = Instant::now();
+    let e = GatewayError::Overloaded;
+    let n = connection::answer_error(&mut stream, &e, &ids, true).await;
+    if ctx.shared.access_log.enabled() {
+        let l = crate::access_log::Entry::local(&ids, peer, None, t, e.status(), n, Some(e.message()));
+        ctx.shared.access_log.log(l);
+    }
 }

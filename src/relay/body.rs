@@ -250,6 +250,7 @@ pub(super) async fn relay(
     };
     let ok_status = (200..300).contains(&resp.status);
     let mut ttft = None;
+    let mut sent = 0u64;
     let mut stray = false;
     // The client left after the backend finished generating: read on without sending.
     let mut draining = false;
@@ -291,8 +292,19 @@ pub(super) async fn relay(
                 }
             }
             if forward > 0 || done || pending.is_some() {
-                let (ok, b) =
-                    send(client, buf, forward, done, framing, &mut pending, ctx, timer.as_mut(), idle).await;
+                let (ok, b) = send(
+                    client,
+                    buf,
+                    forward,
+                    done,
+                    framing,
+                    &mut pending,
+                    ctx,
+                    timer.as_mut(),
+                    idle,
+                    &mut sent,
+                )
+                .await;
                 buf = b;
                 if !ok {
                     if done {
@@ -381,6 +393,7 @@ pub(super) async fn relay(
         client_reusable: keep,
         streamed,
         native,
+        bytes_out: sent,
     })
 }
 
@@ -421,12 +434,15 @@ async fn send(
     ctx: &CoreCtx,
     timer: Pin<&mut Sleep>,
     timeout: Duration,
+    sent: &mut u64,
 ) -> (bool, Vec<u8>) {
     if let Some(mut p) = pending.take() {
         append_framed(&mut p, &buf[PREFIX..PREFIX + n], framing, last);
+        let len = p.len() as u64;
         let r = within(timer, timeout, client.write_all(p)).await;
         return match r {
             Ok((Ok(_), p)) => {
+                *sent += len;
                 ctx.give_buf(p);
                 (true, buf)
             }
@@ -457,8 +473,12 @@ async fn send(
     if buf.len() == start {
         return (true, buf);
     }
+    let len = (buf.len() - start) as u64;
     match within(timer, timeout, client.write_all(buf.slice(start..))).await {
-        Ok((Ok(_), s)) => (true, s.into_inner()),
+        Ok((Ok(_), s)) => {
+            *sent += len;
+            (true, s.into_inner())
+        }
         Ok((Err(_), s)) => (false, s.into_inner()),
         Err(_) => (false, ctx.take_buf()),
     }

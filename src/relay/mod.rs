@@ -79,6 +79,8 @@ pub struct Relayed {
     pub streamed: bool,
     /// Native/rerank/audio bodies (endpoints/): `usage.seconds` of an audio answer.
     pub native: NativeMeter,
+    /// Bytes written to the client (head, framing and body), for the access log.
+    pub bytes_out: u64,
 }
 
 /// What the `LineScanner` of a native-API body adds to the usage (see `Relayed::native`).
