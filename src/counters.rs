@@ -107,9 +107,18 @@ pub struct CoreMetrics {
     pub latency: Histogram,
     pub ttft: Histogram,
     pub connections: AtomicI64,
+    /// TLS handshakes on the listener that failed, by `HandshakeFailure::index`.
+    pub tls_handshake_failures: [AtomicU64; 3],
 }
 
 impl CoreMetrics {
+    /// Counts a failed TLS handshake (what is not a failure is ignored).
+    pub fn tls_handshake_failed(&self, f: crate::net::HandshakeFailure) {
+        if let Some(i) = f.index() {
+            self.tls_handshake_failures[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn new(core: usize) -> Self {
         CoreMetrics {
             core,
@@ -117,6 +126,7 @@ impl CoreMetrics {
             latency: Histogram::default(),
             ttft: Histogram::default(),
             connections: AtomicI64::new(0),
+            tls_handshake_failures: Default::default(),
         }
     }
 

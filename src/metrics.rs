@@ -239,6 +239,15 @@ impl Registry {
         );
         let _ = writeln!(out, "# HELP llmproxy_config_generation Generation of the snapshot in use (bumped by each reload and each DNS change).\n# TYPE llmproxy_config_generation gauge\nllmproxy_config_generation {}", snap.generation);
         let conns: i64 = self.cores.iter().map(|c| c.connections.load(Relaxed)).sum();
+        let _ = writeln!(out, "# HELP llmproxy_tls_handshake_failures_total TLS handshakes on the listener that failed, by reason (timeout: none within header_read_timeout; plain_http: plain HTTP sent to the TLS port; error: protocol or certificate error).\n# TYPE llmproxy_tls_handshake_failures_total counter");
+        for (i, f) in crate::net::HandshakeFailure::COUNTED.iter().enumerate() {
+            let v: u64 = self.cores.iter().map(|c| c.tls_handshake_failures[i].load(Relaxed)).sum();
+            let _ = writeln!(
+                out,
+                "llmproxy_tls_handshake_failures_total{{reason=\"{}\"}} {v}",
+                f.label().unwrap_or("")
+            );
+        }
         let _ = writeln!(out, "# HELP llmproxy_connections_active Open client connections.\n# TYPE llmproxy_connections_active gauge\nllmproxy_connections_active {}", conns.max(0));
         for f in &self.extra {
             f(&mut out);

@@ -48,8 +48,9 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                             let ctx = ctx.clone();
                             monoio::spawn(async move {
                                 let timeout = ctx.snapshot().config.limits.header_read_timeout;
-                                if let Some(s) = crate::net::accept_tls(stream, config, timeout).await {
-                                    connection::handle(ctx, s, accepted, peer).await;
+                                match crate::net::accept_tls(stream, config, timeout).await {
+                                    Ok(s) => connection::handle(ctx, s, accepted, peer).await,
+                                    Err(f) => ctx.metrics.tls_handshake_failed(f),
                                 }
                             });
                         }

@@ -1,7 +1,8 @@
 //! Accepting a client on the TLS listener (core threads): the first byte tells a TLS handshake
 //! (record type 22) from plain HTTP sent to the TLS port, which gets a 400 and a clean close
 //! (its bytes drained first, so the close is a FIN the client reads after the answer, not a reset);
-//! then the handshake, within the head timeout.
+//! then the handshake, within the head timeout. A failure says why (`HandshakeFailure`), for
+//! `llmproxy_tls_handshake_failures_total{reason}`.
 
 use super::Stream;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -38,9 +39,46 @@ fn peek_first(fd: i32) -> Option<First> {
     }
 }
 
-/// Performs the server side of the handshake on `tcp`; None when the connection was closed
+/// Why a connection to the TLS listener did not become a TLS stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// No handshake within the head timeout (the same limit a plain client's head gets).
+    Timeout,
+    /// Plain HTTP sent to the TLS port (answered 400).
+    PlainHttp,
+    /// The handshake failed (protocol, certificate, alert from the client).
+    Error,
+    /// Closed before sending anything (a TCP probe): not counted as a failure.
+    Closed,
+}
+
+impl HandshakeFailure {
+    /// The `reason` label; None for what is not a failure.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            HandshakeFailure::Timeout => Some("timeout"),
+            HandshakeFailure::PlainHttp => Some("plain_http"),
+            HandshakeFailure::Error => Some("error"),
+            HandshakeFailure::Closed => None,
+        }
+    }
+
+    /// Every counted reason, in the order of `index`.
+    pub const COUNTED: [HandshakeFailure; 3] =
+        [HandshakeFailure::Timeout, HandshakeFailure::PlainHttp, HandshakeFailure::Error];
+
+    pub fn index(self) -> Option<usize> {
+        Self::COUNTED.iter().position(|&f| f == self)
+    }
+}
+
+/// Performs the server side of the handshake on `tcp`; the reason when the connection was closed
 /// instead (plain HTTP answered, a failed or timed-out handshake: logged at debug level).
-pub async fn accept_tls(tcp: TcpStream, config: Arc<ServerConfig>, timeout: Duration) -> Option<Stream> {
+pub async fn accept_tls(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    timeout: Duration,
+) -> Result<Stream, HandshakeFailure> {
     let deadline = Instant::now() + timeout;
     let fd = tcp.as_raw_fd();
     let first = loop {
@@ -50,14 +88,15 @@ pub async fn accept_tls(tcp: TcpStream, config: Arc<ServerConfig>, timeout: Dura
         let left = deadline.saturating_duration_since(Instant::now());
         match monoio::time::timeout(left, tcp.readable(false)).await {
             Ok(Ok(())) => {}
-            _ => return None,
+            Ok(Err(_)) => return Err(HandshakeFailure::Closed),
+            Err(_) => return Err(HandshakeFailure::Timeout),
         }
     };
     match first {
-        First::Gone => return None,
+        First::Gone => return Err(HandshakeFailure::Closed),
         First::Plain => {
             refuse_plain(tcp).await;
-            return None;
+            return Err(HandshakeFailure::PlainHttp);
         }
         First::Tls => {}
     }
@@ -65,16 +104,17 @@ pub async fn accept_tls(tcp: TcpStream, config: Arc<ServerConfig>, timeout: Dura
     let acceptor = monoio_rustls::TlsAcceptor::from(config);
     let left = deadline.saturating_duration_since(Instant::now());
     match monoio::time::timeout(left, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(Stream::server_tls(fd, s)),
+        Ok(Ok(s)) => Ok(Stream::server_tls(fd, s)),
         Ok(Err(e)) => {
             let e = std::io::Error::from(e);
             log::debug!(
                 "TLS handshake with a client failed: {}",
                 e.get_ref().map_or(e.to_string(), |i| i.to_string())
             );
-            None
+            Err(HandshakeFailure::Error)
         }
-        Err(_) => None,
+        // The cancelled handshake's socket is dropped (closed) with it.
+        Err(_) => Err(HandshakeFailure::Timeout),
     }
 }
 

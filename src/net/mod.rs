@@ -6,6 +6,6 @@ pub mod accept;
 pub mod dial;
 pub mod stream;
 
-pub use accept::accept_tls;
+pub use accept::{accept_tls, HandshakeFailure};
 pub use dial::{connect, connect_blocking, BlockingStream, DialError};
 pub use stream::Stream;
