@@ -14,7 +14,7 @@
 # Figures: RSS per open stream ((RSS with N open - idle RSS) / N), CPU per relayed event, and delay
 # per event p50/p99 (added = contender - direct, same round).
 #
-# Env: STREAMS (10000, lowered to what the open-files limit allows: LLMProxy holds 3 descriptors a
+# Env: STREAMS (10000, lowered to what the open-files limit allows: a proxy holds 2 descriptors a
 # stream), EVERY_MS (1000), RAMP_MS (1 ms a stream), SETTLE_MS (3000), WINDOW_MS (15000), ROUNDS (3),
 # CONTENDERS ("direct llmproxy-uring llmproxy-epoll baseline nginx"), CORE_LOAD (0), CORE_PROXY (1),
 # SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1, LLMPROXY_BIN (another llmproxy binary, for before/after runs).
@@ -74,15 +74,18 @@ if (($(nproc) <= CORE_PROXY)); then
     exit 1
 fi
 
-# Open files: every process here raises its soft limit to the hard one; N is what the proxy that
-# needs most descriptors can hold (LLMProxy: client socket, backend socket, the client watch's dup).
+# Open files: every process here raises its soft limit to the hard one; N is what one proxy process
+# can hold: 2 descriptors a stream (client socket, backend socket), plus FD_RESERVE for the rest:
+# listeners, rings, logs, webhook sockets, and nginx's idle upstream keepalive connections left by
+# the warm-up (200), which count against its worker_connections.
 ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
 WANT=${STREAMS:-10000}
-FIT=$(((NOFILE - 300) / 3 / 1000 * 1000))
+FD_RESERVE=${FD_RESERVE:-400}
+FIT=$(((NOFILE - FD_RESERVE) / 2 / 100 * 100))
 STREAMS=$WANT
 if ((STREAMS > FIT)); then
-    log "open-files hard limit $NOFILE holds $FIT streams through LLMProxy (3 descriptors each), not $WANT: using $FIT"
+    log "open-files hard limit $NOFILE holds $FIT streams through one proxy process (2 descriptors each), not $WANT: using $FIT"
     STREAMS=$FIT
 fi
 RAMP_MS=${RAMP_MS:-$STREAMS}
@@ -181,6 +184,10 @@ cores = [$CORE_PROXY]
 driver = "$1"
 [limits]
 max_connections = 1000000
+# nginx's proxy_connect_timeout default: while thousands of streams open, the backend's accept queue
+# (capped by net.core.somaxconn) can overflow and a SYN wait its retransmission; with the default 2 s
+# LLMProxy would mark the backend down where nginx waits.
+upstream_connect_timeout = "60s"
 [[backends]]
 url = "http://127.0.0.1:$P_BACKEND"
 [usage_hook]

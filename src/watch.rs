@@ -1,7 +1,10 @@
-//! Noticing a client that went away while the gateway waits on the backend: a readiness poll on a
-//! duplicate of the client socket (cancelling a poll loses no data, unlike a pending read), then a
-//! non-blocking MSG_PEEK to tell end-of-stream from pipelined bytes. The poll is armed only once a
-//! wait lasts longer than ARM_DELAY, so quick requests pay nothing for it. Runs on core threads.
+//! Noticing a client that went away while the gateway waits on the backend: a readiness poll on the
+//! client socket itself (an io_uring PollAdd, or the epoll driver's readiness for it; cancelling a
+//! poll loses no data, unlike a pending read), then a non-blocking MSG_PEEK to tell end-of-stream
+//! from pipelined bytes. The poll is armed only once a wait lasts longer than ARM_DELAY, so quick
+//! requests pay nothing for it. A plain client costs no descriptor of its own (2 per stream: client
+//! and backend); a TLS client's socket sits inside monoio-rustls, which does not lend it, so its
+//! watch polls a `dup` of it. Runs on core threads.
 //!
 //! A TLS client's bytes cannot be read without decrypting them: a close_notify alert (in TLS 1.3 an
 //! encrypted record like any other) looks like pipelined data to a peek. So for TLS, bytes waiting
@@ -17,17 +20,22 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// A second handle on the client socket, used only for readiness.
+/// What the watch of one client connection polls.
 pub struct ClientWatch {
-    stream: TcpStream,
+    /// TLS clients only: a second handle on the socket, used only for readiness.
+    dup: Option<TcpStream>,
     fd: RawFd,
     /// The client speaks TLS: peeked bytes may be a close_notify.
     tls: bool,
 }
 
 impl ClientWatch {
-    /// Duplicates the client socket's descriptor.
+    /// A plain client is watched on its own socket (nothing to do here); a TLS client's socket is
+    /// duplicated.
     pub fn new(client: &Stream) -> std::io::Result<ClientWatch> {
+        if let Stream::Plain(s) = client {
+            return Ok(ClientWatch { dup: None, fd: s.as_raw_fd(), tls: false });
+        }
         // SAFETY: dup of a descriptor we own; the result is owned by the new std stream.
         let fd = unsafe { libc::dup(client.as_raw_fd()) };
         if fd < 0 {
@@ -36,7 +44,7 @@ impl ClientWatch {
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
         std.set_nonblocking(true)?;
-        Ok(ClientWatch { stream: TcpStream::from_std(std)?, fd, tls: client.is_tls() })
+        Ok(ClientWatch { dup: Some(TcpStream::from_std(std)?), fd, tls: true })
     }
 }
 
@@ -97,17 +105,26 @@ enum State<'a> {
 /// A watch for one request: `until` runs futures while watching the client.
 pub struct Armed<'a> {
     watch: Option<&'a ClientWatch>,
+    /// The socket to poll: the watch's dup, or the plain client's own `TcpStream`.
+    sock: *const TcpStream,
     state: State<'a>,
 }
 
 impl<'a> Armed<'a> {
-    /// Starts the arming timer for `watch`; with None, `until` just runs its future.
-    pub fn new(watch: Option<&'a ClientWatch>) -> Self {
-        let state = match watch {
-            Some(_) => State::Waiting(Box::pin(monoio::time::sleep(ARM_DELAY))),
-            None => State::Off,
+    /// Starts the arming timer for `watch` of `client`; with None, `until` just runs its future.
+    /// `client` must be the stream `watch` was made for; it stays borrowed (mutably, for the
+    /// relay's writes) by the exchange that owns this `Armed`, so it does not move meanwhile.
+    pub fn new(watch: Option<&'a ClientWatch>, client: &Stream) -> Self {
+        let sock: *const TcpStream = match (watch.and_then(|w| w.dup.as_ref()), client) {
+            (Some(d), _) => d,
+            (None, Stream::Plain(s)) => s,
+            (None, _) => std::ptr::null(),
         };
-        Armed { watch, state }
+        let state = match watch {
+            Some(_) if !sock.is_null() => State::Waiting(Box::pin(monoio::time::sleep(ARM_DELAY))),
+            _ => State::Off,
+        };
+        Armed { watch, sock, state }
     }
 
     /// Polls the watch; Ready(()) when the client is gone.
@@ -119,10 +136,13 @@ impl<'a> Armed<'a> {
                     if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    self.state = match self.watch {
-                        Some(w) => State::Polling(Box::pin(w.stream.readable(false))),
-                        None => State::Off,
-                    };
+                    // SAFETY: `sock` is non-null in this state and points at a socket that outlives
+                    // `self` (see `new`). The readiness future reads it once, on its first poll
+                    // (just below, while the exchange waits in `until` and writes nothing), to
+                    // take its own counted handle on the descriptor; the relay's later writes
+                    // through its `&mut Stream` do not touch what that handle shares.
+                    let sock: &'a TcpStream = unsafe { &*self.sock };
+                    self.state = State::Polling(Box::pin(sock.readable(false)));
                 }
                 State::Polling(p) => {
                     if p.as_mut().poll(cx).is_pending() {

@@ -197,6 +197,53 @@ fn client_disconnect_mid_stream_stops_the_backend() {
     assert_eq!(m.streams_aborted(), 1);
 }
 
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A stream through the gateway holds two descriptors (client and backend socket): the client
+/// watch polls the client's own socket instead of a `dup` of it (issue 14: 10,000 streams must fit
+/// the open-files limit). Streams that outlive the watch's arming delay still relay every event.
+#[test]
+fn a_slow_stream_holds_two_descriptors() {
+    const N: usize = 20;
+    let m = mock(Flavor::Vllm);
+    let gw = Gateway::start(&config_for(&[m.url()], "[runtime]\nworkers = 1\npin_cores = false\n"));
+    let pid = gw.child.as_ref().expect("gateway running").id();
+    // One request first, so the worker's lazily made state (pools, buffers) exists.
+    let r = request(gw.addr, &post("/v1/chat/completions", STREAM_PLAIN, ""));
+    assert_eq!(r.status, 200);
+    let idle = open_fds(pid);
+    let mut streams: Vec<_> = (0..N)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+            let h = "x-mock-itl-ms: 300\r\nx-mock-tokens: 8\r\nx-mock-ttft-ms: 10\r\n";
+            s.write_all(&post("/v1/chat/completions", STREAM_PLAIN, h)).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut streams {
+        read_events(s, 1);
+    }
+    // The watches are armed (2 ms) long before the second event (300 ms).
+    std::thread::sleep(Duration::from_millis(100));
+    let held = open_fds(pid).saturating_sub(idle);
+    // Slack of 2 either way: the warm-up's pooled backend connection is reused by one stream, and
+    // a health check connection may be open at either moment of counting.
+    assert!((2 * N - 2..=2 * N + 2).contains(&held), "{N} streams hold {held} descriptors (idle: {idle})");
+    for s in &mut streams {
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while !show(&got).contains("data: [DONE]") {
+            let k = s.read(&mut tmp).expect("read stream");
+            assert!(k > 0, "stream closed before [DONE]: {}", show(&got));
+            got.extend_from_slice(&tmp[..k]);
+        }
+        assert!(show(&got).matches("\"content\":\"").count() >= 8, "{}", show(&got));
+    }
+}
+
 /// A backend response head larger than the relay buffer (but under the 32 KiB head limit) is
 /// relayed whole; one over the limit is a 502, not a hang or a crash.
 #[test]

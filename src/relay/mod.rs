@@ -171,7 +171,7 @@ async fn run(
             error: GatewayError::BadGateway("backend connection failed while sending"),
         };
     }
-    let mut armed = crate::watch::Armed::new(watch);
+    let mut armed = crate::watch::Armed::new(watch, client);
     let (resp, buf) = match head::read(ctx, snap, &mut conn, &mut armed, req.ids, &bcfg.url).await {
         Ok(r) => r,
         Err(o) => return o,
