@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 /// Size of the buffer a relay reads backend bytes into (plus framing room).
 pub const RELAY_BUF: usize = 8 * 1024;
-/// Capacity of the small buffer a slow stream waits with (see `relay.rs`): one SSE event or a few.
-pub const SMALL_BUF: usize = 1024;
+/// Capacity of the small buffer a slow stream waits with (see `relay/body.rs`): one SSE token event
+/// (vLLM/OpenAI chunks are 150-400 bytes) with its chunk framing; a read that fills it switches the
+/// stream back to a RELAY_BUF buffer. 512, not 1 KiB: it is held by every idle stream (issue 14).
+pub const SMALL_BUF: usize = 512;
 
 /// Where finished requests' usage records go (the webhook thread's non-blocking sink).
 pub type RecordSink = Arc<dyn Fn(UsageRecord) + Send + Sync>;

@@ -208,7 +208,7 @@ pub(super) async fn relay(
     client: &mut Stream,
     mut armed: Armed<'_>,
     req: &Outgoing<'_>,
-    resp: ResponseHead,
+    mut resp: ResponseHead,
     mut buf: Vec<u8>,
     started: Instant,
 ) -> Outcome {
@@ -227,6 +227,8 @@ pub(super) async fn relay(
     let mut keep = req.client_keep_alive && framing != ClientFraming::Close;
     let mut pending = ctx.take_buf();
     build_client_head(&mut pending, &resp, &buf[PREFIX..], req, framing, keep);
+    // The header spans are done with: a stream that lasts minutes should not hold them.
+    resp.forward = Vec::new();
     let mut pending = Some(pending);
     let body_at = PREFIX + resp.head_len;
     let body_len = buf.len() - body_at;
