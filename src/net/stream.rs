@@ -72,6 +72,23 @@ impl Stream {
         !matches!(self, Stream::Plain(_))
     }
 
+    /// Writes what the socket takes right now, without waiting: one non-blocking `send` on a
+    /// plain socket (a TLS stream takes nothing this way: `Some(0)`). None when the socket failed
+    /// (the peer is gone). Only between operations: never while a write on this stream is pending.
+    pub fn try_write(&mut self, data: &[u8]) -> Option<usize> {
+        let Stream::Plain(s) = self else { return Some(0) };
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        // SAFETY: a valid descriptor, and `data` is valid for reads of its length.
+        let n = unsafe { libc::send(s.as_raw_fd(), data.as_ptr().cast(), data.len(), flags) };
+        if n >= 0 {
+            return Some(n as usize);
+        }
+        match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Some(0),
+            _ => None,
+        }
+    }
+
     /// Ends the connection: a TLS stream sends close_notify first (bounded by a short wait, after
     /// which the socket is simply closed); a plain one is dropped.
     pub async fn close(self) {
