@@ -2,9 +2,8 @@
 //! client socket itself (an io_uring PollAdd, or the epoll driver's readiness for it; cancelling a
 //! poll loses no data, unlike a pending read), then a non-blocking MSG_PEEK to tell end-of-stream
 //! from pipelined bytes. The poll is armed only once a wait lasts longer than ARM_DELAY, so quick
-//! requests pay nothing for it. A plain client costs no descriptor of its own (2 per stream: client
-//! and backend); a TLS client's socket sits inside monoio-rustls, which does not lend it, so its
-//! watch polls a `dup` of it. Runs on core threads.
+//! requests pay nothing for it. The watch costs no descriptor of its own (2 a stream: client and
+//! backend); a TLS client's socket is reached through `net::shared_tcp`. Runs on core threads.
 //!
 //! A TLS client's bytes cannot be read without decrypting them: a close_notify alert (in TLS 1.3 an
 //! encrypted record like any other) looks like pipelined data to a peek. So for TLS, bytes waiting
@@ -16,35 +15,21 @@
 use crate::net::Stream;
 use monoio::net::TcpStream;
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// What the watch of one client connection polls.
+/// What the watch of one client connection looks at.
 pub struct ClientWatch {
-    /// TLS clients only: a second handle on the socket, used only for readiness.
-    dup: Option<TcpStream>,
     fd: RawFd,
     /// The client speaks TLS: peeked bytes may be a close_notify.
     tls: bool,
 }
 
 impl ClientWatch {
-    /// A plain client is watched on its own socket (nothing to do here); a TLS client's socket is
-    /// duplicated.
+    /// Nothing to set up: the watch polls the client's own socket (see `Armed::new`).
     pub fn new(client: &Stream) -> std::io::Result<ClientWatch> {
-        if let Stream::Plain(s) = client {
-            return Ok(ClientWatch { dup: None, fd: s.as_raw_fd(), tls: false });
-        }
-        // SAFETY: dup of a descriptor we own; the result is owned by the new std stream.
-        let fd = unsafe { libc::dup(client.as_raw_fd()) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-        std.set_nonblocking(true)?;
-        Ok(ClientWatch { dup: Some(TcpStream::from_std(std)?), fd, tls: true })
+        Ok(ClientWatch { fd: client.as_raw_fd(), tls: client.is_tls() })
     }
 }
 
@@ -105,7 +90,7 @@ enum State<'a> {
 /// A watch for one request: `until` runs futures while watching the client.
 pub struct Armed<'a> {
     watch: Option<&'a ClientWatch>,
-    /// The socket to poll: the watch's dup, or the plain client's own `TcpStream`.
+    /// The client's socket (`Stream::watch_socket`), or null: nothing to poll.
     sock: *const TcpStream,
     state: State<'a>,
 }
@@ -115,11 +100,7 @@ impl<'a> Armed<'a> {
     /// `client` must be the stream `watch` was made for; it stays borrowed (mutably, for the
     /// relay's writes) by the exchange that owns this `Armed`, so it does not move meanwhile.
     pub fn new(watch: Option<&'a ClientWatch>, client: &Stream) -> Self {
-        let sock: *const TcpStream = match (watch.and_then(|w| w.dup.as_ref()), client) {
-            (Some(d), _) => d,
-            (None, Stream::Plain(s)) => s,
-            (None, _) => std::ptr::null(),
-        };
+        let sock = client.watch_socket().unwrap_or(std::ptr::null());
         let state = match watch {
             Some(_) if !sock.is_null() => State::Waiting(Box::pin(monoio::time::sleep(ARM_DELAY))),
             _ => State::Off,

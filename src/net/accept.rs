@@ -103,8 +103,10 @@ pub async fn accept_tls(
     let _ = tcp.set_nodelay(true);
     let acceptor = monoio_rustls::TlsAcceptor::from(config);
     let left = deadline.saturating_duration_since(Instant::now());
+    let tcp = super::shared_tcp::SharedTcp::new(tcp);
+    let sock = tcp.handle();
     match monoio::time::timeout(left, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Ok(Stream::server_tls(fd, s)),
+        Ok(Ok(s)) => Ok(Stream::server_tls(fd, s, sock)),
         Ok(Err(e)) => {
             let e = std::io::Error::from(e);
             log::debug!(

@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod dial;
+pub mod shared_tcp;
 pub mod stream;
 
 pub use accept::{accept_tls, HandshakeFailure};

@@ -7,6 +7,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_rustls::{ClientTlsStream, ServerTlsStream};
+use super::shared_tcp::SharedTcp;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 pub struct Tls<S> {
     fd: RawFd,
     io: S,
+    /// A TLS client's socket, shared with `io`, for the disconnect watch's readiness polls.
+    watched: Option<SharedTcp>,
     /// Set while an operation is in flight; still set after one was cancelled (its future dropped
     /// by a timeout or the client watch). monoio-rustls' buffers are then gone (it would panic on
     /// the next use), so every later operation fails and no close_notify is attempted.
@@ -56,16 +59,27 @@ pub enum Stream {
     /// To an https backend.
     Client(Box<Tls<ClientTlsStream<TcpStream>>>),
     /// From a client of the TLS listener.
-    Server(Box<Tls<ServerTlsStream<TcpStream>>>),
+    Server(Box<Tls<ServerTlsStream<SharedTcp>>>),
 }
 
 impl Stream {
     pub fn client_tls(fd: RawFd, io: ClientTlsStream<TcpStream>) -> Stream {
-        Stream::Client(Box::new(Tls { fd, io, broken: false }))
+        Stream::Client(Box::new(Tls { fd, io, watched: None, broken: false }))
     }
 
-    pub fn server_tls(fd: RawFd, io: ServerTlsStream<TcpStream>) -> Stream {
-        Stream::Server(Box::new(Tls { fd, io, broken: false }))
+    /// `sock`: a handle on the socket under `io`.
+    pub fn server_tls(fd: RawFd, io: ServerTlsStream<SharedTcp>, sock: SharedTcp) -> Stream {
+        Stream::Server(Box::new(Tls { fd, io, watched: Some(sock), broken: false }))
+    }
+
+    /// The socket a disconnect watch polls for readiness: a plain stream's own, or a TLS client's
+    /// shared one (None for a TLS backend connection).
+    pub fn watch_socket(&self) -> Option<*const TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Server(t) => t.watched.as_ref().map(SharedTcp::socket),
+            Stream::Client(_) => None,
+        }
     }
 
     pub fn is_tls(&self) -> bool {
