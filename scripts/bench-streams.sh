@@ -29,9 +29,9 @@ WINDOW_MS=${WINDOW_MS:-15000}
 CORE_LOAD=${CORE_LOAD:-0}
 CORE_PROXY=${CORE_PROXY:-1}
 CONTENDERS=(${CONTENDERS:-direct llmproxy-uring llmproxy-epoll baseline nginx})
-P_HOOK=18002    # nginx: usage webhook receiver (return 200)
-P_BACKEND=18004 # stream-backend
-P_PROXY=18010   # the contender under test
+P_HOOK=18302    # nginx: usage webhook receiver (return 200)
+P_BACKEND=18304 # stream-backend
+P_PROXY=18310   # the contender under test
 
 log() { echo "[bench-streams $(date +%H:%M:%S)] $*" >&2; }
 
