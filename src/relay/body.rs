@@ -207,6 +207,7 @@ pub(super) async fn relay(
     mut conn: Stream,
     client: &mut Stream,
     mut armed: Armed<'_>,
+    mut timer: Pin<Box<Sleep>>,
     req: &Outgoing<'_>,
     mut resp: ResponseHead,
     mut buf: Vec<u8>,
@@ -257,8 +258,8 @@ pub(super) async fn relay(
     // The client left after the backend finished generating: read on without sending.
     let mut draining = false;
     let idle = snap.config.limits.stream_idle_timeout;
-    // One timer for the body's reads and writes, reset before each (see `deadline::within`).
-    let mut timer = std::pin::pin!(monoio::time::sleep(idle));
+    // The exchange's timer, now for the body's reads and writes, reset before each (see
+    // `deadline::within`).
     let (end, whole) = loop {
         // Decode and scan what is in the buffer.
         let raw_len = buf.len() - PREFIX;

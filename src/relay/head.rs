@@ -4,6 +4,7 @@
 
 use super::{Outcome, CAP, PREFIX, SUFFIX};
 use crate::core::CoreCtx;
+use crate::deadline::within;
 use crate::error::GatewayError;
 use crate::http1::{self, Parse, ResponseHead};
 use crate::net::Stream;
@@ -20,6 +21,7 @@ pub(super) async fn read(
     snap: &Snapshot,
     conn: &mut Stream,
     armed: &mut Armed<'_>,
+    mut timer: std::pin::Pin<&mut monoio::time::Sleep>,
     ids: &crate::ids::RequestIds,
     url: &str,
 ) -> Result<(ResponseHead, Vec<u8>), Outcome> {
@@ -45,7 +47,7 @@ pub(super) async fn read(
         }
         let end = buf.capacity() - SUFFIX;
         let start = buf.len();
-        let read = armed.until(monoio::time::timeout(left, conn.read(buf.slice_mut(start..end)))).await;
+        let read = armed.until(within(timer.as_mut(), left, conn.read(buf.slice_mut(start..end)))).await;
         let (res, b) = match read {
             Err(_) => return Err(Outcome::ClientGone),
             Ok(Err(_)) => return Err(Outcome::Failed(GatewayError::GatewayTimeout)),

@@ -172,9 +172,14 @@ async fn run(
         };
     }
     let mut armed = crate::watch::Armed::new(watch, client);
-    let (resp, buf) = match head::read(ctx, snap, &mut conn, &mut armed, req.ids, &bcfg.url).await {
-        Ok(r) => r,
-        Err(o) => return o,
-    };
-    body::relay(ctx, snap, backend, conn, client, armed, req, resp, buf, started).await
+    // The exchange's one timer (first byte, then each body read and write; see `deadline`),
+    // boxed: a monoio `Sleep` is 640 bytes aligned to 128, and inline it would size the
+    // connection task every open stream keeps (issue 14).
+    let mut timer = Box::pin(monoio::time::sleep(snap.config.limits.upstream_first_byte_timeout));
+    let (resp, buf) =
+        match head::read(ctx, snap, &mut conn, &mut armed, timer.as_mut(), req.ids, &bcfg.url).await {
+            Ok(r) => r,
+            Err(o) => return o,
+        };
+    body::relay(ctx, snap, backend, conn, client, armed, timer, req, resp, buf, started).await
 }
