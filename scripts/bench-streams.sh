@@ -15,7 +15,7 @@
 # per event p50/p99 (added = contender - direct, same round).
 #
 # Env: STREAMS (10000, lowered to what the open-files limit allows: a proxy holds 2 descriptors a
-# stream), EVERY_MS (1000), RAMP_MS (1 ms a stream), SETTLE_MS (3000), WINDOW_MS (15000), ROUNDS (3),
+# stream, plus FD_RESERVE (400) for the rest), EVERY_MS (1000), RAMP_MS (1 ms a stream), SETTLE_MS (3000), WINDOW_MS (15000), ROUNDS (3),
 # CONTENDERS ("direct llmproxy-uring llmproxy-epoll baseline nginx"), CORE_LOAD (0), CORE_PROXY (1),
 # SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1, LLMPROXY_BIN (another llmproxy binary, for before/after runs).
 # Output: markdown on stdout and in bench-results/streams-latest.md (raw: streams-latest.jsonl).
