@@ -100,6 +100,8 @@ fn a_certificate_that_does_not_verify_is_a_502_with_the_reason_logged() {
     let r = request(gw.addr, &post("/v1/chat/completions", CHAT, ""));
     assert_eq!(r.status, 502, "{}\n{}", r.text(), gw.log_text());
     assert!(r.text().contains("TLS"), "{}", r.text());
+    // The log is read by a thread of the test harness: wait for the line rather than race it.
+    eventually(10, "the reason in the log", || gw.log_text().contains("invalid peer certificate"));
     let log = gw.log_text();
     let line =
         log.lines().find(|l| l.contains("invalid peer certificate")).unwrap_or_else(|| panic!("{log}"));
