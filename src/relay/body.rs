@@ -233,8 +233,9 @@ pub(super) async fn relay(
     let mut pending = Some(pending);
     let body_at = PREFIX + resp.head_len;
     let body_len = buf.len() - body_at;
-    // Bytes the last read brought (here: all the head phase read); decides the next read's buffer.
-    let mut last_read = buf.len() - PREFIX;
+    // Whether the last read filled its buffer (more bytes likely queued): decides the next read's
+    // buffer. For the head phase's read: whether it brought more than a small buffer holds.
+    let mut filled = buf.len() - PREFIX >= SMALL_BUF - PREFIX - SUFFIX;
     buf.copy_within(body_at.., PREFIX);
     buf.truncate(PREFIX + body_len);
 
@@ -323,11 +324,12 @@ pub(super) async fn relay(
                 break (End::Complete, true);
             }
         }
-        // Read more from the backend. An SSE stream whose last read was small (a slow stream: an
-        // event now and then) waits with a small buffer and gives its relay buffer back to the
-        // core's pool, so thousands of idle streams do not each hold 8 KiB across their wait; a
-        // read that fills the small buffer switches back to a relay buffer for the next one.
-        let small = sse && last_read < SMALL_BUF - PREFIX - SUFFIX;
+        // Read more from the backend. An SSE stream whose last read did not fill its buffer (the
+        // socket was drained: the next read waits for the next event) waits with a small buffer
+        // and gives its relay buffer back to the core's pool, so thousands of idle streams do not
+        // each hold 8 KiB across their wait, also when a busy core finds several events queued at
+        // once; a read that fills the small buffer switches to a relay buffer for the next one.
+        let small = sse && !filled;
         if small != (buf.capacity() < RELAY_BUF) {
             let next = if small { ctx.take_small_buf() } else { relay_buf(ctx) };
             ctx.give_buf(std::mem::replace(&mut buf, next));
@@ -368,7 +370,7 @@ pub(super) async fn relay(
                 buf.truncate(PREFIX);
             }
             Ok(0) | Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
-            Ok(n) => last_read = n,
+            Ok(n) => filled = n == end - PREFIX,
         }
     };
     if let Some(p) = pending.take() {
