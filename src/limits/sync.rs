@@ -78,6 +78,7 @@ impl SyncThread {
                 fleet: 0,
                 last_fleet: None,
                 connected_at: None,
+                lost_at: None,
                 fresh: false,
                 down_epoch: 0,
             };
@@ -112,6 +113,8 @@ struct Worker {
     /// When the connection to Redis was (re)made: no overdraft until every other gateway has
     /// counted this one (`warm`).
     connected_at: Option<Instant>,
+    /// When Redis was lost while connected (None: never connected since).
+    lost_at: Option<Instant>,
     /// Just reconnected: the local stock (counted alone) is replaced by the first leases.
     fresh: bool,
     /// Bumped when Redis is lost: each budget is then turned into a local count, once.
@@ -257,6 +260,7 @@ impl Worker {
         );
         self.down_since = Some(now);
         self.limiter.store_ok.store(false, Relaxed);
+        self.lost_at = self.connected_at.map(|_| Instant::now());
         self.connected_at = None;
         self.down_epoch += 1;
     }
@@ -267,7 +271,12 @@ impl Worker {
     fn reconnected(&mut self) {
         self.down_since = None;
         self.limiter.store_ok.store(true, Relaxed);
-        self.connected_at = Some(Instant::now());
+        // Back within 2 s: the fleet set still lists this gateway (entries live 3 s), so the others
+        // still count it and it may overdraw at once.
+        let counted = self.lost_at.take().is_some_and(|t| t.elapsed() < FLEET_EVERY * 2);
+        let warm_up = FLEET_EVERY + 2 * self.cfg.sync_interval;
+        let now = Instant::now();
+        self.connected_at = Some(if counted { now.checked_sub(warm_up).unwrap_or(now) } else { now });
         self.last_fleet = None;
         self.fresh = true;
         for st in self.states.values_mut() {
