@@ -28,6 +28,8 @@ pub struct LineScanner {
     completion: u64,
     audio_seconds: Option<f64>,
     final_seen: bool,
+    /// The last cumulative (prompt, completion) an ordinary object reported (llama.cpp, SGLang).
+    running: Option<(u64, u64)>,
     error: bool,
     content_events: u64,
     objects: u64,
@@ -45,6 +47,7 @@ impl LineScanner {
             completion: 0,
             audio_seconds: None,
             final_seen: false,
+            running: None,
             error: false,
             content_events: 0,
             objects: 0,
@@ -114,6 +117,11 @@ impl LineScanner {
         self.objects += 1;
         match inspect(self.shape, l) {
             Seen::Ordinary { content } => self.content_events += u64::from(content && !self.final_seen),
+            Seen::Running { content, prompt, completion } => {
+                self.content_events += u64::from(content && !self.final_seen);
+                // Cumulative: the last report wins.
+                self.running = Some((prompt, completion));
+            }
             Seen::Final { prompt, completion, audio_seconds } => {
                 // Cumulative: the last final object wins, never a sum.
                 self.final_seen = true;
@@ -133,6 +141,18 @@ impl LineScanner {
             prompt_tokens: self.prompt,
             completion_tokens: self.completion,
             total_tokens: self.prompt.saturating_add(self.completion),
+            ..Default::default()
+        })
+    }
+
+    /// CONTRACT 7's `partial` usage of a stream cut before its final object: the last cumulative
+    /// counters the backend reported on an ordinary object, when its objects carry them.
+    #[allow(clippy::needless_update)]
+    pub fn partial(&self) -> Option<Usage> {
+        self.running.map(|(p, c)| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: p.saturating_add(c),
             ..Default::default()
         })
     }

@@ -116,6 +116,39 @@ fn cut_before_the_final_object_is_estimated_from_content_lines() {
     assert_eq!(s.estimate(), u(0, 3).unwrap());
 }
 
+/// A stream cut at every byte (no `finish()`: the relay calls it only for a whole body), fed in
+/// every 2-piece split, keeps the cumulative counters of the last complete ordinary object of a
+/// llama.cpp or SGLang native stream, and nothing before the first; Ollama's lines carry none.
+#[test]
+fn cut_native_streams_keep_the_last_cumulative_counters() {
+    for (shape, body, counters) in [
+        (Shape::Llamacpp, LLAMACPP_STREAM, &[(5, 1), (5, 2)][..]),
+        (Shape::Sglang, SGLANG_STREAM, &[(7, 1)][..]),
+    ] {
+        let body = body.as_bytes();
+        // An object is complete once its line's `\n` arrived: the first byte of each `\n\n`.
+        let ends: Vec<usize> =
+            body.windows(2).enumerate().filter(|(_, w)| *w == b"\n\n").map(|(i, _)| i + 1).collect();
+        for cut in 0..ends[counters.len()] {
+            let want = (0..counters.len())
+                .rev()
+                .find(|&k| cut >= ends[k])
+                .and_then(|k| u(counters[k].0, counters[k].1));
+            for a in 0..=cut {
+                let mut s = LineScanner::new(shape, true);
+                s.feed(&body[..a]);
+                s.feed(&body[a..cut]);
+                assert_eq!(s.partial(), want, "{shape:?} cut at {cut}, split at {a}");
+                assert_eq!(s.usage(), None, "{shape:?} cut at {cut}");
+            }
+        }
+    }
+    let mut s = LineScanner::new(Shape::Ollama, true);
+    s.feed(&OLLAMA_CHAT.as_bytes()[..300]);
+    assert_eq!(s.partial(), None);
+    assert_eq!(s.content_events(), 2);
+}
+
 #[test]
 fn errors_and_overlong_lines() {
     let s = run(Shape::Ollama, true, &[b"{\"error\":\"model \\\"x\\\" not found\"}\n"]);

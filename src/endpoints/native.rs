@@ -12,6 +12,9 @@ use memchr::memmem;
 pub enum Seen {
     /// A stream object before the final one; `content` when it carries generated text.
     Ordinary { content: bool },
+    /// A stream object before the final one that carries the backend's cumulative counters so far
+    /// (llama.cpp `/completion` partials, SGLang `/generate` chunks): what a cut stream is billed.
+    Running { content: bool, prompt: u64, completion: u64 },
     /// The object that ends the response, with the counters it reported (absent ones None).
     Final { prompt: Option<u64>, completion: Option<u64>, audio_seconds: Option<f64> },
     /// An error object (`{"error": ...}`).
@@ -68,19 +71,29 @@ fn ollama(obj: &[u8]) -> Seen {
 }
 
 /// llama.cpp `/completion`: every event has `"stop"`; the one with `true` carries the totals.
+/// Partials of llama-server builds since the end of 2024 (`server_task_result_cmpl_partial`) carry
+/// the cumulative `tokens_predicted` (tokens decoded so far) and `tokens_evaluated` (the prompt);
+/// older builds send only `content` and `stop`.
 fn llamacpp(obj: &[u8]) -> Seen {
+    let prompt = int_value(obj, b"\"tokens_evaluated\"");
+    let completion = int_value(obj, b"\"tokens_predicted\"");
     if value_is(obj, b"\"stop\"", b"true") {
-        return Seen::Final {
-            prompt: int_value(obj, b"\"tokens_evaluated\""),
-            completion: int_value(obj, b"\"tokens_predicted\""),
-            audio_seconds: None,
-        };
+        return Seen::Final { prompt, completion, audio_seconds: None };
     }
-    Seen::Ordinary { content: non_empty_string(obj, b"\"content\"") }
+    running(non_empty_string(obj, b"\"content\""), prompt, completion)
 }
 
-/// SGLang `/generate`: `meta_info.finish_reason` is null until the last event; a batch body is a
-/// JSON array of such objects, whose counters add up.
+/// An ordinary object, with its cumulative counters when it carries any.
+fn running(content: bool, prompt: Option<u64>, completion: Option<u64>) -> Seen {
+    match (prompt, completion) {
+        (None, None) => Seen::Ordinary { content },
+        (p, c) => Seen::Running { content, prompt: p.unwrap_or(0), completion: c.unwrap_or(0) },
+    }
+}
+
+/// SGLang `/generate`: `meta_info.finish_reason` is null until the last event; every streamed
+/// chunk's `meta_info` carries the cumulative `prompt_tokens`/`completion_tokens`; a batch body is
+/// a JSON array of such objects, whose counters add up.
 fn sglang(obj: &[u8]) -> Seen {
     if obj.first() == Some(&b'[') {
         let prompt = sum_ints(obj, b"\"prompt_tokens\"");
@@ -90,11 +103,11 @@ fn sglang(obj: &[u8]) -> Seen {
         }
         return Seen::Final { prompt, completion, audio_seconds: None };
     }
-    if value_is(obj, b"\"finish_reason\"", b"null") {
-        return Seen::Ordinary { content: non_empty_string(obj, b"\"text\"") };
-    }
     let prompt = int_value(obj, b"\"prompt_tokens\"");
     let completion = int_value(obj, b"\"completion_tokens\"");
+    if value_is(obj, b"\"finish_reason\"", b"null") {
+        return running(non_empty_string(obj, b"\"text\""), prompt, completion);
+    }
     if prompt.is_none() && completion.is_none() {
         return Seen::Ordinary { content: non_empty_string(obj, b"\"text\"") };
     }

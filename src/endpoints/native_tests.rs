@@ -58,7 +58,7 @@ fn llamacpp_objects() {
     let table: &[(&str, Seen)] = &[
         (
             r#"{"index":0,"content":" Paris","tokens":[],"stop":false,"id_slot":-1,"tokens_predicted":1,"tokens_evaluated":5}"#,
-            Seen::Ordinary { content: true },
+            Seen::Running { content: true, prompt: 5, completion: 1 },
         ),
         (r#"{"content":"","stop":false}"#, Seen::Ordinary { content: false }),
         (
@@ -80,7 +80,11 @@ fn sglang_objects() {
     let table: &[(&str, Seen)] = &[
         (
             r#"{"text":" Paris","output_ids":[12095],"meta_info":{"id":"a1","finish_reason":null,"prompt_tokens":7,"completion_tokens":1,"cached_tokens":0}}"#,
-            Seen::Ordinary { content: true },
+            Seen::Running { content: true, prompt: 7, completion: 1 },
+        ),
+        (
+            r#"{"text":"","output_ids":[],"meta_info":{"id":"a1","finish_reason":null}}"#,
+            Seen::Ordinary { content: false },
         ),
         (
             r#"{"text":" Paris is","output_ids":[12095,374],"meta_info":{"id":"a1","finish_reason":{"type":"length","length":2},"prompt_tokens":7,"weight_version":"default","completion_tokens":2,"cached_tokens":0,"e2e_latency":0.1}}"#,

@@ -185,12 +185,16 @@ impl Scanner {
                 None => (None, UsageSource::None, false),
             },
             // Native final objects carry the totals: seen means final, even if the client left
-            // after it. Cut before it: CONTRACT 7's estimate from the content objects forwarded.
+            // after it. Cut before it: the last cumulative counters the backend reported (llama.cpp,
+            // SGLang), else CONTRACT 7's estimate from the content objects forwarded.
             Scanner::Native(s) => {
-                let (u, src) = match s.usage() {
-                    Some(u) => (Some(u), UsageSource::Final),
-                    None if !whole && s.content_events() > 0 => (Some(s.estimate()), UsageSource::Estimated),
-                    None => (None, UsageSource::None),
+                let (u, src) = match (s.usage(), s.partial()) {
+                    (Some(u), _) => (Some(u), UsageSource::Final),
+                    (None, Some(u)) if !whole => (Some(u), UsageSource::Partial),
+                    (None, _) if !whole && s.content_events() > 0 => {
+                        (Some(s.estimate()), UsageSource::Estimated)
+                    }
+                    (None, _) => (None, UsageSource::None),
                 };
                 (u, src, s.error_seen())
             }
