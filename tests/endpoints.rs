@@ -123,6 +123,12 @@ fn cases() -> Vec<Case> {
             false,
         ),
         json_case(Sglang, "/generate", r#"{"text":"a b c","stream":true}"#, Some((3, TOKENS)), true),
+        // SGLang's rerank: no usage object, one meta_info.prompt_tokens per (query, document) pair.
+        json_case(Sglang, "/v1/rerank", rerank, Some((8, 0)), false),
+        json_case(Sglang, "/tokenize", r#"{"model":"t","prompt":"a b c"}"#, None, false),
+        json_case(Sglang, "/detokenize", r#"{"model":"t","tokens":[1,2]}"#, None, false),
+        json_case(Llamacpp, "/tokenize", r#"{"content":"a b c"}"#, None, false),
+        json_case(Llamacpp, "/detokenize", r#"{"tokens":[1,2]}"#, None, false),
     ];
     let mut tei = json_case(Tgi, "/rerank", r#"{"query":"a","texts":["b","c"]}"#, Some((0, 0)), false);
     tei.missing = true;
@@ -157,48 +163,50 @@ fn mask(b: &[u8]) -> String {
         out.push(c);
     }
     out.push_str(if run.len() >= 16 { "<hex>" } else { &run });
-    // SGLang's e2e_latency is random: keep the key, drop the value.
-    let mut masked = String::new();
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find("\"e2e_latency\":") {
-        let (a, b) = rest.split_at(i + 14);
-        masked.push_str(a);
-        rest = b.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    // SGLang's e2e_latency is random, and `created` moves on when the two answers straddle a
+    // second: keep the keys, drop the values.
+    for key in ["\"e2e_latency\":", "\"created\":"] {
+        let mut masked = String::new();
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(key) {
+            let (a, b) = rest.split_at(i + key.len());
+            masked.push_str(a);
+            rest = b.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+        }
+        masked.push_str(rest);
+        out = masked;
     }
-    masked.push_str(rest);
-    masked
+    out
 }
 
-fn backends() -> Vec<(Flavor, MockBackend)> {
-    [Flavor::Vllm, Flavor::Ollama, Flavor::Llamacpp, Flavor::Sglang, Flavor::Tgi]
-        .into_iter()
-        .map(|f| (f, mock(f)))
-        .collect()
+const FLAVORS: [Flavor; 5] = [Flavor::Vllm, Flavor::Ollama, Flavor::Llamacpp, Flavor::Sglang, Flavor::Tgi];
+
+/// A `[[backends]]` entry serving only the paths `flavor` serves in `cases()`.
+fn backend_config(flavor: Flavor, b: &MockBackend) -> String {
+    let mut paths: Vec<&str> = cases().iter().filter(|k| k.flavor == flavor).map(|k| k.path).collect();
+    paths.sort();
+    paths.dedup();
+    let list = paths.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
+    format!("[[backends]]\nurl = \"{}\"\npaths = [{list}]\n", b.url())
 }
 
-/// `[[backends]]` entries, each serving only the paths its flavour serves in `cases()`.
-fn backend_config(bs: &[(Flavor, MockBackend)]) -> String {
-    let mut c = String::new();
-    for (f, b) in bs {
-        let mut paths: Vec<&str> = cases().iter().filter(|k| k.flavor == *f).map(|k| k.path).collect();
-        paths.dedup();
-        paths.sort();
-        paths.dedup();
-        let list = paths.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
-        c += &format!("[[backends]]\nurl = \"{}\"\npaths = [{list}]\n", b.url());
-    }
-    c
-}
-
+/// One gateway per flavour (several serve /v1/rerank, /tokenize, /detokenize: each answer is
+/// compared with its own backend's).
 #[test]
 fn every_routed_path_against_a_backend_that_speaks_it() {
-    let bs = backends();
     let r = Receiver::start();
-    let gw = Gateway::start(&config_for(&[], &format!("{}{}", hook(&r, ""), backend_config(&bs))));
+    let setups: Vec<(Flavor, MockBackend, Gateway)> = FLAVORS
+        .into_iter()
+        .map(|f| {
+            let b = mock(f);
+            let gw = Gateway::start(&config_for(&[], &format!("{}{}", hook(&r, ""), backend_config(f, &b))));
+            (f, b, gw)
+        })
+        .collect();
     let mut unbilled = Vec::new();
     for case in cases() {
         let what = format!("{} {}", case.flavor, case.path);
-        let b = &bs.iter().find(|(f, _)| *f == case.flavor).expect("backend").1;
+        let (_, b, gw) = setups.iter().find(|(f, _, _)| *f == case.flavor).expect("backend");
         let req = post_bytes(case.path, &case.body, case.content_type, "");
         let direct = request(b.addr(), &req);
         let resp = request(gw.addr, &req);
@@ -222,9 +230,13 @@ fn every_routed_path_against_a_backend_that_speaks_it() {
             assert_eq!(rec["model"], "whisper-large-v3", "{what}: model from the form");
         }
     }
-    // A billed request after the unbilled ones: once its record is in, theirs would be too.
-    let resp = request(gw.addr, &post("/v1/score", r#"{"model":"s","text_1":"a","text_2":"b"}"#, ""));
-    record_for(&r, &rid(&resp));
+    // A billed request through each gateway after the unbilled ones: once its record is in,
+    // theirs would be too.
+    for (f, _, gw) in &setups {
+        let Some(case) = cases().into_iter().find(|c| c.flavor == *f && c.want.is_some()) else { continue };
+        let resp = request(gw.addr, &post_bytes(case.path, &case.body, case.content_type, ""));
+        record_for(&r, &rid(&resp));
+    }
     for id in unbilled {
         assert_eq!(count_for(&r, &id), 0, "a /tokenize or /detokenize request made a record");
     }
@@ -282,6 +294,79 @@ fn ndjson_cut_before_the_final_object_is_estimated() {
     assert_eq!(rec_tokens(&rec), (0, 4, 4), "{rec}");
     assert_eq!(rec["is_stream"], true);
     assert_ne!(rec["status"], "ok", "{rec}");
+}
+
+/// Sends a streaming request on a raw socket, reads until `stop(text so far)`, then hangs up.
+/// Returns what was read and the x-llmproxy-request-id.
+fn stream_until(addr: std::net::SocketAddr, req: &[u8], stop: impl Fn(&str) -> bool) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(req).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop(&String::from_utf8_lossy(&got)) {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-llmproxy-request-id: "))
+        .unwrap_or_else(|| panic!("no x-llmproxy-request-id in {text}"))
+        .trim()
+        .to_string();
+    (text, id)
+}
+
+/// llama.cpp `/completion` and SGLang `/generate` streams carry cumulative counters on every
+/// event: a client that hangs up mid-stream, and a backend that breaks off, are billed `partial`
+/// with the last counters the backend sent (CONTRACT 7), not an estimate.
+#[test]
+fn cut_llamacpp_and_sglang_native_streams_are_billed_partial() {
+    for (flavor, path, body, prompt, event) in [
+        (
+            Flavor::Llamacpp,
+            "/completion",
+            r#"{"prompt":"a b c d","n_predict":60,"stream":true}"#,
+            4,
+            "\"stop\":false",
+        ),
+        (Flavor::Sglang, "/generate", r#"{"text":"a b c","stream":true}"#, 3, "\"finish_reason\":null"),
+    ] {
+        let b = mock_with(flavor, 5, 40, 60);
+        let r = Receiver::start();
+        let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
+        // The client hangs up after k events.
+        let k = 5;
+        let (text, id) = stream_until(gw.addr, &post(path, body, ""), |t| t.matches(event).count() >= k);
+        let rec = record_for(&r, &id);
+        eprintln!("{flavor} cut by the client after {} events: {rec}", text.matches(event).count());
+        assert_eq!(rec["status"], "client_disconnected", "{flavor}: {rec}");
+        assert_eq!(rec["usage_source"], "partial", "{flavor}: {rec}");
+        assert_eq!(rec["is_stream"], true, "{flavor}: {rec}");
+        let (p, c, t) = rec_tokens(&rec);
+        assert_eq!(p, prompt, "{flavor}: {rec}");
+        // What the backend had sent before the gateway closed it: at least what the client read.
+        assert!(c >= k as u64 && c < 60, "{flavor}: {rec}");
+        assert_eq!(t, p + c);
+        assert!(rec["usage_missing"].is_null() || rec["usage_missing"] == false, "{flavor}: {rec}");
+        // The backend breaks off after 4 events: exactly its last counters.
+        let (text, id) = stream_until(
+            gw.addr,
+            &post(path, body, "x-mock-abort-after: 4\r\nconnection: close\r\n"),
+            |_| false,
+        );
+        assert_eq!(text.matches(event).count(), 4, "{flavor}: {text}");
+        let rec = record_for(&r, &id);
+        assert_eq!(rec["usage_source"], "partial", "{flavor}: {rec}");
+        assert_eq!(rec_tokens(&rec), (prompt, 4, prompt + 4), "{flavor}: {rec}");
+        assert_ne!(rec["status"], "ok", "{flavor}: {rec}");
+    }
 }
 
 #[test]

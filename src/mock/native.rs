@@ -1,7 +1,8 @@
 //! The mock backend's endpoints beyond chat and completions (CONTRACT 12), in each flavour's own
-//! shapes: vLLM rerank/score/pooling/classify/audio/tokenize, SGLang `/generate` and tokenize,
-//! llama.cpp `/completion` and tokenize, Ollama `/api/chat`, `/api/generate` (NDJSON streams by
-//! default) and `/api/embed`, and TEI-style `/rerank` on the TGI flavour (which reports no usage).
+//! shapes: vLLM rerank/score/pooling/classify/audio/tokenize, SGLang `/generate`, `/v1/rerank` and
+//! tokenize, llama.cpp `/completion` and tokenize, Ollama `/api/chat`, `/api/generate` (NDJSON
+//! streams by default) and `/api/embed`, and TEI-style `/rerank` on the TGI flavour (which reports
+//! no usage).
 //! Shapes follow the servers' documentation and source; a path a flavour does not serve is its 404.
 //! Runs on the mock's connection threads.
 
@@ -52,6 +53,7 @@ pub(super) fn answer(n: &Native) -> Answer {
         (F::Vllm, E::Pooling) => pooling(n, "pooling"),
         (F::Vllm, E::Classify) => pooling(n, "classify"),
         (F::Vllm, E::AudioTranscriptions | E::AudioTranslations) => audio(n),
+        (F::Sglang, E::RerankV1) => rerank_sglang(n),
         (F::Vllm | F::Sglang, E::Tokenize) => tokenize(n, "prompt"),
         (F::Llamacpp, E::Tokenize) => tokenize(n, "content"),
         (F::Vllm | F::Sglang | F::Llamacpp, E::Detokenize) => detokenize(n),
@@ -113,6 +115,35 @@ fn rerank_vllm(n: &Native) -> Answer {
         q(n.model),
         results.join(",")
     ))
+}
+
+/// SGLang `/v1/rerank` (cross-encoder models, `--is-embedding`): a bare JSON array of
+/// `{score, document, index, meta_info}` sorted by score, highest first (`RerankResponse` of
+/// sglang's openai protocol; `document` left out when `return_documents` is false). Each item's
+/// `meta_info` is the tokenizer manager's for its (query, document) pair, `prompt_tokens` included;
+/// there is no `usage` object, so the bill is the sum of the items' prompt tokens.
+fn rerank_sglang(n: &Native) -> Answer {
+    let Some(docs) = field(n, "documents").and_then(Value::as_array) else {
+        return Answer::Bad("documents: field required".into());
+    };
+    let query = field(n, "query").map(count_words).unwrap_or(0);
+    let with_docs = field(n, "return_documents").and_then(Value::as_bool).unwrap_or(true);
+    // Scores fall with the index, so the sorted order is the request's order.
+    let items: Vec<String> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let doc = if with_docs { format!(r#","document":{}"#, q(d.as_str().unwrap_or_default())) } else { String::new() };
+            let prompt = if n.no_usage { String::new() } else { format!(r#","prompt_tokens":{}"#, query + count_words(d).max(1)) };
+            format!(
+                r#"{{"score":{}{doc},"index":{i},"meta_info":{{"id":"{}","finish_reason":{{"type":"length","length":0}}{prompt},"weight_version":"default","e2e_latency":0.{}}}}}"#,
+                1.0 / (i as f64 + 1.5),
+                hex(32),
+                rand64() % 1000 + 1
+            )
+        })
+        .collect();
+    json(format!("[{}]", items.join(",")))
 }
 
 /// TEI `/rerank`: a bare array of `{index, score}`; TEI reports no token usage in the body.
@@ -180,6 +211,10 @@ fn tokenize(n: &Native, key: &str) -> Answer {
             body: format!(r#"{{"tokens":[{}]}}"#, ids.join(",")),
         };
     }
+    if n.flavor == Flavor::Sglang {
+        // SGLang's TokenizeResponse: tokens, count, max_model_len.
+        return json(format!(r#"{{"tokens":[{}],"count":{c},"max_model_len":32768}}"#, ids.join(",")));
+    }
     json(format!(r#"{{"count":{c},"max_model_len":8192,"tokens":[{}],"token_strs":null}}"#, ids.join(",")))
 }
 
@@ -191,6 +226,10 @@ fn detokenize(n: &Native) -> Answer {
             content_type: "application/json; charset=utf-8",
             body: format!(r#"{{"content":{}}}"#, q(&t)),
         };
+    }
+    if n.flavor == Flavor::Sglang {
+        // SGLang's DetokenizeResponse: `text`.
+        return json(format!(r#"{{"text":{}}}"#, q(&t)));
     }
     json(format!(r#"{{"prompt":{}}}"#, q(&t)))
 }
@@ -269,8 +308,8 @@ fn ollama_embed(n: &Native) -> Answer {
     }
 }
 
-/// llama.cpp `/completion`: nlohmann::json sorts keys; a stream is SSE `data:` events ending with
-/// the `"stop": true` object (no `[DONE]`).
+/// llama.cpp `/completion`: the final object with sorted keys (as nlohmann::json wrote it); a
+/// stream is SSE `data:` events ending with the `"stop": true` object (no `[DONE]`).
 fn llamacpp(n: &Native) -> Answer {
     let p = words(n, &["prompt"]);
     let c = n.tokens;
@@ -293,6 +332,15 @@ fn llamacpp(n: &Native) -> Answer {
     if !stream_flag(n, false) {
         return Answer::Json { content_type: "application/json; charset=utf-8", body: fin(&text(n)) };
     }
+    // Partials in `server_task_result_cmpl_partial::to_json_non_oaicompat`'s key order
+    // (ordered_json), with the cumulative counters current llama-server builds send on each.
+    let partial_counters = |tp: u32| {
+        if n.no_usage {
+            String::new()
+        } else {
+            format!(r#","tokens_predicted":{tp},"tokens_evaluated":{p}"#)
+        }
+    };
     let mut events: Vec<Ev> = (0..c)
         .map(|k| {
             data_ev(
@@ -300,7 +348,7 @@ fn llamacpp(n: &Native) -> Answer {
                 &format!(
                     r#"{{"index":0,"content":{},"tokens":[],"stop":false,"id_slot":-1{}}}"#,
                     q(&token(k)),
-                    counters(k + 1)
+                    partial_counters(k + 1)
                 ),
             )
         })
