@@ -1,6 +1,6 @@
-//! What one complete SSE event says beyond its usage: an error, a finish, generated content, and
-//! where its `"usage":{...}` member lies (to cut it out). Byte searches over one event, no parsing,
-//! no allocation. Runs on core threads; pure.
+//! What one complete SSE event says: an error, a finish, generated content, where its first
+//! `"usage":{...}` member starts, and the span to cut it out. One pass over the event's colons for
+//! the keys (plus a prefix check for errors), no parsing, no allocation. Runs on core threads; pure.
 
 use crate::request::skip_ws;
 use memchr::memmem;
@@ -10,32 +10,92 @@ fn finder(needle: &'static [u8]) -> memmem::Finder<'static> {
     memmem::Finder::new(needle)
 }
 
-static CONTENT: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| finder(b"content\":\""));
-static TEXT: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| finder(b"\"text\":\""));
-static TOOL_CALLS: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| finder(b"\"tool_calls\":"));
-static FINISH: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| finder(b"\"finish_reason\":\""));
 static DATA_LINE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| finder(b"\ndata:"));
 
-/// The byte after every match of `f` in `ev` is not `"` (a non-empty string value follows).
-fn non_empty_string_after(f: &memmem::Finder<'_>, ev: &[u8]) -> bool {
-    f.find_iter(ev).any(|i| ev.get(i + f.needle().len()).is_some_and(|&c| c != b'"'))
+/// What one pass over an event found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    /// A choice finished: `"finish_reason":"<non-empty>"` (TGI sends `""` on ordinary chunks).
+    pub finish: bool,
+    /// The event carries generated content: non-empty `delta.content`, `delta.reasoning_content`,
+    /// `text`, or a non-empty `tool_calls` array (CONTRACT section 7, "estimated").
+    pub content: bool,
+    /// Where the first `"usage":` key starts (its opening quote).
+    pub usage: Option<usize>,
 }
 
-/// The event carries generated content: non-empty `delta.content`, `delta.reasoning_content`,
-/// `text`, or a non-empty `tool_calls` array (CONTRACT section 7, "estimated").
-pub fn has_content(ev: &[u8]) -> bool {
-    if non_empty_string_after(&CONTENT, ev) || non_empty_string_after(&TEXT, ev) {
-        return true;
+impl Keys {
+    /// A `:` at `i`: when it ends one of the keys read here (a quote right before it, then the
+    /// key's name), note what its value says. A key-like text inside a string ends in `\"`, never
+    /// in a bare `"` before the colon, so it cannot match.
+    #[inline(always)]
+    fn colon(&mut self, ev: &[u8], i: usize) {
+        if i < 3 || ev[i - 1] != b'"' {
+            return;
+        }
+        let key = &ev[..i];
+        match ev[i - 2] {
+            b'n' if !self.finish && key.ends_with(b"\"finish_reason\"") => {
+                self.finish = non_empty_string_at(ev, skip_ws(ev, i + 1))
+            }
+            b't' if !self.content && (key.ends_with(b"content\"") || key.ends_with(b"\"text\"")) => {
+                self.content = non_empty_string_at(ev, skip_ws(ev, i + 1))
+            }
+            b's' if !self.content && key.ends_with(b"\"tool_calls\"") => {
+                self.content = non_empty_array_at(ev, i + 1)
+            }
+            b'e' if self.usage.is_none() && key.ends_with(b"\"usage\"") => self.usage = Some(i - 7),
+            _ => {}
+        }
     }
-    TOOL_CALLS.find_iter(ev).any(|i| {
-        let v = skip_ws(ev, i + TOOL_CALLS.needle().len());
-        ev.get(v) == Some(&b'[') && !matches!(ev.get(skip_ws(ev, v + 1)), Some(b']') | None)
-    })
 }
 
-/// A choice finished (`"finish_reason":"<non-empty>"`; TGI sends `""` on ordinary chunks).
-pub fn has_finish(ev: &[u8]) -> bool {
-    non_empty_string_after(&FINISH, ev)
+/// One pass over a complete event for every key the scanner reads (finish, content, usage): it
+/// visits each `:` and looks back at the few bytes before it, instead of one memmem search over
+/// the whole event per key. On x86_64, SSE2 (part of every x86_64 target) compares 16 bytes at a
+/// time; elsewhere memchr's iterator finds the colons. No allocation.
+pub fn scan_keys(ev: &[u8]) -> Keys {
+    let mut k = Keys::default();
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+        let mut o = 0;
+        // SAFETY: SSE2 is enabled at compile time (the cfg above), and each unaligned load reads
+        // ev[o..o + 16], inside the slice.
+        unsafe {
+            let colon = _mm_set1_epi8(b':' as i8);
+            while o + 16 <= ev.len() {
+                let v = _mm_loadu_si128(ev.as_ptr().add(o).cast::<__m128i>());
+                let mut m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, colon)) as u32;
+                while m != 0 {
+                    k.colon(ev, o + m.trailing_zeros() as usize);
+                    m &= m - 1;
+                }
+                o += 16;
+            }
+        }
+        for (i, &b) in ev.iter().enumerate().skip(o) {
+            if b == b':' {
+                k.colon(ev, i);
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    for i in memchr::memchr_iter(b':', ev) {
+        k.colon(ev, i);
+    }
+    k
+}
+
+/// A string with at least one character starts at `v`.
+fn non_empty_string_at(ev: &[u8], v: usize) -> bool {
+    ev.get(v) == Some(&b'"') && ev.get(v + 1).is_some_and(|&c| c != b'"')
+}
+
+/// An array with at least one element starts at `v` (after optional whitespace).
+fn non_empty_array_at(ev: &[u8], v: usize) -> bool {
+    let v = skip_ws(ev, v);
+    ev.get(v) == Some(&b'[') && !matches!(ev.get(skip_ws(ev, v + 1)), Some(b']') | None)
 }
 
 /// An error reported inside the stream: `event: error`, llama.cpp's `error: {...}` line, or a data
@@ -78,23 +138,59 @@ pub fn member_span(ev: &[u8], key: usize, end: usize) -> Option<(usize, usize)> 
 mod tests {
     use super::*;
 
+    fn content(ev: &[u8]) -> bool {
+        scan_keys(ev).content
+    }
+
+    fn finish(ev: &[u8]) -> bool {
+        scan_keys(ev).finish
+    }
+
     #[test]
     fn content_finish_error() {
-        assert!(has_content(br#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#));
-        assert!(has_content(br#"data: {"choices":[{"delta":{"reasoning_content":"hm"}}]}"#));
-        assert!(has_content(br#"data: {"choices":[{"text":"a","index":0}]}"#));
-        assert!(has_content(br#"data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#));
-        assert!(!has_content(br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#));
-        assert!(!has_content(br#"data: {"choices":[{"delta":{"content":null,"tool_calls":[]}}]}"#));
-        assert!(has_finish(br#"data: {"choices":[{"finish_reason":"stop"}]}"#));
-        assert!(!has_finish(br#"data: {"choices":[{"finish_reason":""}]}"#));
-        assert!(!has_finish(br#"data: {"choices":[{"finish_reason":null}]}"#));
+        assert!(content(br#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#));
+        assert!(content(br#"data: {"choices":[{"delta":{"reasoning_content":"hm"}}]}"#));
+        assert!(content(br#"data: {"choices":[{"text":"a","index":0}]}"#));
+        assert!(content(br#"data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#));
+        assert!(content(br#"data: {"choices":[{"delta":{"content": "Hi"}}]}"#));
+        assert!(content(br#"data: {"choices":[{"delta":{"role":"assistant","content":""},"text":"x"}]}"#));
+        assert!(!content(br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#));
+        assert!(!content(br#"data: {"choices":[{"delta":{"content":null,"tool_calls":[]}}]}"#));
+        assert!(!content(br#"data: {"choices":[{"delta":{"role":"a\"content\":\"x"}}]}"#));
+        assert!(finish(br#"data: {"choices":[{"finish_reason":"stop"}]}"#));
+        assert!(finish(
+            br#"data: {"choices":[{"index":0,"finish_reason":""},{"index":1,"finish_reason":"length"}]}"#
+        ));
+        assert!(!finish(br#"data: {"choices":[{"finish_reason":""}]}"#));
+        assert!(!finish(br#"data: {"choices":[{"finish_reason":null,"stop_reason":"x"}]}"#));
+        assert!(!finish(br#"data: {"choices":[{"delta":{"content":"\"finish_reason\":\"stop\""}}]}"#));
         assert!(is_error(b"data: {\"error\":{\"message\":\"x\"}}\n\n"));
         assert!(is_error(b"data:{\"object\":\"error\",\"message\":\"x\"}\n\n"));
         assert!(is_error(b"event: error\ndata: {}\n\n"));
         assert!(is_error(b"error: {\"code\":500}\n\n"));
         assert!(is_error(b": c\ndata: {\"error\":\"x\"}\n\n"));
         assert!(!is_error(b"data: {\"choices\":[],\"error\":null}\n\n"));
+    }
+
+    /// The usage key is found wherever it lies relative to the 16-byte blocks, and a key-like
+    /// text inside a string is not a key.
+    #[test]
+    fn usage_key_at_every_offset() {
+        for pad in 0..40 {
+            let ev =
+                format!(r#"data: {{"id":"{}","choices":[],"usage":{{"prompt_tokens":1}}}}"#, "x".repeat(pad));
+            let at = ev.find("\"usage\":").unwrap();
+            assert_eq!(scan_keys(ev.as_bytes()).usage, Some(at), "pad {pad}");
+            for end in 0..ev.len() {
+                let k = scan_keys(&ev.as_bytes()[..end]);
+                assert_eq!(k.usage, (end > at + 7).then_some(at), "pad {pad}, end {end}");
+            }
+        }
+        let ev = r#"data: {"choices":[{"delta":{"content":"a \"usage\":{} b"}}],"usage":{"x":1}}"#;
+        let k = scan_keys(ev.as_bytes());
+        assert_eq!(k.usage, ev.rfind("\"usage\":"));
+        assert!(k.content);
+        assert_eq!(scan_keys(br#"{"choices":[{"delta":{"content":"\"usage\":{}"}}]}"#).usage, None);
     }
 
     #[test]

@@ -163,12 +163,19 @@ pub fn for_each_report(text: &[u8], mut f: impl FnMut(Report)) {
 }
 
 /// As [`for_each_report`], also giving where the member's key starts and where its object ends.
-pub fn for_each_report_at(text: &[u8], mut f: impl FnMut(usize, usize, Report)) {
-    let mut at = 0;
-    while let Some(i) = find_usage_key(&text[at..]) {
-        let key = at + i;
+pub fn for_each_report_at(text: &[u8], f: impl FnMut(usize, usize, Report)) {
+    if let Some(first) = find_usage_key(text) {
+        for_each_report_from(text, first, f);
+    }
+}
+
+/// As [`for_each_report_at`], with the first `"usage":` key already found at `first` (by a caller's
+/// own pass over the text); later ones are searched for.
+pub fn for_each_report_from(text: &[u8], first: usize, mut f: impl FnMut(usize, usize, Report)) {
+    let mut next = Some(first);
+    while let Some(key) = next {
         let v = skip_ws(text, key + USAGE_KEY.len());
-        at = v;
+        let mut at = v;
         if text.get(v) == Some(&b'{') {
             if let Some(n) = object_len(&text[v..]) {
                 if let Some(r) = parse_usage_object(&text[v..v + n]) {
@@ -177,6 +184,7 @@ pub fn for_each_report_at(text: &[u8], mut f: impl FnMut(usize, usize, Report)) 
                 at = v + 1;
             }
         }
+        next = text.get(at..).and_then(find_usage_key).map(|i| at + i);
     }
 }
 

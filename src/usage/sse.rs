@@ -1,10 +1,11 @@
 //! SseScanner: fed every decoded chunk of a streamed response on its way to the client. memchr finds
-//! event boundaries; only events that carry usage are parsed; usage-only events and per-chunk usage
+//! event boundaries; one pass over each event finds the keys it reads (`event::scan_keys`); only
+//! events that carry usage are parsed; usage-only events and per-chunk usage
 //! members we caused are cut out (a byte splice in place).
 //! Runs on core threads; pure, no I/O; keeps at most one partial event between reads.
 
 use super::event;
-use super::{for_each_report_at, Usage, UsageTracker};
+use super::{for_each_report_from, Usage, UsageTracker};
 use crate::request::skip_ws;
 use memchr::memmem;
 
@@ -250,18 +251,18 @@ impl SseScanner {
         if !self.error && event::is_error(ev) {
             self.error = true;
         }
-        if !self.finished && event::has_finish(ev) {
-            self.finished = true;
-        }
-        if !self.tracker.has_report() && event::has_content(ev) {
+        // One pass over the event for every key read here (issue 9's cost: a memmem search per key).
+        let keys = event::scan_keys(ev);
+        self.finished |= keys.finish;
+        if keys.content && !self.tracker.has_report() {
             self.content_events += 1;
         }
+        let Some(first) = keys.usage else { return Action::Keep };
         let mut found = None;
-        // Where the choices are matters only for an event that carries usage: ordinary events
-        // cost one search, for the usage key.
+        // Where the choices are matters only for an event that carries usage.
         let mut choices = Choices::Absent;
         let tracker = &mut self.tracker;
-        for_each_report_at(ev, |key, end, r| {
+        for_each_report_from(ev, first, |key, end, r| {
             if found.is_none() {
                 found = Some((key, end));
                 choices = choices_of(ev);
