@@ -102,7 +102,7 @@ async fn read_head(
         if !inbuf.is_empty() {
             match http1::parse_request(inbuf, &snap.config.auth.user_header) {
                 Parse::Complete(h) => return Ok((h, snap)),
-                Parse::Invalid(e) => return Err(HeadError::Answer(e)),
+                Parse::Invalid(e) => return Err(HeadError::Answer(GatewayError::request_head(e))),
                 Parse::Partial => {}
             }
             deadline.get_or_insert_with(|| Instant::now() + header_timeout);

@@ -3,7 +3,7 @@
 //! whether the client connection must close after it. Gateway headers for the subject (e.g. the
 //! `x-ratelimit-*` block) are passed in as ready header lines.
 
-use crate::http1::{push_header, push_status_line};
+use crate::http1::{push_header, push_status_line, Invalid};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -39,6 +39,22 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// A client's request head that cannot be used: 431 when too large, else 400.
+    pub fn request_head(why: Invalid) -> GatewayError {
+        match why {
+            Invalid::TooLarge => GatewayError::HeadTooLarge,
+            Invalid::Malformed(m) => GatewayError::BadRequest(m),
+        }
+    }
+
+    /// A backend's response head that cannot be used: a broken backend (502).
+    pub fn response_head(why: Invalid) -> GatewayError {
+        match why {
+            Invalid::TooLarge => GatewayError::BadGateway("backend response head too large"),
+            Invalid::Malformed(m) => GatewayError::BadGateway(m),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::BadRequest(_) => 400,

@@ -1,8 +1,6 @@
 //! HTTP/1.1 heads on both sides, parsed with httparse: the client's request head (routing, framing,
 //! the headers the gateway reads) and the backend's response head; named limits; hop-by-hop rules.
 
-use crate::error::GatewayError;
-
 /// Most headers accepted in one head (client or backend); more is 431 / a broken backend.
 pub const MAX_HEADERS: usize = 128;
 /// Largest request or response head accepted; larger is 431 / a broken backend.
@@ -14,7 +12,17 @@ pub enum Parse<T> {
     Complete(T),
     /// Not all of the head has arrived yet.
     Partial,
-    Invalid(GatewayError),
+    Invalid(Invalid),
+}
+
+/// Why a head cannot be used. `error.rs` says it in the gateway's terms: a client's head is a
+/// 400 or 431, a backend's a 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Malformed: what is wrong.
+    Malformed(&'static str),
+    /// Larger than `MAX_HEAD`, or more than `MAX_HEADERS` headers.
+    TooLarge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,16 +123,16 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD {
-                Parse::Invalid(GatewayError::HeadTooLarge)
+                Parse::Invalid(Invalid::TooLarge)
             } else {
                 Parse::Partial
             }
         }
-        Err(httparse::Error::TooManyHeaders) => return Parse::Invalid(GatewayError::HeadTooLarge),
-        Err(e) => return Parse::Invalid(GatewayError::BadRequest(httparse_reason(e))),
+        Err(httparse::Error::TooManyHeaders) => return Parse::Invalid(Invalid::TooLarge),
+        Err(e) => return Parse::Invalid(Invalid::Malformed(httparse_reason(e))),
     };
     if head_len > MAX_HEAD {
-        return Parse::Invalid(GatewayError::HeadTooLarge);
+        return Parse::Invalid(Invalid::TooLarge);
     }
     let method = match req.method {
         Some("GET") => Method::Get,
@@ -148,17 +156,17 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
         let value = h.value;
         if name.eq_ignore_ascii_case(b"content-length") {
             let Some(n) = parse_content_length(value) else {
-                return Parse::Invalid(GatewayError::BadRequest("invalid Content-Length"));
+                return Parse::Invalid(Invalid::Malformed("invalid Content-Length"));
             };
             if content_length.is_some_and(|old| old != n) {
-                return Parse::Invalid(GatewayError::BadRequest("conflicting Content-Length headers"));
+                return Parse::Invalid(Invalid::Malformed("conflicting Content-Length headers"));
             }
             content_length = Some(n);
             continue;
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Parse::Invalid(GatewayError::BadRequest("unsupported Transfer-Encoding"));
+                return Parse::Invalid(Invalid::Malformed("unsupported Transfer-Encoding"));
             }
             chunked = true;
             continue;
@@ -201,7 +209,7 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
         forward.retain(|h| !has_token(tokens, h.name(buf)));
     }
     if chunked && content_length.is_some() {
-        return Parse::Invalid(GatewayError::BadRequest("both Content-Length and Transfer-Encoding"));
+        return Parse::Invalid(Invalid::Malformed("both Content-Length and Transfer-Encoding"));
     }
     let body = match (chunked, content_length) {
         (true, _) => BodyFraming::Chunked,
@@ -266,9 +274,9 @@ pub fn parse_response(buf: &[u8]) -> Parse<ResponseHead> {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parse::Partial,
         Ok(httparse::Status::Partial) => {
-            return Parse::Invalid(GatewayError::BadGateway("backend response head too large"))
+            return Parse::Invalid(Invalid::TooLarge)
         }
-        Err(_) => return Parse::Invalid(GatewayError::BadGateway("malformed response head from backend")),
+        Err(_) => return Parse::Invalid(Invalid::Malformed("malformed response head from backend")),
     };
     let status = resp.code.unwrap_or(502);
     let base = buf.as_ptr();
@@ -284,7 +292,7 @@ pub fn parse_response(buf: &[u8]) -> Parse<ResponseHead> {
         if name.eq_ignore_ascii_case(b"content-length") {
             match parse_content_length(value) {
                 Some(n) if content_length.is_none_or(|old| old == n) => content_length = Some(n),
-                _ => return Parse::Invalid(GatewayError::BadGateway("invalid Content-Length from backend")),
+                _ => return Parse::Invalid(Invalid::Malformed("invalid Content-Length from backend")),
             }
             continue;
         }

@@ -1,6 +1,7 @@
 //! Unit tests of request and response head parsing: limits, framing conflicts, hop-by-hop headers.
 
 use super::*;
+use crate::error::GatewayError;
 
 fn req(text: &str) -> Parse<RequestHead> {
     parse_request(text.as_bytes(), "x-user-id")
@@ -15,7 +16,7 @@ fn complete(text: &str) -> RequestHead {
 
 fn invalid(text: &str) -> GatewayError {
     match req(text) {
-        Parse::Invalid(e) => e,
+        Parse::Invalid(e) => GatewayError::request_head(e),
         other => panic!("expected invalid, got {other:?}"),
     }
 }

@@ -75,7 +75,7 @@ pub(super) async fn read(
         loop {
             match http1::parse_response(&buf[PREFIX..]) {
                 Parse::Partial => break,
-                Parse::Invalid(e) => return fail(buf, Outcome::Failed(e)),
+                Parse::Invalid(e) => return fail(buf, Outcome::Failed(GatewayError::response_head(e))),
                 Parse::Complete(h) if (100..200).contains(&h.status) => {
                     // Interim response (100 Continue, 103 Early Hints): drop it, look again.
                     buf.copy_within(PREFIX + h.head_len.., PREFIX);
