@@ -3,7 +3,8 @@
 
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
-use crate::http1::{self, BodyFraming, Endpoint, Method, Parse, RequestHead};
+use crate::endpoints::{Endpoint, Route};
+use crate::http1::{self, BodyFraming, Method, Parse, RequestHead};
 use crate::ids::RequestIds;
 use crate::net::Stream;
 use crate::snapshot::Snapshot;
@@ -240,18 +241,15 @@ async fn serve_request(
     let started = Instant::now();
     let arrived = std::time::SystemTime::now();
     let rid = ctx.request_ids(head.request_id.clone());
-    let endpoint = head.endpoint;
+    let route = Route::of(&head.target, head.method, snap.config.routes.disabled, ctx.admin_only);
+    let endpoint = route.endpoint();
     let keep = head.keep_alive && !ctx.shared.shutting_down();
-    let method_ok = head.method == endpoint.method();
-    let early = if endpoint == Endpoint::Unknown
-        || !snap.config.routes.enabled(endpoint)
-        || (ctx.admin_only && !matches!(endpoint, Endpoint::Health | Endpoint::Metrics))
-    {
-        Some(GatewayError::NotFound)
-    } else if !method_ok {
-        Some(GatewayError::MethodNotAllowed(if endpoint.method() == Method::Get { "GET" } else { "POST" }))
-    } else {
-        None
+    let early = match route {
+        Route::NotFound(_) => Some(GatewayError::NotFound),
+        Route::WrongMethod(e) => {
+            Some(GatewayError::MethodNotAllowed(if e.method() == Method::Get { "GET" } else { "POST" }))
+        }
+        Route::Local(_) | Route::Proxy(_) => None,
     };
     if let Some(e) = early {
         // The body was not read: keep the connection only when there is none.
@@ -273,29 +271,8 @@ async fn serve_request(
             return false;
         }
     };
-    let keep = match endpoint {
-        Endpoint::Health => {
-            let (status, n) = answer_health(ctx, snap, client, &rid, keep).await;
-            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
-            n > 0 && keep
-        }
-        Endpoint::Metrics => {
-            let text = ctx.shared.registry.render();
-            ctx.metrics.request(endpoint, false, None, 200);
-            let n =
-                answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep)
-                    .await;
-            log_local(ctx, &rid, peer, Some(&head), started, 200, n, None);
-            n > 0 && keep
-        }
-        Endpoint::Models => {
-            let (status, body) = crate::models::merged(snap, &rid).await;
-            ctx.metrics.request(endpoint, false, None, status);
-            let n = answer(client, status, b"application/json", &body, &rid, keep).await;
-            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
-            n > 0 && keep
-        }
-        _ => {
+    let keep = match route {
+        Route::Proxy(endpoint) => {
             let owned;
             let body_bytes: &[u8] = match &body {
                 Body::InBuf(s, e) => &inbuf[*s..*e],
@@ -309,6 +286,7 @@ async fn serve_request(
             }
             let req = crate::proxy::Request {
                 snap,
+                endpoint,
                 head: &head,
                 head_bytes: &inbuf[..head.head_len],
                 body: body_bytes,
@@ -320,11 +298,32 @@ async fn serve_request(
             };
             crate::proxy::proxy(ctx, client, watch.as_ref(), &req).await
         }
+        Route::Local(Endpoint::Health) => {
+            let (status, n) = answer_health(ctx, snap, client, &rid, keep).await;
+            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
+            n > 0 && keep
+        }
+        Route::Local(Endpoint::Metrics) => {
+            let text = ctx.shared.registry.render();
+            ctx.metrics.request(endpoint, false, None, 200);
+            let n =
+                answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep)
+                    .await;
+            log_local(ctx, &rid, peer, Some(&head), started, 200, n, None);
+            n > 0 && keep
+        }
+        // `/v1/models` (`Route::of` makes no other Local, and no NotFound/WrongMethod gets here).
+        _ => {
+            let (status, body) = crate::models::merged(snap, &rid).await;
+            ctx.metrics.request(endpoint, false, None, status);
+            let n = answer(client, status, b"application/json", &body, &rid, keep).await;
+            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
+            n > 0 && keep
+        }
     };
-    let elapsed = started.elapsed();
     // Proxied requests observe their latency in `proxy`.
-    if endpoint.shape() == crate::endpoints::Shape::Gateway {
-        ctx.metrics.latency.observe(elapsed.as_millis() as u64);
+    if matches!(route, Route::Local(_)) {
+        ctx.metrics.latency.observe(started.elapsed().as_millis() as u64);
     }
     inbuf.drain(..next);
     keep

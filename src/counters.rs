@@ -2,7 +2,7 @@
 //! (`BackendStats`, owned by the snapshot's backend and carried across reloads while the backend
 //! stays). Each counter is written only by its own core; `/metrics` reads and merges them.
 
-use crate::http1::Endpoint;
+use crate::endpoints::Endpoint;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds (ms) of the latency and TTFT histogram buckets.

@@ -32,8 +32,6 @@ pub enum Method {
     Other,
 }
 
-pub use crate::endpoints::Endpoint;
-
 /// How a message body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -64,8 +62,7 @@ impl HeaderSpan {
 pub struct RequestHead {
     pub head_len: usize,
     pub method: Method,
-    pub endpoint: Endpoint,
-    /// Path and query as sent by the client.
+    /// Path and query as sent by the client (`endpoints::Route` says what the path is).
     pub target: String,
     pub http10: bool,
     /// Whether the client wants the connection kept open after this request.
@@ -219,7 +216,6 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
     Parse::Complete(RequestHead {
         head_len,
         method,
-        endpoint: Endpoint::from_path(&target),
         target,
         http10,
         keep_alive,

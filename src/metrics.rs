@@ -3,7 +3,7 @@
 
 use crate::counters::STATUS_SLOTS;
 pub use crate::counters::{BackendStats, CoreMetrics, Histogram, BUCKETS_MS};
-use crate::http1::Endpoint;
+use crate::endpoints::Endpoint;
 use crate::snapshot::SnapshotCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;

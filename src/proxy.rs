@@ -6,6 +6,7 @@ use crate::auth;
 use crate::balancer;
 use crate::config::IncludeUsage;
 use crate::core::CoreCtx;
+use crate::endpoints::Endpoint;
 use crate::error::GatewayError;
 use crate::http1::RequestHead;
 use crate::limits::{self, Admission};
@@ -22,6 +23,8 @@ use std::time::{Instant, SystemTime};
 pub struct Request<'a> {
     /// The config this request runs on, loaded once when its head arrived.
     pub snap: &'a Snapshot,
+    /// What `endpoints::Route::of` found the path to be.
+    pub endpoint: Endpoint,
     pub head: &'a RequestHead,
     pub head_bytes: &'a [u8],
     pub body: &'a [u8],
@@ -42,7 +45,7 @@ pub async fn proxy(
 ) -> bool {
     let snap = req.snap;
     let cfg = &*snap.config;
-    let endpoint = req.head.endpoint;
+    let endpoint = req.endpoint;
     // Who is calling (and, for limits, whom a response counts against).
     let key = req.head.api_key.as_deref();
     let matched = key.and_then(|k| auth::lookup(&cfg.auth, k));
@@ -91,6 +94,7 @@ pub async fn proxy(
         if inject && !info.continuous_usage_stats { info.usage_edit(true, true) } else { None };
     let client_continuous = info.continuous_usage_stats;
     let mut out = Outgoing {
+        endpoint,
         head: req.head,
         head_bytes: req.head_bytes,
         body: req.body,
@@ -328,7 +332,7 @@ async fn refuse(
             GatewayError::RateLimited { budget: reason == limits::Reason::Budget, retry_after: r.retry_after }
         }
     };
-    ctx.metrics.request(req.head.endpoint, stream, None, e.status());
+    ctx.metrics.request(req.endpoint, stream, None, e.status());
     let close = !req.keep_alive;
     let n = crate::connection::answer_error_with(client, &e, req.ids, close, r.headers.as_bytes()).await;
     log_refused(ctx, req, &e, n);
@@ -373,7 +377,7 @@ async fn reject_with(
     stream: bool,
     extra: &[u8],
 ) -> bool {
-    ctx.metrics.request(req.head.endpoint, stream, None, e.status());
+    ctx.metrics.request(req.endpoint, stream, None, e.status());
     let close = !req.keep_alive || e.closes_connection();
     let n = crate::connection::answer_error_with(client, &e, req.ids, close, extra).await;
     log_refused(ctx, req, &e, n);

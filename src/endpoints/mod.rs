@@ -8,7 +8,7 @@ pub mod native;
 pub mod routes;
 
 pub use lines::LineScanner;
-pub use routes::{Endpoint, PathSet, Shape};
+pub use routes::{Endpoint, PathSet, Route, Shape};
 
 use crate::http1::RequestHead;
 use crate::request::RequestInfo;

@@ -1,6 +1,9 @@
 //! The routed paths (CONTRACT 3 and 12): which path is which endpoint, its method, the response
-//! shape its usage is read from, and whether it is billed. A pure table, used on core threads for
-//! every request (`from_path` is one `match` on the path).
+//! shape its usage is read from, and whether it is billed; and `Route::of`, the one place that
+//! decides what the gateway does with a request (answer it, proxy it, 404, 405). A pure table,
+//! used on core threads for every request (`from_path` is one `match` on the path).
+
+use crate::http1::Method;
 
 /// What the gateway does with a request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,10 +140,10 @@ impl Endpoint {
     }
 
     /// The method this endpoint answers to.
-    pub fn method(self) -> crate::http1::Method {
+    pub fn method(self) -> Method {
         match self {
-            Endpoint::Models | Endpoint::Health | Endpoint::Metrics => crate::http1::Method::Get,
-            _ => crate::http1::Method::Post,
+            Endpoint::Models | Endpoint::Health | Endpoint::Metrics => Method::Get,
+            _ => Method::Post,
         }
     }
 
@@ -199,6 +202,45 @@ impl Endpoint {
     /// The bit of this endpoint in a [`PathSet`].
     pub fn bit(self) -> u64 {
         1u64 << self.index()
+    }
+}
+
+/// What the gateway does with a request, decided once (`Route::of`) from its path and method, the
+/// paths `[routes] disabled`, and the listener it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Answered by the gateway itself: `/health`, `/metrics`, `/v1/models`.
+    Local(Endpoint),
+    /// Sent to a backend.
+    Proxy(Endpoint),
+    /// 404: an unknown or disabled path, or one the admin listener does not serve.
+    NotFound(Endpoint),
+    /// 405: a known path with the wrong method.
+    WrongMethod(Endpoint),
+}
+
+impl Route {
+    /// `target` is the request target (path and query); `admin` says the request came on the
+    /// `admin_listen` listener, which serves `/health` and `/metrics` only.
+    pub fn of(target: &str, method: Method, disabled: PathSet, admin: bool) -> Route {
+        let e = Endpoint::from_path(target);
+        let served = if admin { matches!(e, Endpoint::Health | Endpoint::Metrics) } else { e != Endpoint::Unknown };
+        if !served || disabled.contains(e) {
+            Route::NotFound(e)
+        } else if method != e.method() {
+            Route::WrongMethod(e)
+        } else if e.shape() == Shape::Gateway {
+            Route::Local(e)
+        } else {
+            Route::Proxy(e)
+        }
+    }
+
+    /// The endpoint (the metrics label): `Unknown` for a path that is not routed.
+    pub fn endpoint(self) -> Endpoint {
+        match self {
+            Route::Local(e) | Route::Proxy(e) | Route::NotFound(e) | Route::WrongMethod(e) => e,
+        }
     }
 }
 
@@ -266,6 +308,40 @@ mod tests {
         assert!(Endpoint::OllamaChat.streams_by_default());
         assert!(!Endpoint::OllamaEmbed.streams_by_default());
         assert_eq!(Endpoint::proxied().count(), 21);
+    }
+
+    #[test]
+    fn one_route_per_request() {
+        use Method::{Get, Other, Post};
+        let none = PathSet::NONE;
+        let mut rerank_off = PathSet::NONE;
+        rerank_off.insert(Endpoint::RerankV1);
+        let cases = [
+            // (target, method, disabled, admin listener, route)
+            ("/v1/chat/completions", Post, none, false, Route::Proxy(Endpoint::ChatCompletions)),
+            ("/v1/chat/completions?x=1", Post, none, false, Route::Proxy(Endpoint::ChatCompletions)),
+            ("/v1/chat/completions", Get, none, false, Route::WrongMethod(Endpoint::ChatCompletions)),
+            ("/v1/chat/completions", Other, none, false, Route::WrongMethod(Endpoint::ChatCompletions)),
+            ("/v1/models", Get, none, false, Route::Local(Endpoint::Models)),
+            ("/v1/models", Post, none, false, Route::WrongMethod(Endpoint::Models)),
+            ("/health", Get, none, false, Route::Local(Endpoint::Health)),
+            ("/metrics", Get, none, false, Route::Local(Endpoint::Metrics)),
+            ("/nope", Get, none, false, Route::NotFound(Endpoint::Unknown)),
+            ("/nope", Post, none, false, Route::NotFound(Endpoint::Unknown)),
+            ("/v1/rerank", Post, rerank_off, false, Route::NotFound(Endpoint::RerankV1)),
+            ("/v1/rerank", Get, rerank_off, false, Route::NotFound(Endpoint::RerankV1)),
+            ("/api/chat", Post, rerank_off, false, Route::Proxy(Endpoint::OllamaChat)),
+            // The admin listener: /health and /metrics only.
+            ("/health", Get, none, true, Route::Local(Endpoint::Health)),
+            ("/metrics", Get, none, true, Route::Local(Endpoint::Metrics)),
+            ("/metrics", Post, none, true, Route::WrongMethod(Endpoint::Metrics)),
+            ("/v1/models", Get, none, true, Route::NotFound(Endpoint::Models)),
+            ("/v1/chat/completions", Post, none, true, Route::NotFound(Endpoint::ChatCompletions)),
+        ];
+        for (target, method, disabled, admin, want) in cases {
+            assert_eq!(Route::of(target, method, disabled, admin), want, "{target} {method:?} admin={admin}");
+            assert_eq!(want.endpoint(), Endpoint::from_path(target));
+        }
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub(super) async fn relay(
 ) -> Outcome {
     // Client framing and head.
     let sse = resp.is_sse;
-    let shape = req.head.endpoint.shape();
+    let shape = req.endpoint.shape();
     let streamed = sse || crate::endpoints::is_ndjson(&resp, &buf[PREFIX..]);
     let cutting = if sse { req.cutting } else { Default::default() };
     let changes_length = cutting.usage_only || cutting.usage_member;

@@ -29,6 +29,7 @@ const CAP: usize = PREFIX + RELAY_BUF + SUFFIX;
 
 /// The request as it goes to the backend.
 pub struct Outgoing<'a> {
+    pub endpoint: crate::endpoints::Endpoint,
     pub head: &'a RequestHead,
     /// The client's head bytes (header spans point into them).
     pub head_bytes: &'a [u8],
