@@ -89,7 +89,7 @@ pub(super) fn parse(p: &mut Problems<'_>, u: &RawUsageHook, enabled: bool, url: 
     if enabled && sink == SinkKind::Http {
         if !url.starts_with("http://") && !url.starts_with("https://") {
             p.push("usage_hook.url", format_args!("{url:?} must start with http:// or https://"));
-        } else if let Err(e) = crate::delivery::client::parse_url(url) {
+        } else if let Err(e) = parse_hook_url(url) {
             p.push("usage_hook.url", e);
         }
     }
@@ -126,4 +126,47 @@ pub fn check_nats_url(s: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A parsed `http://` or `https://` URL (the webhook's, `usage_hook.url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookTarget {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+/// Parses `http[s]://host[:port][/path]`.
+pub fn parse_hook_url(url: &str) -> Result<HookTarget, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!("{url:?} must start with http:// or https://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+        let (h, after) = h.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+            None => default_port,
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| format!("{url:?}: bad port"))?),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok(HookTarget { tls, host, port, path: path.to_string() })
 }
