@@ -1,9 +1,12 @@
 //! Request counters written on the core threads: per core (`CoreMetrics`), and per backend per core
 //! (`BackendStats`, owned by the snapshot's backend and carried across reloads while the backend
-//! stays). Each counter is written only by its own core; `/metrics` reads and merges them.
+//! stays). Each counter is written only by its own core; `/metrics` reads and merges them. Also
+//! the token counts by model (`TokenCounters`), kept by the delivery thread.
 
 use crate::endpoints::Endpoint;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 /// Upper bounds (ms) of the latency and TTFT histogram buckets.
 pub const BUCKETS_MS: [u64; 18] =
@@ -136,5 +139,40 @@ impl CoreMetrics {
             Some(b) => b.core(self.core).requests.count(endpoint, stream, status),
             None => self.unrouted.count(endpoint, stream, status),
         }
+    }
+}
+
+/// Most distinct model labels in `llmproxy_tokens_total`; more count under "other".
+const MAX_MODELS: usize = 200;
+
+/// Token counts by model, kept by the webhook thread from the records it handles (off the hot path).
+#[derive(Debug, Default)]
+pub struct TokenCounters {
+    /// Read by `/metrics` with `try_lock` (never blocking a core thread).
+    pub(crate) by_model: Mutex<HashMap<String, [u64; 4]>>,
+    pub usage_missing: AtomicU64,
+}
+
+impl TokenCounters {
+    pub fn observe(&self, rec: &crate::usage::record::UsageRecord) {
+        if rec.usage_missing {
+            self.usage_missing.fetch_add(1, Relaxed);
+        }
+        let (cached, reasoning) = (rec.cached_tokens.unwrap_or(0), rec.reasoning_tokens.unwrap_or(0));
+        if rec.prompt_tokens == 0 && rec.completion_tokens == 0 && cached == 0 && reasoning == 0 {
+            return;
+        }
+        let Ok(mut m) = self.by_model.lock() else { return };
+        let name = rec.model.as_deref().unwrap_or("unknown");
+        let key = if m.contains_key(name) || m.len() < MAX_MODELS { name } else { "other" };
+        // A model's key is allocated once, on its first record.
+        let e = match m.get_mut(key) {
+            Some(e) => e,
+            None => m.entry(key.to_string()).or_insert([0; 4]),
+        };
+        e[0] += rec.prompt_tokens;
+        e[1] += rec.completion_tokens;
+        e[2] += cached;
+        e[3] += reasoning;
     }
 }

@@ -2,53 +2,18 @@
 //! path), merged with the shared gauges when `/metrics` is scraped, and rendered as Prometheus text.
 
 use crate::counters::STATUS_SLOTS;
-pub use crate::counters::{BackendStats, CoreMetrics, Histogram, BUCKETS_MS};
+pub use crate::counters::{BackendStats, CoreMetrics, Histogram, TokenCounters, BUCKETS_MS};
 use crate::endpoints::Endpoint;
 use crate::snapshot::SnapshotCell;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-
-/// Most distinct model labels in `llmproxy_tokens_total`; more count under "other".
-const MAX_MODELS: usize = 200;
+use std::sync::Arc;
 
 /// Config reloads (SIGHUP), by result.
 #[derive(Debug, Default)]
 pub struct ReloadStats {
     pub ok: AtomicU64,
     pub error: AtomicU64,
-}
-
-/// Token counts by model, kept by the webhook thread from the records it handles (off the hot path).
-#[derive(Debug, Default)]
-pub struct TokenCounters {
-    by_model: Mutex<HashMap<String, [u64; 4]>>,
-    pub usage_missing: AtomicU64,
-}
-
-impl TokenCounters {
-    pub fn observe(&self, rec: &crate::usage::record::UsageRecord) {
-        if rec.usage_missing {
-            self.usage_missing.fetch_add(1, Relaxed);
-        }
-        let (cached, reasoning) = (rec.cached_tokens.unwrap_or(0), rec.reasoning_tokens.unwrap_or(0));
-        if rec.prompt_tokens == 0 && rec.completion_tokens == 0 && cached == 0 && reasoning == 0 {
-            return;
-        }
-        let Ok(mut m) = self.by_model.lock() else { return };
-        let name = rec.model.as_deref().unwrap_or("unknown");
-        let key = if m.contains_key(name) || m.len() < MAX_MODELS { name } else { "other" };
-        // A model's key is allocated once, on its first record.
-        let e = match m.get_mut(key) {
-            Some(e) => e,
-            None => m.entry(key.to_string()).or_insert([0; 4]),
-        };
-        e[0] += rec.prompt_tokens;
-        e[1] += rec.completion_tokens;
-        e[2] += cached;
-        e[3] += reasoning;
-    }
 }
 
 /// Appends metric families owned elsewhere to the `/metrics` text.

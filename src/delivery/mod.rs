@@ -58,7 +58,7 @@ pub struct WebhookStats {
     /// Records lost because neither the journal nor memory (queue_capacity) could take them.
     pub dropped: AtomicU64,
     /// Tokens by model and missing-usage count, kept here off the request path.
-    pub tokens: crate::metrics::TokenCounters,
+    pub tokens: crate::counters::TokenCounters,
 }
 
 /// State the journal thread publishes for [`UsageSink::queue_depth`].
