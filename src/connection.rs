@@ -2,8 +2,8 @@
 //! body, answer local endpoints or hand over to `proxy`), with pipelined bytes kept for the next request.
 
 use crate::core::CoreCtx;
-use crate::error::GatewayError;
 use crate::endpoints::{Endpoint, Route};
+use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Method, Parse, RequestHead};
 use crate::ids::RequestIds;
 use crate::net::Stream;

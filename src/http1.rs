@@ -119,11 +119,7 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > MAX_HEAD {
-                Parse::Invalid(Invalid::TooLarge)
-            } else {
-                Parse::Partial
-            }
+            return if buf.len() > MAX_HEAD { Parse::Invalid(Invalid::TooLarge) } else { Parse::Partial }
         }
         Err(httparse::Error::TooManyHeaders) => return Parse::Invalid(Invalid::TooLarge),
         Err(e) => return Parse::Invalid(Invalid::Malformed(httparse_reason(e))),
@@ -269,9 +265,7 @@ pub fn parse_response(buf: &[u8]) -> Parse<ResponseHead> {
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parse::Partial,
-        Ok(httparse::Status::Partial) => {
-            return Parse::Invalid(Invalid::TooLarge)
-        }
+        Ok(httparse::Status::Partial) => return Parse::Invalid(Invalid::TooLarge),
         Err(_) => return Parse::Invalid(Invalid::Malformed("malformed response head from backend")),
     };
     let status = resp.code.unwrap_or(502);

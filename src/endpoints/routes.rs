@@ -224,7 +224,8 @@ impl Route {
     /// `admin_listen` listener, which serves `/health` and `/metrics` only.
     pub fn of(target: &str, method: Method, disabled: PathSet, admin: bool) -> Route {
         let e = Endpoint::from_path(target);
-        let served = if admin { matches!(e, Endpoint::Health | Endpoint::Metrics) } else { e != Endpoint::Unknown };
+        let served =
+            if admin { matches!(e, Endpoint::Health | Endpoint::Metrics) } else { e != Endpoint::Unknown };
         if !served || disabled.contains(e) {
             Route::NotFound(e)
         } else if method != e.method() {
