@@ -12,6 +12,7 @@ use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -139,7 +140,9 @@ async fn read_more(client: &mut Stream, inbuf: &mut Vec<u8>, wait: Duration) -> 
     let buf = std::mem::take(inbuf);
     let start = buf.len();
     let end = buf.capacity();
-    match monoio::time::timeout(wait, client.read(buf.slice_mut(start..end))).await {
+    let (fd, tls) = (client.as_raw_fd(), client.is_tls());
+    let mut read = std::pin::pin!(client.read(buf.slice_mut(start..end)));
+    match monoio::time::timeout(wait, read.as_mut()).await {
         Ok((Ok(0), b)) => {
             *inbuf = b.into_inner();
             ReadMore::Eof
@@ -151,6 +154,17 @@ async fn read_more(client: &mut Stream, inbuf: &mut Vec<u8>, wait: Duration) -> 
         Ok((Err(_), b)) => {
             *inbuf = b.into_inner();
             ReadMore::Error
+        }
+        Err(_) if tls => {
+            // A cancelled TLS read leaves the stream unusable (no 408, no close_notify could be
+            // sent): end the read instead by shutting the socket's read side, which completes it
+            // with an end of file, so the stream can still answer and close cleanly.
+            // SAFETY: shutdown(2) on the live client socket; the descriptor stays valid.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            if let Ok((_, b)) = monoio::time::timeout(Duration::from_secs(1), read).await {
+                *inbuf = b.into_inner();
+            }
+            ReadMore::TimedOut
         }
         Err(_) => ReadMore::TimedOut,
     }
