@@ -248,7 +248,7 @@ impl Gateway {
         let config = &r.config;
         self.access_log.reconfigure(&config.access_log);
         self.limiter.reload(config);
-        if let (Some(w), Some(make)) = (&self.webhook, r.sink) {
+        if let (Some(w), Some(make)) = (&self.webhook, r.sink.clone()) {
             w.reload_sink(make);
         }
         // (Turning [tls] on or off needs a restart: `reload::keep_restart_only`.)
@@ -256,6 +256,7 @@ impl Gateway {
             l.reload(t.server.clone());
             log::info!("reload: listener certificate {} in use for new connections", t.cert_file);
         }
+        r.log_applied();
         true
     }
 

@@ -81,6 +81,20 @@ pub struct Reloaded {
     pub config: Arc<Config>,
     /// The webhook's new sink factory (None when usage_hook is off).
     pub sink: Option<crate::delivery::sink::MakeSink>,
+    pub generation: u64,
+}
+
+impl Reloaded {
+    /// Logs the reload as done: called once every thread's hook has the new config (tests and
+    /// operators wait for this line).
+    pub fn log_applied(&self) {
+        let urls: Vec<&str> = self.config.backends.iter().map(|b| b.url.as_str()).collect();
+        log::info!(
+            "reload: config generation {} in use for new requests; backends {}",
+            self.generation,
+            urls.join(", ")
+        );
+    }
 }
 
 /// Reloads `path` into `snapshots`; returns the new config and what the other threads' reload
@@ -127,14 +141,8 @@ pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Opt
     match snapshots.update(move |_| Some((applied, addrs))) {
         Ok(g) => {
             stats.ok.fetch_add(1, Relaxed);
-            let snap = snapshots.load();
-            let urls: Vec<&str> = snap.backends.iter().map(|b| b.cfg.url.as_str()).collect();
-            log::info!(
-                "reload: config generation {} in use for new requests; backends {}",
-                g.unwrap_or(snap.generation),
-                urls.join(", ")
-            );
-            Some(Reloaded { config: next, sink })
+            let generation = g.unwrap_or(snapshots.generation());
+            Some(Reloaded { config: next, sink, generation })
         }
         Err(problems) => {
             stats.error.fetch_add(1, Relaxed);
