@@ -83,10 +83,14 @@ fn fleet(limits: &str, n: usize) -> Option<Fleet> {
 #[test]
 fn two_gateways_hold_a_requests_per_minute_limit_within_ten_percent() {
     let Some(f) = fleet("requests_per_minute = 200\n", 2) else { return };
-    // A burst: 8 clients, alternating gateways, 600 requests as fast as they go.
-    let ok: usize =
-        burst(&f.addrs, 8, 600, None, |_| post("/v1/chat/completions", &chat("m"), "")).iter().sum();
-    eprintln!("admitted {ok} of 200 across two gateways");
+    // A burst: 8 clients, alternating gateways, 600 requests as fast as they go. On a loaded
+    // machine it can end before the sync thread's first leases arrive, so the burst alone bounds
+    // only from above; 300 more at 200/s (same minute) then show the limit is not starved either.
+    let req = |_| post("/v1/chat/completions", &chat("m"), "");
+    let first: usize = burst(&f.addrs, 8, 600, None, req).iter().sum();
+    assert!(first <= 220, "the burst admitted {first} of a 200/min limit shared by two gateways");
+    let ok = first + burst(&f.addrs, 4, 300, Some(200.0), req).iter().sum::<usize>();
+    eprintln!("admitted {first} in the burst, {ok} in all, of 200 across two gateways");
     assert!((180..=220).contains(&ok), "admitted {ok} of a 200/min limit shared by two gateways");
     assert_eq!(hits(&f.backend, "/v1/chat/completions"), ok);
 }

@@ -249,6 +249,8 @@ impl Worker {
         if self.down_since.is_some() {
             return;
         }
+        // The flag first, then the line: whoever acts on the line already meets the fallback.
+        self.limiter.store_ok.store(false, Relaxed);
         log::warn!(
             "rate_limit: redis at {} unreachable ({why}); on_store_error = {}",
             self.cfg.redis_url,
@@ -259,7 +261,6 @@ impl Worker {
             }
         );
         self.down_since = Some(now);
-        self.limiter.store_ok.store(false, Relaxed);
         self.lost_at = self.connected_at.map(|_| Instant::now());
         self.connected_at = None;
         self.down_epoch += 1;
