@@ -149,7 +149,8 @@ impl<'a> Armed<'a> {
                     if peer_shut(self.watch.map_or(-1, |w| w.fd)) {
                         return Poll::Ready(());
                     }
-                    self.state = State::Rechecking(Box::pin(monoio::time::sleep(TLS_RECHECK)));
+                    // The same timer, re-armed: no allocation per recheck.
+                    sleep.as_mut().reset(monoio::time::Instant::now() + TLS_RECHECK);
                 }
             }
         }
