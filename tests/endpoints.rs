@@ -296,33 +296,6 @@ fn ndjson_cut_before_the_final_object_is_estimated() {
     assert_ne!(rec["status"], "ok", "{rec}");
 }
 
-/// Sends a streaming request on a raw socket, reads until `stop(text so far)`, then hangs up.
-/// Returns what was read and the x-llmproxy-request-id.
-fn stream_until(addr: std::net::SocketAddr, req: &[u8], stop: impl Fn(&str) -> bool) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    s.write_all(req).expect("send");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !stop(&String::from_utf8_lossy(&got)) {
-        let n = s.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    drop(s);
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("x-llmproxy-request-id: "))
-        .unwrap_or_else(|| panic!("no x-llmproxy-request-id in {text}"))
-        .trim()
-        .to_string();
-    (text, id)
-}
-
 /// llama.cpp `/completion` and SGLang `/generate` streams carry cumulative counters on every
 /// event: a client that hangs up mid-stream, and a backend that breaks off, are billed `partial`
 /// with the last counters the backend sent (CONTRACT 7), not an estimate.
@@ -343,7 +316,7 @@ fn cut_llamacpp_and_sglang_native_streams_are_billed_partial() {
         let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
         // The client hangs up after k events.
         let k = 5;
-        let (text, id) = stream_until(gw.addr, &post(path, body, ""), |t| t.matches(event).count() >= k);
+        let (text, id) = read_then_hang_up(gw.addr, &post(path, body, ""), |t| t.matches(event).count() >= k);
         let rec = record_for(&r, &id);
         eprintln!("{flavor} cut by the client after {} events: {rec}", text.matches(event).count());
         assert_eq!(rec["status"], "client_disconnected", "{flavor}: {rec}");
@@ -356,7 +329,7 @@ fn cut_llamacpp_and_sglang_native_streams_are_billed_partial() {
         assert_eq!(t, p + c);
         assert!(rec["usage_missing"].is_null() || rec["usage_missing"] == false, "{flavor}: {rec}");
         // The backend breaks off after 4 events: exactly its last counters.
-        let (text, id) = stream_until(
+        let (text, id) = read_then_hang_up(
             gw.addr,
             &post(path, body, "x-mock-abort-after: 4\r\nconnection: close\r\n"),
             |_| false,

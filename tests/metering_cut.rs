@@ -36,7 +36,7 @@ fn wait_learned(gw: &Gateway, on: bool) {
     });
 }
 
-/// Sends a streaming request on a raw socket and reads until `stop(text so far)`, then hangs up.
+/// A chat stream posted on a raw socket, read until `stop(text so far)`, then hung up.
 /// Returns (what was read, the x-llmproxy-request-id).
 fn stream_until(
     addr: SocketAddr,
@@ -44,30 +44,7 @@ fn stream_until(
     headers: &str,
     stop: impl Fn(&str) -> bool,
 ) -> (String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&post("/v1/chat/completions", body, headers)).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-        if stop(&String::from_utf8_lossy(&got)) {
-            break;
-        }
-    }
-    drop(s);
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("x-llmproxy-request-id: "))
-        .unwrap_or_else(|| panic!("no x-llmproxy-request-id in {text}"))
-        .trim()
-        .to_string();
-    (text, id)
+    read_then_hang_up(addr, &post("/v1/chat/completions", body, headers), stop)
 }
 
 /// Content events (`" tokN"` deltas of the simulator) in what the client read.

@@ -84,3 +84,30 @@ pub fn load(addr: SocketAddr, path: &str, body: &str, total: usize, clients: usi
         .collect();
     threads.into_iter().flat_map(|t| t.join().expect("load thread")).collect()
 }
+
+/// Sends `req` on a raw socket, reads until `stop(text so far)` (or the end), then hangs up: a
+/// client that leaves mid-stream. Returns (what was read, the x-llmproxy-request-id).
+pub fn read_then_hang_up(addr: SocketAddr, req: &[u8], stop: impl Fn(&str) -> bool) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
+    s.write_all(req).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop(&String::from_utf8_lossy(&got)) {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-llmproxy-request-id: "))
+        .unwrap_or_else(|| panic!("no x-llmproxy-request-id in {text}"))
+        .trim()
+        .to_string();
+    (text, id)
+}
