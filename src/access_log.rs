@@ -153,8 +153,8 @@ impl AccessLog {
     }
 
     /// Queues a line; drops and counts it when the queue is full.
-    pub fn log(&self, e: Entry) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(Box::new(e))) {
+    pub fn log(&self, e: impl Into<Box<Entry>>) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(e.into())) {
             self.dropped.fetch_add(1, Relaxed);
         }
     }

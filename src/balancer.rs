@@ -141,15 +141,38 @@ impl Balancer {
     }
 }
 
+/// A request in flight to endpoint `e` from core `core`, counted from `busy` until the guard
+/// drops: in the endpoint's shared count (least_connections only) and in the backend's per-core
+/// `llmproxy_backend_inflight` gauge. The one place either count changes.
+pub struct Busy<'a> {
+    snap: &'a Snapshot,
+    e: usize,
+    core: usize,
+}
+
+pub fn busy(snap: &Snapshot, e: usize, core: usize) -> Busy<'_> {
+    begin(snap, e);
+    snap.backend_of(e).stats.core(core).inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Busy { snap, e, core }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        end(self.snap, self.e);
+        let stats = &self.snap.backend_of(self.e).stats;
+        stats.core(self.core).inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// In-flight accounting for endpoint `e`, kept only for least_connections (the one strategy that
-/// needs a cross-core count; the others touch no shared counter per request).
-pub fn begin(snap: &Snapshot, e: usize) {
+/// needs a cross-core count; the others touch no shared counter per request). Through `Busy`.
+fn begin(snap: &Snapshot, e: usize) {
     if snap.config.strategy == Strategy::LeastConnections {
         snap.endpoints[e].state.begin();
     }
 }
 
-pub fn end(snap: &Snapshot, e: usize) {
+fn end(snap: &Snapshot, e: usize) {
     if snap.config.strategy == Strategy::LeastConnections {
         snap.endpoints[e].state.end();
     }

@@ -7,6 +7,7 @@ use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Method, Parse, RequestHead};
 use crate::ids::RequestIds;
 use crate::net::Stream;
+use crate::proxy::Reply;
 use crate::snapshot::Snapshot;
 use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
@@ -35,21 +36,10 @@ enum HeadError {
     Answer(GatewayError),
 }
 
-struct ConnGuard<'a>(&'a CoreCtx);
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        self.0.connections.set(self.0.connections.get() - 1);
-        self.0.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Serves one client connection until it closes, errs, or the gateway drains; a TLS client then
 /// gets a close_notify.
 pub async fn handle(ctx: Rc<CoreCtx>, mut client: Stream, accepted: Instant, peer: Option<SocketAddr>) {
-    ctx.connections.set(ctx.connections.get() + 1);
-    ctx.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _guard = ConnGuard(&ctx);
+    let _open = ctx.connection_opened();
     serve_connection(&ctx, &mut client, accepted, peer).await;
     if client.is_tls() {
         client.close().await;
@@ -74,10 +64,10 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant,
             }
         };
         since = None;
-        ctx.inflight.set(ctx.inflight.get() + 1);
+        let inflight = ctx.request_started();
         let keep = serve_request(ctx, &snap, client, &mut inbuf, &mut watch, head, peer).await;
         drop(snap);
-        ctx.inflight.set(ctx.inflight.get() - 1);
+        drop(inflight);
         if !keep || ctx.shared.shutting_down() {
             return;
         }
@@ -310,7 +300,20 @@ async fn serve_request(
                 arrived,
                 keep_alive: keep,
             };
-            crate::proxy::proxy(ctx, client, watch.as_ref(), &req).await
+            match crate::proxy::proxy(ctx, client, watch.as_ref(), &req).await {
+                Reply::Done { keep } => keep,
+                Reply::Error { error, headers, close, log } => {
+                    let extra = headers.as_ref().map_or(&[][..], |h| h.as_bytes());
+                    let n = answer_error_with(client, &error, &rid, close, extra).await;
+                    if let Some(mut l) = log {
+                        // As a line written after the answer: its bytes and its whole duration.
+                        l.bytes_out = n as u64;
+                        l.duration_ms = started.elapsed().as_millis() as u64;
+                        ctx.shared.access_log.log(l);
+                    }
+                    n > 0 && !close
+                }
+            }
         }
         Route::Local(Endpoint::Health) => {
             let (status, n) = answer_health(ctx, snap, client, &rid, keep).await;

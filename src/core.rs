@@ -64,9 +64,10 @@ pub struct CoreCtx {
     exchanges: RefCell<Vec<(i32, i32)>>,
     /// `shutdown_grace` ran out: exchanges still running are being cut (`gateway_shutdown`).
     cut: Cell<bool>,
-    /// Requests being handled on this core (drain waits for 0).
-    pub inflight: Cell<usize>,
-    pub connections: Cell<usize>,
+    /// Requests being handled on this core (drain waits for 0): counted only by `InFlight`.
+    inflight: Cell<usize>,
+    /// Client connections open on this core: counted only by `OpenConnection`.
+    connections: Cell<usize>,
     workers: usize,
     /// Serves only /health and /metrics (the `admin_listen` listener).
     pub admin_only: bool,
@@ -107,6 +108,30 @@ impl CoreCtx {
             *s = Rc::new(self.shared.snapshots.load());
         }
         s.clone()
+    }
+
+    /// Counts a client connection open on this core (and in `llmproxy_connections_active`) until
+    /// the guard drops.
+    pub fn connection_opened(&self) -> OpenConnection<'_> {
+        self.connections.set(self.connections.get() + 1);
+        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self)
+    }
+
+    /// Client connections open on this core.
+    pub fn connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// Counts a request being handled on this core (shutdown waits for them) until the guard drops.
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.inflight.set(self.inflight.get() + 1);
+        InFlight(self)
+    }
+
+    /// Requests being handled on this core.
+    pub fn inflight(&self) -> usize {
+        self.inflight.get()
     }
 
     /// This core's share of `limits.max_connections`.
@@ -184,5 +209,24 @@ impl CoreCtx {
     /// Whether exchanges are being cut for shutdown.
     pub fn cutting(&self) -> bool {
         self.cut.get()
+    }
+}
+
+/// A client connection counted open (see [`CoreCtx::connection_opened`]).
+pub struct OpenConnection<'a>(&'a CoreCtx);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+        self.0.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request counted in flight (see [`CoreCtx::request_started`]).
+pub struct InFlight<'a>(&'a CoreCtx);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.set(self.0.inflight.get() - 1);
     }
 }

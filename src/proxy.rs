@@ -2,6 +2,7 @@
 //! include_usage, pick a backend, retry once on a connection failure before any response byte
 //! (CONTRACT 3; README, Retries), and emit exactly one usage record. Runs on core threads.
 
+use crate::access_log::Entry;
 use crate::auth;
 use crate::balancer;
 use crate::config::IncludeUsage;
@@ -9,14 +10,13 @@ use crate::core::CoreCtx;
 use crate::endpoints::Endpoint;
 use crate::error::GatewayError;
 use crate::http1::RequestHead;
-use crate::limits::{self, Admission};
+use crate::limits::{self, Admission, HeaderBlock};
 use crate::net::{DialError, Stream};
 use crate::relay::{self, End, Outcome, Outgoing};
 use crate::snapshot::Snapshot;
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
 use crate::usage::sse::Cutting;
 use crate::watch::ClientWatch;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
 
 /// A client request ready to proxy.
@@ -36,13 +36,26 @@ pub struct Request<'a> {
     pub keep_alive: bool,
 }
 
-/// Proxies one request; returns whether the client connection stays open.
+/// How a proxied request ends for the client connection; `connection` writes what is left.
+pub enum Reply {
+    /// The backend's answer went to the client (whole, cut, or the client left): whether the
+    /// client connection can serve another request.
+    Done { keep: bool },
+    /// Nothing went to the client: answer this error with the subject's `x-ratelimit-*` block
+    /// when it has one, then close the connection when `close` (or when the error closes it).
+    /// `log`: the request's access-log line (when the log is on), whose `bytes_out` and
+    /// `duration_ms` the writer fills in. Boxed: only an error answer pays for them.
+    Error { error: GatewayError, headers: Option<Box<HeaderBlock>>, close: bool, log: Option<Box<Entry>> },
+}
+
+/// Proxies one request. Its metrics, usage record and limit ticket are done when this returns;
+/// an error answer is returned for the caller to write (and its access-log line to send).
 pub async fn proxy(
     ctx: &CoreCtx,
     client: &mut Stream,
     watch: Option<&ClientWatch>,
     req: &Request<'_>,
-) -> bool {
+) -> Reply {
     let snap = req.snap;
     let cfg = &*snap.config;
     let endpoint = req.endpoint;
@@ -58,13 +71,11 @@ pub async fn proxy(
         Ok(s) => (s.info, s.stream),
         Err(e) => {
             // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
-            let block = ctx.limits.headers(who);
-            let extra = block.as_ref().map_or(&[][..], |b| b.as_bytes());
-            return reject_with(ctx, client, req, GatewayError::BadRequest(e), false, extra).await;
+            return reject(ctx, req, GatewayError::BadRequest(e), false, ctx.limits.headers(who));
         }
     };
     if cfg.auth.required && matched.is_none() {
-        return reject(ctx, client, req, GatewayError::Unauthorized, stream).await;
+        return reject(ctx, req, GatewayError::Unauthorized, stream, None);
     }
     let user_id = matched
         .map(|m| m.user_id.to_string())
@@ -81,7 +92,7 @@ pub async fn proxy(
     let ticket = match ctx.limits.admit(who, demand) {
         Admission::Unlimited => None,
         Admission::Admitted(t) => Some(t),
-        Admission::Refused(r) => return refuse(ctx, client, req, r, stream).await,
+        Admission::Refused(r) => return refuse(ctx, req, r, stream),
     };
     let gateway_headers = ticket.as_ref().map_or(&[][..], |t| t.headers());
 
@@ -145,12 +156,9 @@ pub async fn proxy(
             out.edit = Some(e);
             out.cutting = Cutting { usage_only: !info.include_usage, usage_member: true, continuous: true };
         }
-        let inflight = &snap.backend_of(b).stats.core(ctx.core).inflight;
-        balancer::begin(snap, b);
-        inflight.fetch_add(1, Relaxed);
+        let busy = balancer::busy(snap, b, ctx.core);
         let outcome = attempt(ctx, snap, b, client, watch, &out, req.started).await;
-        balancer::end(snap, b);
-        inflight.fetch_sub(1, Relaxed);
+        drop(busy);
         match outcome {
             Outcome::Retryable { connect, error } => {
                 // A refused connect or a pooled connection the backend had closed: the other idle
@@ -181,7 +189,7 @@ pub async fn proxy(
     record.backend_url = backend.map(|b| snap.backend_of(b).cfg.url.clone());
     let mut bytes_out = 0;
     let mut gw_error = None;
-    let keep = match result {
+    let mut reply = match result {
         // (The loop turns a second Retryable into Err; the pattern keeps the match total.)
         Err(e) | Ok(Outcome::Failed(e)) | Ok(Outcome::Retryable { error: e, .. }) => {
             record.status = RecordStatus::BackendError;
@@ -191,17 +199,15 @@ pub async fn proxy(
             }
             log::warn!("request_id={} failed: {} ({})", request_id, e.message(), e.status());
             gw_error = Some(e.message());
-            bytes_out =
-                crate::connection::answer_error_with(client, &e, req.ids, !req.keep_alive, gateway_headers)
-                    .await as u64;
-            bytes_out > 0 && req.keep_alive
+            let headers = ticket.as_ref().map(|t| Box::new(t.header_block().clone()));
+            Reply::Error { error: e, headers, close: !req.keep_alive, log: None }
         }
         Ok(Outcome::ClientGone) => {
             record.status = RecordStatus::ClientDisconnected;
             record.http_status = 499;
             // The backend was working on it: nothing to bill from.
             record.usage_missing = true;
-            false
+            Reply::Done { keep: false }
         }
         Ok(Outcome::Relayed(r)) => {
             record.http_status = r.status;
@@ -236,7 +242,7 @@ pub async fn proxy(
             }
             record.audio_seconds = r.native.audio_seconds;
             bytes_out = r.bytes_out;
-            r.client_reusable
+            Reply::Done { keep: r.client_reusable }
         }
     };
     if ctx.cutting() {
@@ -251,7 +257,7 @@ pub async fn proxy(
     ctx.metrics.latency.observe(record.duration_ms);
     ctx.metrics.request(endpoint, stream, backend.map(|b| &*snap.backend_of(b).stats), record.http_status);
     if ctx.shared.access_log.enabled() {
-        ctx.shared.access_log.log(crate::access_log::Entry {
+        let line = Entry {
             time: req.arrived,
             request_id: record.request_id.clone(),
             client_request_id: record.client_request_id.clone(),
@@ -268,7 +274,12 @@ pub async fn proxy(
             prompt_tokens: record.prompt_tokens,
             completion_tokens: record.completion_tokens,
             error: gw_error,
-        });
+        };
+        match &mut reply {
+            // Sent by `connection` once the error answer is written (its bytes_out known then).
+            Reply::Error { log, .. } => *log = Some(Box::new(line)),
+            Reply::Done { .. } => ctx.shared.access_log.log(line),
+        }
     }
     if let Some(t) = ticket {
         // The reservation becomes what is billed (kept when the backend reported no usage).
@@ -278,7 +289,7 @@ pub async fn proxy(
     if endpoint.billed() {
         (ctx.shared.records)(record);
     }
-    keep
+    reply
 }
 
 /// One try on endpoint `b`: a pooled connection or a new one, then the exchange.
@@ -317,15 +328,9 @@ async fn attempt(
     relay::exchange(ctx, snap, b, conn, client, watch, out, started).await
 }
 
-/// Answers a request a limit refuses: 429 (503 when the limit store is down and denies), with
+/// A request a limit refuses: 429 (503 when the limit store is down and denies), with
 /// `retry-after` and the subject's `x-ratelimit-*` headers; no usage record.
-async fn refuse(
-    ctx: &CoreCtx,
-    client: &mut Stream,
-    req: &Request<'_>,
-    r: limits::Refusal,
-    stream: bool,
-) -> bool {
+fn refuse(ctx: &CoreCtx, req: &Request<'_>, r: limits::Refusal, stream: bool) -> Reply {
     let e = match r.reason {
         limits::Reason::StoreUnavailable => GatewayError::LimitStoreUnavailable,
         reason => {
@@ -333,53 +338,32 @@ async fn refuse(
         }
     };
     ctx.metrics.request(req.endpoint, stream, None, e.status());
-    let close = !req.keep_alive;
-    let n = crate::connection::answer_error_with(client, &e, req.ids, close, r.headers.as_bytes()).await;
-    log_refused(ctx, req, &e, n);
-    n > 0 && !close
+    let log = refused_line(ctx, req, &e);
+    Reply::Error { error: e, headers: Some(Box::new(r.headers)), close: !req.keep_alive, log }
+}
+
+/// A request the gateway refuses before any backend sees it (no usage record: nothing was
+/// consumed), with `headers` (a limited subject's `x-ratelimit-*` block) when there are any.
+fn reject(
+    ctx: &CoreCtx,
+    req: &Request<'_>,
+    e: GatewayError,
+    stream: bool,
+    headers: Option<HeaderBlock>,
+) -> Reply {
+    ctx.metrics.request(req.endpoint, stream, None, e.status());
+    let close = !req.keep_alive || e.closes_connection();
+    let log = refused_line(ctx, req, &e);
+    Reply::Error { error: e, headers: headers.map(Box::new), close, log }
 }
 
 /// The access-log line of a request refused before any backend (when the log is on).
-fn log_refused(ctx: &CoreCtx, req: &Request<'_>, e: &GatewayError, bytes_out: usize) {
-    if ctx.shared.access_log.enabled() {
-        let mut l = crate::access_log::Entry::local(
-            req.ids,
-            req.peer,
-            Some(req.head),
-            req.started,
-            e.status(),
-            bytes_out,
-            Some(e.message()),
-        );
-        l.time = req.arrived;
-        ctx.shared.access_log.log(l);
+fn refused_line(ctx: &CoreCtx, req: &Request<'_>, e: &GatewayError) -> Option<Box<Entry>> {
+    if !ctx.shared.access_log.enabled() {
+        return None;
     }
-}
-
-/// Answers a request the gateway refuses before any backend sees it (no usage record: nothing
-/// was consumed).
-async fn reject(
-    ctx: &CoreCtx,
-    client: &mut Stream,
-    req: &Request<'_>,
-    e: GatewayError,
-    stream: bool,
-) -> bool {
-    reject_with(ctx, client, req, e, stream, &[]).await
-}
-
-/// `reject` with `extra` header lines (a limited subject's `x-ratelimit-*` block).
-async fn reject_with(
-    ctx: &CoreCtx,
-    client: &mut Stream,
-    req: &Request<'_>,
-    e: GatewayError,
-    stream: bool,
-    extra: &[u8],
-) -> bool {
-    ctx.metrics.request(req.endpoint, stream, None, e.status());
-    let close = !req.keep_alive || e.closes_connection();
-    let n = crate::connection::answer_error_with(client, &e, req.ids, close, extra).await;
-    log_refused(ctx, req, &e, n);
-    n > 0 && !close
+    let mut l =
+        Entry::local(req.ids, req.peer, Some(req.head), req.started, e.status(), 0, Some(e.message()));
+    l.time = req.arrived;
+    Some(Box::new(l))
 }

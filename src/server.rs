@@ -34,7 +34,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                         None => {
                             let _ = stream.set_nodelay(true);
                             let stream = Stream::Plain(stream);
-                            if ctx.connections.get() >= ctx.max_connections(&ctx.snapshot()) {
+                            if ctx.connections() >= ctx.max_connections(&ctx.snapshot()) {
                                 monoio::spawn(refuse(stream, ctx.clone(), peer));
                                 continue;
                             }
@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                         }
                         // Over max_connections a TLS client is just closed: a plain 503 would
                         // be noise to it, and a handshake to refuse is work to avoid.
-                        Some(_) if ctx.connections.get() >= ctx.max_connections(&ctx.snapshot()) => drop(stream),
+                        Some(_) if ctx.connections() >= ctx.max_connections(&ctx.snapshot()) => drop(stream),
                         Some(t) => {
                             let config = t.current();
                             let ctx = ctx.clone();
@@ -66,20 +66,20 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
     }
     drop(listener);
     let deadline = Instant::now() + ctx.snapshot().config.shutdown_grace;
-    while ctx.inflight.get() > 0 && Instant::now() < deadline {
+    while ctx.inflight() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    if ctx.inflight.get() > 0 {
+    if ctx.inflight() > 0 {
         log::warn!(
             "core {}: shutdown grace over with {} requests in flight: cutting them",
             ctx.core,
-            ctx.inflight.get()
+            ctx.inflight()
         );
         // Each cut exchange ends at once and hands its record (gateway_shutdown) to the sink;
         // wait for that, briefly (nothing left blocks once the sockets are shut down).
         ctx.cut_exchanges();
         let deadline = Instant::now() + CUT_WAIT;
-        while ctx.inflight.get() > 0 && Instant::now() < deadline {
+        while ctx.inflight() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
     }

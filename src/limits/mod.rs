@@ -423,6 +423,11 @@ impl Ticket {
         self.headers.as_bytes()
     }
 
+    /// The same lines as a block, for an error answer written after the ticket is finished.
+    pub fn header_block(&self) -> &HeaderBlock {
+        &self.headers
+    }
+
     /// Replaces the token reservation by `billed` (None: keep the reservation, e.g. when the
     /// backend reported no usage) and frees the concurrency slot.
     pub fn finish(mut self, billed: Option<u64>) {
