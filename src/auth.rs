@@ -12,24 +12,6 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The bearer token of an `Authorization` header value (or an `x-api-key` value as is).
-pub fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let v = trim(value);
-    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
-        Some(trim(&v[7..]))
-    } else if v.is_empty() {
-        None
-    } else {
-        Some(v)
-    }
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
 /// A configured key that matched: which entry, and its user id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyMatch<'a> {
@@ -107,14 +89,6 @@ mod tests {
         assert_eq!(lookup(&c, b"sk-other"), Some(KeyMatch { index: 1, id: c.keys[1].id(), user_id: "bob" }));
         assert_eq!(lookup(&c, b"sk-prod-xx"), None);
         assert_eq!(lookup(&c, b""), None);
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer(b"Bearer sk-1"), Some(&b"sk-1"[..]));
-        assert_eq!(bearer(b"bearer   sk-1 "), Some(&b"sk-1"[..]));
-        assert_eq!(bearer(b"sk-raw"), Some(&b"sk-raw"[..]));
-        assert_eq!(bearer(b"  "), None);
     }
 
     #[test]

@@ -112,6 +112,18 @@ pub fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// The bearer token of an `Authorization` header value (or an `x-api-key` value as is).
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let v = value.trim_ascii();
+    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+        Some(v[7..].trim_ascii())
+    } else if v.is_empty() {
+        None
+    } else {
+        Some(v)
+    }
+}
+
 /// Parses a client request head from `buf` (which may hold more than the head).
 pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -185,7 +197,7 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
         let key_header = name.eq_ignore_ascii_case(b"authorization")
             || (name.eq_ignore_ascii_case(b"x-api-key") && api_key.is_none());
         if key_header {
-            api_key = crate::auth::bearer(value).map(<[u8]>::to_vec);
+            api_key = bearer(value).map(<[u8]>::to_vec);
         }
         if name.eq_ignore_ascii_case(user_header.as_bytes()) {
             let v = value.trim_ascii();

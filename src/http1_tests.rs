@@ -116,3 +116,11 @@ fn response_framing() {
     assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), Parse::Invalid(_)));
     assert!(matches!(parse_response(b"garbage\r\n\r\n"), Parse::Invalid(_)));
 }
+
+#[test]
+fn bearer_parsing() {
+    assert_eq!(bearer(b"Bearer sk-1"), Some(&b"sk-1"[..]));
+    assert_eq!(bearer(b"bearer   sk-1 "), Some(&b"sk-1"[..]));
+    assert_eq!(bearer(b"sk-raw"), Some(&b"sk-raw"[..]));
+    assert_eq!(bearer(b"  "), None);
+}
