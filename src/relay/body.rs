@@ -1,5 +1,5 @@
 //! The hot loop of an exchange: backend body bytes are decoded in place, fed to the usage scanner
-//! (which may cut or splice them in place) and written to the client framed, one read at a time.
+//! (`meter.rs`; it may cut or splice them in place) and written to the client framed, one read at a time.
 //! Once a `finish_reason` was seen (or a JSON body started), a client that leaves no longer cuts
 //! the backend: the loop reads on to the final usage, bounded by `stream_idle_timeout`.
 //! Runs on core threads; one relay buffer, no allocation per read or event.
@@ -8,6 +8,7 @@
 //! `released()` → queue the fed bytes' first `forward` → (body done) `finish()` and queue what it
 //! returns → write. Queued held bytes live in `pending` until that write; nothing is fed before it.
 
+use super::meter::Scanner;
 use super::{End, NativeMeter, Outcome, Outgoing, Relayed, CAP, PREFIX, SUFFIX};
 use crate::chunked::{size_line, ChunkedDecoder};
 use crate::core::{CoreCtx, RELAY_BUF, SMALL_BUF};
@@ -17,9 +18,8 @@ use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, ResponseHead};
 use crate::net::Stream;
 use crate::snapshot::Snapshot;
-use crate::usage::record::UsageSource;
 use crate::usage::sse::SseScanner;
-use crate::usage::{BodyUsageScanner, Usage};
+use crate::usage::BodyUsageScanner;
 use crate::watch::Armed;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -99,105 +99,6 @@ impl Decoder {
             }
             Decoder::Close => Ok((data.len(), false, false)),
             Decoder::Empty => Ok((0, true, !data.is_empty())),
-        }
-    }
-}
-
-/// The usage scanner for the body's kind. New body kinds (NDJSON, native APIs) add a variant here
-/// and an arm in `feed`, `finish`, `finished` and `metered`.
-enum Scanner {
-    Sse(SseScanner),
-    Body(BodyUsageScanner),
-    /// NDJSON and native-API bodies, rerank and audio JSON (endpoints hook): bytes pass unchanged.
-    Native(LineScanner),
-}
-
-/// What one `Scanner::feed` asks the relay to send.
-struct Fed {
-    release: bool,
-    forward: usize,
-}
-
-impl Scanner {
-    fn feed(&mut self, data: &mut [u8]) -> Fed {
-        match self {
-            Scanner::Sse(s) => {
-                let f = s.feed(data);
-                Fed { release: f.release, forward: f.forward }
-            }
-            Scanner::Body(s) => {
-                s.feed(data);
-                Fed { release: false, forward: data.len() }
-            }
-            Scanner::Native(s) => {
-                s.feed(data);
-                Fed { release: false, forward: data.len() }
-            }
-        }
-    }
-
-    fn released(&self) -> &[u8] {
-        match self {
-            Scanner::Sse(s) => s.released(),
-            Scanner::Body(_) | Scanner::Native(_) => &[],
-        }
-    }
-
-    fn finish(&mut self) -> &[u8] {
-        match self {
-            Scanner::Sse(s) => s.finish(),
-            Scanner::Body(_) => &[],
-            Scanner::Native(s) => {
-                s.finish();
-                &[]
-            }
-        }
-    }
-
-    /// The backend's generation is over: a leaving client no longer cuts it.
-    fn finished(&self) -> bool {
-        match self {
-            Scanner::Sse(s) => s.finished(),
-            // A JSON body is sent once generation is done.
-            Scanner::Body(_) => true,
-            Scanner::Native(s) => s.finished(),
-        }
-    }
-
-    /// What to bill, given whether the body arrived whole.
-    fn metered(&self, whole: bool) -> (Option<Usage>, UsageSource, bool) {
-        match self {
-            Scanner::Sse(s) => {
-                let (u, src) = match s.usage() {
-                    Some(u) if whole => (Some(u), UsageSource::Final),
-                    Some(u) => (Some(u), UsageSource::Partial),
-                    None if !whole && s.content_events() > 0 => {
-                        let n = s.content_events();
-                        let u = Usage { completion_tokens: n, total_tokens: n, ..Usage::default() };
-                        (Some(u), UsageSource::Estimated)
-                    }
-                    None => (None, UsageSource::None),
-                };
-                (u, src, s.error_seen())
-            }
-            Scanner::Body(s) => match s.result() {
-                Some(u) => (Some(u), UsageSource::Final, false),
-                None => (None, UsageSource::None, false),
-            },
-            // Native final objects carry the totals: seen means final, even if the client left
-            // after it. Cut before it: the last cumulative counters the backend reported (llama.cpp,
-            // SGLang), else CONTRACT 7's estimate from the content objects forwarded.
-            Scanner::Native(s) => {
-                let (u, src) = match (s.usage(), s.partial()) {
-                    (Some(u), _) => (Some(u), UsageSource::Final),
-                    (None, Some(u)) if !whole => (Some(u), UsageSource::Partial),
-                    (None, _) if !whole && s.content_events() > 0 => {
-                        (Some(s.estimate()), UsageSource::Estimated)
-                    }
-                    (None, _) => (None, UsageSource::None),
-                };
-                (u, src, s.error_seen())
-            }
         }
     }
 }

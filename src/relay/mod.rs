@@ -1,10 +1,12 @@
 //! One exchange with a backend on a core thread: send the request (here), read the response head
-//! (`head.rs`), then relay the body to the client while metering it (`body.rs`). It tells a
-//! failure before any response byte (`Outcome::Retryable`, `Failed`) from one after; `proxy.rs`
-//! decides whether to retry and builds the record.
+//! (`head.rs`), then relay the body to the client while metering it (`body.rs`; the usage scanner
+//! of each body kind is `meter.rs`). It tells a failure before any response byte
+//! (`Outcome::Retryable`, `Failed`) from one after; `proxy.rs` decides whether to retry and builds
+//! the record.
 
 mod body;
 mod head;
+mod meter;
 
 use crate::core::{CoreCtx, RELAY_BUF};
 use crate::error::GatewayError;
