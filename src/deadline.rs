@@ -1,6 +1,7 @@
 //! A deadline shared by a run of reads and writes on a core thread: `within(timer, after, fut)` runs
 //! `fut` unless the timer, reset to now + `after`, fires first. The relay keeps one pinned timer per
-//! exchange and resets it before each read and write.
+//! exchange and resets it before each read and write; `watch::Armed::within` does the same while
+//! watching the client, and sets the same timer for the watch's arm instant too.
 
 use monoio::time::Sleep;
 use std::future::Future;
@@ -14,7 +15,7 @@ use std::time::Duration;
 /// each time: a reset to a later deadline is a store, not a timer-wheel insert and removal per
 /// event, and the exchange's future (inside the connection task every open stream keeps) holds one
 /// timer entry (monoio's are 128-byte aligned, about 0.5 KiB) instead of one in each read and write
-/// future, where `Armed::until` kept it twice.
+/// future.
 pub struct Within<'a, F> {
     timer: Pin<&'a mut Sleep>,
     fut: F,

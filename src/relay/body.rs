@@ -20,7 +20,7 @@ use crate::net::Stream;
 use crate::snapshot::Snapshot;
 use crate::usage::sse::SseScanner;
 use crate::usage::BodyUsageScanner;
-use crate::watch::Armed;
+use crate::watch::{Armed, Stop};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::time::Sleep;
@@ -241,31 +241,27 @@ pub(super) async fn relay(
         }
         buf.resize(PREFIX, 0);
         let end = buf.capacity() - SUFFIX;
-        let res = {
-            let mut read =
-                std::pin::pin!(within(timer.as_mut(), idle, conn.read(buf.slice_mut(PREFIX..end))));
-            let r = if draining { Ok(read.as_mut().await) } else { armed.until(read.as_mut()).await };
-            match r {
-                Ok(r) => Ok(r),
-                // The client left while this read was pending. Once generation is over, keep the
-                // same read (no bytes lost to a cancel) and read on to the final usage.
-                Err(_) if ok_status && scanner.finished() && !ctx.cutting() => {
-                    draining = true;
-                    Ok(read.as_mut().await)
-                }
-                Err(_) => Err(()),
-            }
+        // Once generation is over, a client that leaves during this read does not cancel it
+        // (no bytes lost to a cancel): the loop reads on to the final usage.
+        let read = conn.read(buf.slice_mut(PREFIX..end));
+        let res = if draining {
+            within(timer.as_mut(), idle, read).await.map_err(|()| Stop::TimedOut)
+        } else {
+            let read_on = || ok_status && scanner.finished() && !ctx.cutting();
+            let r = armed.within(timer.as_mut(), idle, read_on, read).await;
+            draining = armed.client_left();
+            r
         };
         let (res, b) = match res {
-            Err(()) => {
+            Err(Stop::Gone) => {
                 buf = ctx.take_buf();
                 break (End::ClientGone, false);
             }
-            Ok(Err(_)) => {
+            Err(Stop::TimedOut) => {
                 buf = ctx.take_buf();
                 break (if draining { End::ClientGone } else { End::BackendBroke }, false);
             }
-            Ok(Ok(r)) => r,
+            Ok(r) => r,
         };
         buf = b.into_inner();
         match res {

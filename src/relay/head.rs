@@ -4,12 +4,11 @@
 
 use super::{Outcome, CAP, PREFIX, SUFFIX};
 use crate::core::CoreCtx;
-use crate::deadline::within;
 use crate::error::GatewayError;
 use crate::http1::{self, Parse, ResponseHead};
 use crate::net::Stream;
 use crate::snapshot::Snapshot;
-use crate::watch::Armed;
+use crate::watch::{Armed, Stop};
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
 use std::time::Instant;
@@ -47,11 +46,11 @@ pub(super) async fn read(
         }
         let end = buf.capacity() - SUFFIX;
         let start = buf.len();
-        let read = armed.until(within(timer.as_mut(), left, conn.read(buf.slice_mut(start..end)))).await;
+        let read = armed.within(timer.as_mut(), left, || false, conn.read(buf.slice_mut(start..end))).await;
         let (res, b) = match read {
-            Err(_) => return Err(Outcome::ClientGone),
-            Ok(Err(_)) => return Err(Outcome::Failed(GatewayError::GatewayTimeout)),
-            Ok(Ok(r)) => r,
+            Err(Stop::Gone) => return Err(Outcome::ClientGone),
+            Err(Stop::TimedOut) => return Err(Outcome::Failed(GatewayError::GatewayTimeout)),
+            Ok(r) => r,
         };
         buf = b.into_inner();
         if let Err(e) = &res {
