@@ -2,7 +2,8 @@
 //! algorithm) and least connections over the endpoints that are up and whose backend serves the
 //! model; each address of a backend has the backend's weight (as nginx does for a name with
 //! several addresses). Health state is shared by all cores (in the snapshot); the rotation state is
-//! per core and follows the snapshot's generation, kept by endpoint id. Pure policy, no I/O.
+//! per core and follows the snapshot's generation, kept by endpoint id. `busy` is the one writer of
+//! an endpoint's in-flight counts. Pure policy, no I/O.
 
 use crate::config::Strategy;
 use crate::endpoints::Endpoint;

@@ -1,5 +1,6 @@
 //! One client connection on a core: the keep-alive loop (read head within the timeouts, read the
-//! body, answer local endpoints or hand over to `proxy`), with pipelined bytes kept for the next request.
+//! body, answer local endpoints or hand over to `proxy`), with pipelined bytes kept for the next
+//! request. Every error answer is written here, a proxied request's too (`proxy::Reply::Error`).
 
 use crate::core::CoreCtx;
 use crate::endpoints::{Endpoint, Route};

@@ -1,5 +1,6 @@
 //! Per-core context: what one worker thread's tasks share without locks (pool, balancer rotation,
-//! buffers, counters, the cached config snapshot), plus the `Shared` part that all cores read.
+//! buffers, counters written only through the guards it hands out, the cached config snapshot),
+//! plus the `Shared` part that all cores read.
 //! Lives on its core thread (Rc).
 
 use crate::balancer::Balancer;

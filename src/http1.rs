@@ -1,5 +1,6 @@
 //! HTTP/1.1 heads on both sides, parsed with httparse: the client's request head (routing, framing,
-//! the headers the gateway reads) and the backend's response head; named limits; hop-by-hop rules.
+//! the headers the gateway reads, the bearer key) and the backend's response head; named limits;
+//! hop-by-hop rules.
 
 /// Most headers accepted in one head (client or backend); more is 431 / a broken backend.
 pub const MAX_HEADERS: usize = 128;

@@ -1,6 +1,7 @@
-//! A proxied request from body to usage record: read the gateway's fields, authenticate, inject
-//! include_usage, pick a backend, retry once on a connection failure before any response byte
-//! (CONTRACT 3; README, Retries), and emit exactly one usage record. Runs on core threads.
+//! A proxied request from body to usage record: read the gateway's fields, authenticate, admit it
+//! under the limits, inject include_usage, pick a backend, retry once on a connection failure
+//! before any response byte (CONTRACT 3; README, Retries), and emit exactly one usage record.
+//! Returns a `Reply`: an error answer goes back to `connection` to write. Runs on core threads.
 
 use crate::access_log::Entry;
 use crate::auth;
