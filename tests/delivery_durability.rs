@@ -72,13 +72,14 @@ fn load_until(
         .collect()
 }
 
-/// SIGKILL; returns the instant of the kill and the temp dir (journal kept).
-fn kill9(mut gw: Gateway) -> (Instant, tempfile::TempDir) {
+/// SIGKILL; returns the instant of the kill, the temp dir (journal kept) and the gateway's log.
+fn kill9(mut gw: Gateway) -> (Instant, tempfile::TempDir, String) {
     let mut child = gw.child.take().expect("running");
     let at = Instant::now();
     child.kill().expect("kill -9");
     let _ = child.wait();
-    (at, std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("tempdir")))
+    let log = gw.log_text();
+    (at, std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("tempdir")), log)
 }
 
 fn counts(ids: Vec<String>) -> HashMap<String, usize> {
@@ -108,7 +109,11 @@ fn kill_under_load(webhook_up: bool) {
             > 0.0
     });
     std::thread::sleep(Duration::from_millis(1500));
-    let (killed_at, dir) = kill9(gw);
+    let (killed_at, dir, killed_log) = kill9(gw);
+    // What the journal held when the process died (for the failure message).
+    let journaled: HashSet<String> = llmproxy::delivery::journal::read_pending(&dir.path().join("spool"))
+        .map(|v| v.into_iter().map(|l| l.request_id).collect())
+        .unwrap_or_default();
     stop.store(true, Ordering::Relaxed);
     let done: Vec<(String, Instant)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     // The bound holds when the journal thread gets a core within the window. Here 8 clients keep
@@ -144,10 +149,15 @@ fn kill_under_load(webhook_up: bool) {
                 .map(|(_, t)| killed_at.duration_since(*t).as_millis())
                 .collect();
             ages.sort_unstable();
+            let missing: Vec<&String> = want.iter().filter(|id| !got.contains(*id)).collect();
+            let in_journal = missing.iter().filter(|id| journaled.contains(**id)).count();
             panic!(
-                "{} of {} records of requests finished before the kill not delivered (finished this many ms before the kill: {ages:?})",
+                "{} of {} records of requests finished before the kill not delivered (finished this many ms before the kill: {ages:?}); {in_journal} of them were pending in the journal after the kill ({} pending in all); metrics now:\n{}\nlog of the killed gateway:\n{killed_log}\nlog after the restart:\n{}",
                 ages.len(),
-                want.len()
+                want.len(),
+                journaled.len(),
+                metrics(gw.addr),
+                gw.log_text()
             );
         }
         std::thread::sleep(Duration::from_millis(20));

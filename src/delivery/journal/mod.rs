@@ -1,8 +1,9 @@
 //! The write-ahead usage journal in `spool_dir`, owned by the delivery thread (never touched by a
 //! core thread). Records are appended as checksummed frames ([`frame`]) to numbered segment files
-//! and made durable by group commit ([`Journal::commit`]: one write and one fdatasync for everything
-//! appended since the last one). Deliveries are acknowledged per entry in a small `.ack` file next
-//! to each segment, so delivery may finish out of order. A segment whose entries are all
+//! and made durable by group commit ([`write`]: one `write` for everything appended since the last,
+//! then one fdatasync at most every few milliseconds). Deliveries are acknowledged per entry in a
+//! small `.ack` file next to each segment (written each round, fdatasync'd rarely), so delivery may
+//! finish out of order. A segment whose entries are all
 //! acknowledged is deleted. Entries not held in memory ("disk-only", from `load` on) are read back
 //! by [`Journal::refill`] when memory has room again. On open, torn tails and corrupt regions are
 //! detected, logged, skipped and counted; acknowledged entries are not replayed.
@@ -12,12 +13,13 @@ mod legacy;
 mod scan;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use frame::Decoded;
 use scan::Reader;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// A new segment is started once the current one has reached this size.
@@ -77,6 +79,10 @@ pub struct Journal {
     skip: HashSet<Pos>,
     acks: Vec<Pos>,
     ack_files: HashMap<u64, File>,
+    /// Frames of `write_seg` were written since its last fdatasync.
+    seg_unsynced: bool,
+    /// Segments whose `.ack` file was written since its last fdatasync.
+    acks_unsynced: HashSet<u64>,
     /// Frames or regions skipped as torn or corrupt since open.
     pub corrupt: u64,
     /// Timestamp of the oldest disk-only entry, when known.
@@ -132,6 +138,8 @@ impl Journal {
             skip: HashSet::new(),
             acks: Vec::new(),
             ack_files: HashMap::new(),
+            seg_unsynced: false,
+            acks_unsynced: HashSet::new(),
             corrupt,
             oldest_disk_ts: None,
             _lock: lock,
@@ -204,144 +212,6 @@ impl Journal {
             self.oldest_disk_ts = Some(ts_ms);
         }
         pos
-    }
-
-    /// Group commit: writes the appended frames with one write and one fdatasync, then the pending
-    /// acknowledgements. On a failed write nothing of this group stays in the file; its entries are
-    /// returned so the caller can keep them in memory.
-    pub fn commit(&mut self) -> Result<(), Unwritten> {
-        if !self.buf.is_empty() {
-            if let Err(error) = self.write_buf() {
-                return Err(self.unwind(error));
-            }
-        }
-        if !self.acks.is_empty() {
-            if let Err(error) = self.write_acks() {
-                // Not fatal: those entries may be delivered once more after a crash.
-                return Err(Unwritten { error, entries: Vec::new() });
-            }
-        }
-        self.collect_garbage();
-        Ok(())
-    }
-
-    fn write_buf(&mut self) -> io::Result<()> {
-        if self.writer.is_none() {
-            let f =
-                OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.write_seg))?;
-            sync_dir(&self.dir)?;
-            self.writer = Some(f);
-        }
-        let Some(w) = self.writer.as_mut() else { return Err(io::Error::other("journal writer missing")) };
-        w.write_all(&self.buf)?;
-        w.sync_data()?;
-        self.committed += self.buf.len() as u64;
-        if let Some(s) = self.segs.get_mut(&self.write_seg) {
-            s.bytes = self.committed;
-        }
-        self.buf.clear();
-        if self.committed >= self.segment_bytes {
-            self.seal();
-        }
-        Ok(())
-    }
-
-    /// A failed group: cut the file back, forget the group's entries, hand them back.
-    fn unwind(&mut self, error: io::Error) -> Unwritten {
-        if let Some(w) = self.writer.take() {
-            if let Err(e) = w.set_len(self.committed) {
-                log::warn!("journal: cannot cut back a failed append in {}: {e}", self.dir.display());
-            }
-        }
-        let mut entries = Vec::new();
-        let mut off = 0;
-        while off < self.buf.len() {
-            let Decoded::Entry { ts_ms, payload, len } = frame::decode(&self.buf[off..]) else { break };
-            let pos = Pos { seg: self.write_seg, off: self.committed + off as u64 };
-            if let Some(l) = scan::to_loaded(pos, ts_ms, payload) {
-                entries.push(l);
-            }
-            self.skip.remove(&pos);
-            off += len;
-        }
-        if let Some(s) = self.segs.get_mut(&self.write_seg) {
-            s.entries = s.entries.saturating_sub(entries.len() as u64);
-            if s.entries == 0 && self.committed == 0 {
-                self.segs.remove(&self.write_seg);
-            }
-        }
-        self.buf.clear();
-        let end = self.end();
-        if self.load > end {
-            self.load = end;
-        }
-        Unwritten { error, entries }
-    }
-
-    /// Marks a delivered entry; made durable by the next commit.
-    pub fn ack(&mut self, pos: Pos) {
-        if let Some(s) = self.segs.get_mut(&pos.seg) {
-            s.acked += 1;
-            self.acks.push(pos);
-        }
-    }
-
-    fn write_acks(&mut self) -> io::Result<()> {
-        self.acks.sort_unstable();
-        let mut i = 0;
-        let mut out = Vec::with_capacity(self.acks.len() * frame::ACK_LEN);
-        while i < self.acks.len() {
-            let seg = self.acks[i].seg;
-            out.clear();
-            while i < self.acks.len() && self.acks[i].seg == seg {
-                frame::encode_ack(&mut out, self.acks[i].off);
-                i += 1;
-            }
-            if !self.segs.contains_key(&seg) {
-                continue;
-            }
-            let f = match self.ack_files.entry(seg) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(OpenOptions::new().create(true).append(true).open(ack_path(&self.dir, seg))?)
-                }
-            };
-            f.write_all(&out)?;
-            f.sync_data()?;
-        }
-        self.acks.clear();
-        Ok(())
-    }
-
-    /// Starts a new segment (the buffer is empty: called right after a write).
-    fn seal(&mut self) {
-        let load_at_end = self.load == self.end();
-        self.writer = None;
-        self.write_seg += 1;
-        self.committed = 0;
-        if load_at_end {
-            self.load = self.end();
-        }
-    }
-
-    /// Deletes segments whose entries are all delivered; retires an idle, delivered active one.
-    fn collect_garbage(&mut self) {
-        let active_done = self.segs.get(&self.write_seg).is_some_and(|s| s.acked == s.entries);
-        if active_done && self.buf.is_empty() && self.committed >= RETIRE_IDLE_BYTES && !self.has_disk_only()
-        {
-            self.seal();
-        }
-        let done: Vec<u64> = self
-            .segs
-            .iter()
-            .filter(|(&id, s)| id < self.write_seg && s.acked >= s.entries && self.load.seg > id)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in done {
-            self.segs.remove(&id);
-            self.ack_files.remove(&id);
-            remove_segment(&self.dir, id);
-        }
     }
 
     /// Reads up to `room` disk-only entries (oldest first) into `out`, skipping acknowledged, held
@@ -436,11 +306,6 @@ impl Journal {
             at.off,
             self.dir.display()
         );
-    }
-
-    /// Everything appended and acknowledged is on disk (graceful stop).
-    pub fn sync(&mut self) -> Result<(), Unwritten> {
-        self.commit()
     }
 }
 

@@ -15,7 +15,7 @@ impl Worker {
         if u.entries.is_empty() {
             if !std::mem::replace(&mut self.ack_error_episode, true) {
                 log::error!(
-                    "cannot record deliveries in the journal {}: {}; those records may be delivered again after a crash",
+                    "cannot write acknowledgements to, or fdatasync, the usage journal {}: {}; records may be delivered again after a crash, or lost to a power loss",
                     self.journal.dir().display(),
                     u.error
                 );

@@ -2,8 +2,16 @@
 //! them (group commit every few ms), keeps a bounded window of them in memory, hands batches to the
 //! delivery threads ([`super::sink::Pool`]), acknowledges what was delivered, retries what was not,
 //! and on stop journals everything left. Its whole condition is the one [`State`] value.
+//!
+//! Pace: it wakes every `poll` (`crash_window / 3`), or earlier when a delivery thread finishes a
+//! batch; nothing on a core thread wakes it. Each round writes what arrived to the journal (a
+//! `write`: safe from `kill -9` from then on); the segment is fdatasync'd at most once per `poll`
+//! and only when something was written since ([`Worker::commit`]), the `.ack` files once a second.
+//! It asks for a higher scheduling priority ([`priority`]) so a busy machine still runs it within
+//! the window.
 
 mod disk;
+mod priority;
 mod stop;
 
 use super::backoff::Backoff;
@@ -23,6 +31,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const POLL: Duration = Duration::from_millis(5);
 /// Records taken off the channels per round before the loop commits and dispatches.
 const INTAKE_MAX: usize = 8192;
+/// How often the `.ack` files are fdatasync'd (they are written every round). A written
+/// acknowledgement survives `kill -9` in the page cache; a power loss may lose the last second of
+/// them, and those records are delivered once more (receivers dedupe on `request_id`).
+const ACK_SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How often the disk is tried again while the journal cannot be written.
 const DISK_PROBE: Duration = Duration::from_secs(1);
 /// Records held in memory while the journal works: enough to keep every delivery thread busy.
@@ -108,6 +120,10 @@ pub(crate) struct Worker {
     /// A delivery failed during the stop: no further attempts.
     stop_failed: bool,
     published_at: Instant,
+    /// The journal segment is fdatasync'd no earlier than this (at most once per `poll`).
+    sync_at: Instant,
+    /// The `.ack` files are fdatasync'd no earlier than this.
+    ack_sync_at: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -155,11 +171,16 @@ impl Worker {
             ack_error_episode: false,
             stop_failed: false,
             published_at: Instant::now(),
+            sync_at: Instant::now(),
+            ack_sync_at: Instant::now() + ACK_SYNC_EVERY,
         }
     }
 
     pub(crate) fn run(mut self) {
-        let mut pool = match Pool::start(self.concurrency, self.make.clone(), std::thread::current()) {
+        let pool = Pool::start(self.concurrency, self.make.clone(), std::thread::current());
+        // After the delivery threads started: they keep the process's priority.
+        priority::raise();
+        let mut pool = match pool {
             Ok(p) => p,
             Err(e) => {
                 log::error!("cannot start the delivery threads: {e}; usage records are only journaled");
@@ -175,7 +196,7 @@ impl Worker {
         }
         loop {
             let stop = self.ch.stop_requested();
-            let got = self.intake();
+            let more = self.intake();
             self.commit();
             self.collect(&mut pool);
             self.probe_disk();
@@ -185,7 +206,7 @@ impl Worker {
             }
             self.dispatch(&mut pool, Instant::now());
             self.publish(&pool, false);
-            if !got && self.ch.wait_stop(self.poll) {
+            if !more && self.ch.wait_stop(self.park_for()) {
                 break;
             }
         }
@@ -204,12 +225,11 @@ impl Worker {
         self.ready.len() + self.waiting.len() + self.in_flight_records
     }
 
-    /// Takes what the core threads queued. Returns whether anything came.
+    /// Takes what the core threads queued. Returns whether it stopped at [`INTAKE_MAX`] (more may
+    /// wait).
     fn intake(&mut self) -> bool {
-        let mut got = false;
         for _ in 0..INTAKE_MAX {
-            let Some(rec) = self.ch.next() else { break };
-            got = true;
+            let Some(rec) = self.ch.next() else { return false };
             self.stats.tokens.observe(&rec);
             let json = rec.to_json();
             if self.echo {
@@ -217,7 +237,7 @@ impl Worker {
             }
             self.admit(Entry { request_id: rec.request_id, json }, now_ms());
         }
-        got
+        true
     }
 
     fn admit(&mut self, entry: Entry, ts_ms: u64) {
@@ -248,11 +268,36 @@ impl Worker {
         }
     }
 
-    /// Group commit of what was appended (and of acknowledgements).
+    /// Group commit, every round: what was appended and acknowledged is written to the kernel now
+    /// (it survives `kill -9` from here); the segment is fdatasync'd (power loss) when something was
+    /// written since the last fdatasync and that was at least `poll` ago, the `.ack` files every
+    /// [`ACK_SYNC_EVERY`].
     fn commit(&mut self) {
-        match self.journal.commit() {
+        if let Err(u) = self.journal.flush() {
+            return self.commit_failed(u);
+        }
+        let now = Instant::now();
+        let mut synced = Ok(());
+        if self.journal.unsynced() && now >= self.sync_at {
+            self.sync_at = now + self.poll;
+            synced = self.journal.sync_entries();
+        }
+        if now >= self.ack_sync_at {
+            self.ack_sync_at = now + ACK_SYNC_EVERY;
+            synced = synced.and(self.journal.sync_acks());
+        }
+        match synced {
             Ok(()) => self.ack_error_episode = false,
-            Err(u) => self.commit_failed(u),
+            Err(error) => self.commit_failed(super::journal::Unwritten { error, entries: Vec::new() }),
+        }
+    }
+
+    /// How long to park: until the next round, or until the pending fdatasync is due.
+    fn park_for(&self) -> Duration {
+        if self.journal.unsynced() {
+            self.sync_at.saturating_duration_since(Instant::now()).min(self.poll)
+        } else {
+            self.poll
         }
     }
 
