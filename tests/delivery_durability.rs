@@ -1,8 +1,8 @@
 //! The usage journal through the real binary: `kill -9` under load with the webhook up and down
-//! (every record of a request finished more than `crash_window` plus a 50 ms scheduling allowance
-//! before the kill is delivered after a restart), a corrupt journal segment and a torn tail, a full
-//! disk (a small tmpfs), memory that stays flat behind a slow receiver, and signals that must not
-//! kill the gateway.
+//! (every record of a request finished more than `crash_window` before the kill is delivered after
+//! a restart, allowing 50 ms plus any stall a twin of the journal thread saw), a corrupt journal
+//! segment and a torn tail, a full disk (a small tmpfs), memory that stays flat behind a slow
+//! receiver, and signals that must not kill the gateway.
 
 mod common;
 mod metering_util;
@@ -82,6 +82,37 @@ fn kill9(mut gw: Gateway) -> (Instant, tempfile::TempDir, String) {
     (at, std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("tempdir")), log)
 }
 
+/// A stand-in for the gateway's journal thread, for telling its stalls from the machine's: the same
+/// priority (best effort), the same pace (every 3.3 ms a ~1 KB `write`, fdatasync at most every
+/// 3.3 ms) in the same file system. Returns (when, how much longer than 3.3 ms an iteration took)
+/// for every iteration that took longer than 10 ms, until `stop`.
+fn journal_twin(
+    dir: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, Duration)>> {
+    std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions; setpriority on our own tid only.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
+        let _ = std::fs::create_dir_all(&dir);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("twin.log")).unwrap();
+        let pace = Duration::from_micros(3333);
+        let mut stalls = Vec::new();
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let _ = f.write_all(&[b'x'; 1000]);
+            let _ = f.sync_data();
+            std::thread::sleep(pace);
+            let now = Instant::now();
+            let over = now.duration_since(last).saturating_sub(pace);
+            if over > Duration::from_millis(10) {
+                stalls.push((now, over));
+            }
+            last = now;
+        }
+        stalls
+    })
+}
+
 fn counts(ids: Vec<String>) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for id in ids {
@@ -100,6 +131,7 @@ fn kill_under_load(webhook_up: bool) {
     let config = config_for(&[b.url()], &hook(&r, "crash_window = \"10ms\""));
     let gw = Gateway::start(&config);
     let stop = Arc::new(AtomicBool::new(false));
+    let twin = journal_twin(gw.dir.path().join("twin"), stop.clone());
     let threads = load_until(gw.addr, 8, stop.clone());
     // Under load for a while, with records in every state (delivered, in flight, journaled).
     eventually(30, "some records journaled or delivered", || {
@@ -116,19 +148,30 @@ fn kill_under_load(webhook_up: bool) {
         .unwrap_or_default();
     stop.store(true, Ordering::Relaxed);
     let done: Vec<(String, Instant)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    // The bound holds when the journal thread gets a core within the window. Here 8 clients keep
-    // both cores of the test machine saturated, and the scheduler has once kept the journal thread
-    // off for longer (16 of 939 records missing in a CI run): records of requests that finished in
+    // The bound holds when the journal thread gets a core, and its writes do not block, within the
+    // window (README, "Crash durability"). Here 8 clients keep both cores of the test machine
+    // saturated, and a loaded CI machine has held the journal thread off for longer (16 of 939
+    // records missing in one run; 0.1-0.5 s stalls at load 9-11). So the allowance is 50 ms plus
+    // the longest stall that a twin of the journal thread in this process (same priority, same
+    // disk, same pace) saw in the last second before the kill: records of requests that finished in
     // the last `SCHED` before the window are reported below, not asserted.
-    const SCHED: Duration = Duration::from_millis(50);
+    let stalls = twin.join().unwrap();
+    let stall = stalls
+        .iter()
+        .filter(|(at, d)| *at + Duration::from_secs(1) >= killed_at && *at - *d <= killed_at)
+        .map(|(_, d)| *d)
+        .max()
+        .unwrap_or_default();
+    let sched = Duration::from_millis(50) + stall;
+    eprintln!("the journal twin's longest stall in the second before the kill: {stall:?}");
     let want: HashSet<String> = done
         .iter()
-        .filter(|(_, t)| *t + crash_window + SCHED < killed_at)
+        .filter(|(_, t)| *t + crash_window + sched < killed_at)
         .map(|(id, _)| id.clone())
         .collect();
     let near: HashSet<String> = done
         .iter()
-        .filter(|(_, t)| *t + crash_window < killed_at && *t + crash_window + SCHED >= killed_at)
+        .filter(|(_, t)| *t + crash_window < killed_at && *t + crash_window + sched >= killed_at)
         .map(|(id, _)| id.clone())
         .collect();
     assert!(want.len() > 50, "only {} requests finished before the kill", want.len());
@@ -168,7 +211,7 @@ fn kill_under_load(webhook_up: bool) {
         "{} of the {} records of requests finished {:?} to {:?} before the kill were lost",
         near.difference(&got).count(),
         near.len(),
-        crash_window + SCHED,
+        crash_window + sched,
         crash_window
     );
     let after = counts(r.delivered_ids());
