@@ -8,7 +8,7 @@
 //! Core threads only ever `try_send` on a bounded lock-free channel, falling back to an unbounded
 //! lock-free overflow channel; nothing is dropped. The journal thread never parks on those channels
 //! (it polls them every few milliseconds and parks in between, woken early only by its own delivery
-//! threads or a stop), so a submit never has to wake a sleeping thread: no mutex, no futex, no
+//! threads when batches wait for one, or a stop), so a submit never has to wake a sleeping thread: no mutex, no futex, no
 //! syscall on the core threads.
 
 mod backoff;

@@ -11,7 +11,7 @@ use super::nats::NatsSink;
 use super::Entry;
 use crate::config::{SinkKind, UsageHookConfig};
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 
@@ -137,6 +137,9 @@ pub struct Batch {
 }
 
 pub struct Pool {
+    /// Set by the journal thread when batches wait for a delivery thread: the next one to finish
+    /// unparks it (otherwise it picks outcomes up at its next round, saving a wakeup per batch).
+    wanted: Arc<AtomicBool>,
     jobs: Option<Sender<Batch>>,
     done: Receiver<Batch>,
     threads: Vec<JoinHandle<()>>,
@@ -144,13 +147,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// `n` threads; each finished batch unparks `notify` (the journal thread).
+    /// `n` threads; a finished batch unparks `notify` (the journal thread) when it asked for that
+    /// ([`Pool::wake_on_done`]).
     pub fn start(n: usize, make: MakeSink, notify: Thread) -> std::io::Result<Pool> {
+        let wanted = Arc::new(AtomicBool::new(false));
         let (jobs, jrx) = crossbeam_channel::unbounded::<Batch>();
         let (dtx, done) = crossbeam_channel::unbounded::<Batch>();
         let mut threads = Vec::with_capacity(n);
         for i in 0..n.max(1) {
             let (jrx, dtx, make, notify) = (jrx.clone(), dtx.clone(), make.clone(), notify.clone());
+            let wanted = Arc::clone(&wanted);
             threads.push(std::thread::Builder::new().name(format!("llmproxy-deliver-{i}")).spawn(
                 move || {
                     let mut sink = make();
@@ -159,12 +165,20 @@ impl Pool {
                         if dtx.send(b).is_err() {
                             return;
                         }
-                        notify.unpark();
+                        if wanted.swap(false, Ordering::AcqRel) {
+                            notify.unpark();
+                        }
                     }
                 },
             )?);
         }
-        Ok(Pool { jobs: Some(jobs), done, threads, in_flight: 0 })
+        Ok(Pool { wanted, jobs: Some(jobs), done, threads, in_flight: 0 })
+    }
+
+    /// The next finished batch unparks the journal thread (batches are waiting for a free delivery
+    /// thread, or a stop is draining).
+    pub fn wake_on_done(&self) {
+        self.wanted.store(true, Ordering::Release);
     }
 
     pub fn in_flight(&self) -> usize {

@@ -4,7 +4,7 @@
 //! and on stop journals everything left. Its whole condition is the one [`State`] value.
 //!
 //! Pace: it wakes every `poll` (`crash_window / 3`), or earlier when a delivery thread finishes a
-//! batch; nothing on a core thread wakes it. Each round writes what arrived to the journal (a
+//! batch while others wait for one; nothing on a core thread wakes it. Each round writes what arrived to the journal (a
 //! `write`: safe from `kill -9` from then on); the segment is fdatasync'd at most once per `poll`
 //! and only when something was written since ([`Worker::commit`]), the `.ack` files once a second.
 //! It asks for a higher scheduling priority ([`priority`]) so a busy machine still runs it within
@@ -439,6 +439,9 @@ impl Worker {
                 }
             }
             self.send_batch(pool, false);
+        }
+        if !self.ready.is_empty() && pool.in_flight() >= pool.threads() {
+            pool.wake_on_done();
         }
     }
 

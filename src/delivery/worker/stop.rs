@@ -32,6 +32,7 @@ impl Worker {
                 if pool.in_flight() == 0 && (self.ready.is_empty() || self.stop_failed) {
                     break;
                 }
+                pool.wake_on_done();
                 std::thread::park_timeout(self.poll);
             }
         }
