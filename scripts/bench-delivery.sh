@@ -64,6 +64,14 @@ gateway() { # args: extra usage_hook lines; sets GPID
 
 metric() { curl -s "http://127.0.0.1:$P_GW/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 
+# Every thread of process $1 once per distinct (name, allowed cores, nice): the whole gateway,
+# journal and delivery threads included, must be on CORE_GW for the CPU comparison to be fair.
+affinity() {
+    for t in /proc/"$1"/task/*; do
+        echo "$(cat "$t/comm" | sed 's/-[0-9]*$//'):$(awk '/Cpus_allowed_list/ {print $2}' "$t/status"):$(awk '{print $19}' "$t/stat")"
+    done | sort | uniq -c | awk '{printf "%s x%s ", $2, $1}'
+}
+
 # ns of CPU used so far by every thread of process $1.
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
 
@@ -102,6 +110,7 @@ if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
     for r in $(seq "$ROUNDS"); do
         for mode in '"10ms"' '"off"'; do
             gateway "batch_max = 100\ncrash_window = $mode"
+            [[ $r == 1 ]] && log "gateway threads (name, cores allowed, nice): $(affinity "$GPID")"
             c0=$(cpu_ns "$GPID")
             taskset -c "$CORE_LOAD" wrk -t1 -c32 -d"${WRK_DUR}s" -s "$W/post.lua" "http://127.0.0.1:$P_GW/v1/chat/completions" >"$W/wrk.txt"
             c1=$(cpu_ns "$GPID")
