@@ -103,6 +103,34 @@ impl Stream {
         }
     }
 
+    /// Writes `data[from..]` whole, after `try_write` took what the socket could (the relay's
+    /// slow path: a full socket, or a TLS stream). Its future stays a few words whatever the variant
+    /// (it sits in the connection task of every open stream, issue 14): a plain socket waits for
+    /// writability and sends without blocking; a TLS stream's write is boxed, like its other
+    /// operations. Returns `data` either way.
+    pub async fn write_rest(&mut self, data: Vec<u8>, mut from: usize) -> (std::io::Result<()>, Vec<u8>) {
+        loop {
+            match self {
+                Stream::Plain(s) => {
+                    // Not relaxed: monoio's readiness is not cleared by our own sends, so this
+                    // asks the kernel (a poll) before waiting.
+                    if let Err(e) = s.writable(false).await {
+                        return (Err(e), data);
+                    }
+                }
+                Stream::Client(t) => return Box::pin(tls_write_rest(t, data, from)).await,
+                Stream::Server(t) => return Box::pin(tls_write_rest(t, data, from)).await,
+            }
+            match self.try_write(&data[from..]) {
+                Some(k) => from += k,
+                None => return (Err(std::io::ErrorKind::BrokenPipe.into()), data),
+            }
+            if from == data.len() {
+                return (Ok(()), data);
+            }
+        }
+    }
+
     /// Ends the connection: a TLS stream sends close_notify first (bounded by a short wait, after
     /// which the socket is simply closed); a plain one is dropped.
     pub async fn close(self) {
@@ -117,6 +145,21 @@ impl Stream {
             _ => {}
         }
     }
+}
+
+/// `Stream::write_rest` on a TLS stream: the same broken-stream rule as its other operations.
+async fn tls_write_rest<S: AsyncWriteRent>(
+    t: &mut Tls<S>,
+    data: Vec<u8>,
+    from: usize,
+) -> (std::io::Result<()>, Vec<u8>) {
+    if t.broken {
+        return (Err(broken()), data);
+    }
+    t.broken = true;
+    let (r, s) = monoio::io::AsyncWriteRentExt::write_all(&mut t.io, data.slice(from..)).await;
+    t.broken = false;
+    (r.map(|_| ()), s.into_inner())
 }
 
 impl AsRawFd for Stream {

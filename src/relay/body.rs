@@ -21,8 +21,8 @@ use crate::snapshot::Snapshot;
 use crate::usage::sse::SseScanner;
 use crate::usage::BodyUsageScanner;
 use crate::watch::{Armed, Stop};
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
 use monoio::time::Sleep;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -103,204 +103,209 @@ impl Decoder {
     }
 }
 
-/// Relays the body of `resp` (head bytes at `buf[PREFIX..]`, maybe body bytes after them).
+/// Relays the body of `resp` (head bytes at `buf[PREFIX..]`, maybe body bytes after them); also
+/// says whether `conn` can serve another request (the caller pools it).
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn relay(
-    ctx: &CoreCtx,
-    snap: &Snapshot,
-    backend: usize,
-    mut conn: Stream,
-    client: &mut Stream,
-    mut armed: Armed<'_>,
+// Not `async fn` on purpose (see the comment in the body): clippy would fold it back.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn relay<'a>(
+    ctx: &'a CoreCtx,
+    snap: &'a Snapshot,
+    conn: &'a mut Stream,
+    client: &'a mut Stream,
+    mut armed: Armed<'a>,
     mut timer: Pin<Box<Sleep>>,
-    req: &Outgoing<'_>,
+    req: &'a Outgoing<'a>,
     mut resp: ResponseHead,
     mut buf: Vec<u8>,
     started: Instant,
-) -> Outcome {
-    // Client framing and head.
-    let sse = resp.is_sse;
-    let shape = req.endpoint.shape();
-    let streamed = sse || crate::endpoints::is_ndjson(&resp, &buf[PREFIX..]);
-    let cutting = if sse { req.cutting } else { Default::default() };
-    let changes_length = cutting.usage_only || cutting.usage_member;
-    let framing = match resp.body {
-        BodyFraming::None => ClientFraming::None,
-        BodyFraming::Length(_) if !changes_length => ClientFraming::Length,
-        _ if req.head.http10 => ClientFraming::Close,
-        _ => ClientFraming::Chunked,
-    };
-    let mut keep = req.client_keep_alive && framing != ClientFraming::Close;
-    let mut pending = ctx.take_buf();
-    build_client_head(&mut pending, &resp, &buf[PREFIX..], req, framing, keep);
-    // The header spans are done with: a stream that lasts minutes should not hold them.
-    resp.forward = Vec::new();
-    let mut pending = Some(pending);
-    let body_at = PREFIX + resp.head_len;
-    let body_len = buf.len() - body_at;
-    // Whether the last read filled its buffer (more bytes likely queued): decides the next read's
-    // buffer. For the head phase's read: whether it brought more than a small buffer holds.
-    let mut filled = buf.len() - PREFIX >= SMALL_BUF - PREFIX - SUFFIX;
-    buf.copy_within(body_at.., PREFIX);
-    buf.truncate(PREFIX + body_len);
+) -> impl std::future::Future<Output = (Outcome, bool)> + 'a {
+    // An `async move` block, not an `async fn`: the arguments are used where they were captured
+    // instead of each being kept twice (the argument and the local it is moved into).
+    async move {
+        // Client framing and head.
+        let sse = resp.is_sse;
+        let shape = req.endpoint.shape();
+        let streamed = sse || crate::endpoints::is_ndjson(&resp, &buf[PREFIX..]);
+        let cutting = if sse { req.cutting } else { Default::default() };
+        let changes_length = cutting.usage_only || cutting.usage_member;
+        let framing = match resp.body {
+            BodyFraming::None => ClientFraming::None,
+            BodyFraming::Length(_) if !changes_length => ClientFraming::Length,
+            _ if req.head.http10 => ClientFraming::Close,
+            _ => ClientFraming::Chunked,
+        };
+        let mut keep = req.client_keep_alive && framing != ClientFraming::Close;
+        let mut pending = ctx.take_buf();
+        build_client_head(&mut pending, &resp, &buf[PREFIX..], req, framing, keep);
+        // The header spans are done with: a stream that lasts minutes should not hold them.
+        resp.forward = Vec::new();
+        let mut pending = Some(pending);
+        let body_at = PREFIX + resp.head_len;
+        let body_len = buf.len() - body_at;
+        // Whether the last read filled its buffer (more bytes likely queued): decides the next read's
+        // buffer. For the head phase's read: whether it brought more than a small buffer holds.
+        let mut filled = buf.len() - PREFIX >= SMALL_BUF - PREFIX - SUFFIX;
+        buf.copy_within(body_at.., PREFIX);
+        buf.truncate(PREFIX + body_len);
 
-    let mut decoder = match resp.body {
-        BodyFraming::Length(n) => Decoder::Length(n),
-        BodyFraming::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
-        BodyFraming::Close => Decoder::Close,
-        BodyFraming::None => Decoder::Empty,
-    };
-    let mut scanner = if crate::endpoints::uses_line_scanner(shape, sse) {
-        Scanner::Native(LineScanner::new(shape, streamed))
-    } else if sse {
-        Scanner::Sse(SseScanner::with(cutting))
-    } else {
-        Scanner::Body(BodyUsageScanner::default())
-    };
-    let ok_status = (200..300).contains(&resp.status);
-    let mut ttft = None;
-    let mut sent = 0u64;
-    let mut stray = false;
-    // The client left after the backend finished generating: read on without sending.
-    let mut draining = false;
-    let idle = snap.config.limits.stream_idle_timeout;
-    // The exchange's timer, now for the body's reads and writes, reset before each (see
-    // `deadline::within`).
-    let (end, whole) = loop {
-        // Decode and scan what is in the buffer.
-        let raw_len = buf.len() - PREFIX;
-        let (payload, done, extra) = match decoder.decode(&mut buf[PREFIX..PREFIX + raw_len]) {
-            Ok(r) => r,
-            Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
+        let mut decoder = match resp.body {
+            BodyFraming::Length(n) => Decoder::Length(n),
+            BodyFraming::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
+            BodyFraming::Close => Decoder::Close,
+            BodyFraming::None => Decoder::Empty,
         };
-        stray |= extra;
-        let fed = scanner.feed(&mut buf[PREFIX..PREFIX + payload]);
-        if draining {
-            if done {
-                scanner.finish();
-                break (End::ClientGone, true);
-            }
+        let mut scanner = if crate::endpoints::uses_line_scanner(shape, sse) {
+            Scanner::Native(LineScanner::new(shape, streamed))
+        } else if sse {
+            Scanner::Sse(SseScanner::with(cutting))
         } else {
-            if fed.release {
-                let p = pending.get_or_insert_with(|| ctx.take_buf());
-                append_framed(p, scanner.released(), framing, false);
-            }
-            if fed.forward > 0 && ttft.is_none() {
-                ttft = Some(started.elapsed());
-            }
-            let mut forward = fed.forward;
-            if done {
-                let tail = scanner.finish();
-                if !tail.is_empty() {
-                    // An unterminated last event that was held goes after this read's data.
+            Scanner::Body(BodyUsageScanner::default())
+        };
+        let ok_status = (200..300).contains(&resp.status);
+        let mut ttft = None;
+        let mut sent = 0u64;
+        let mut stray = false;
+        // The client left after the backend finished generating: read on without sending.
+        let mut draining = false;
+        let idle = snap.config.limits.stream_idle_timeout;
+        // The exchange's timer, now for the body's reads and writes, reset before each (see
+        // `deadline::within`).
+        let (end, whole) = loop {
+            // Decode and scan what is in the buffer.
+            let raw_len = buf.len() - PREFIX;
+            let (payload, done, extra) = match decoder.decode(&mut buf[PREFIX..PREFIX + raw_len]) {
+                Ok(r) => r,
+                Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
+            };
+            stray |= extra;
+            let fed = scanner.feed(&mut buf[PREFIX..PREFIX + payload]);
+            if draining {
+                if done {
+                    scanner.finish();
+                    break (End::ClientGone, true);
+                }
+            } else {
+                if fed.release {
                     let p = pending.get_or_insert_with(|| ctx.take_buf());
-                    append_framed(p, &buf[PREFIX..PREFIX + forward], framing, false);
-                    append_framed(p, tail, framing, false);
-                    forward = 0;
-                    ttft.get_or_insert_with(|| started.elapsed());
+                    append_framed(p, scanner.released(), framing, false);
+                }
+                if fed.forward > 0 && ttft.is_none() {
+                    ttft = Some(started.elapsed());
+                }
+                let mut forward = fed.forward;
+                if done {
+                    let tail = scanner.finish();
+                    if !tail.is_empty() {
+                        // An unterminated last event that was held goes after this read's data.
+                        let p = pending.get_or_insert_with(|| ctx.take_buf());
+                        append_framed(p, &buf[PREFIX..PREFIX + forward], framing, false);
+                        append_framed(p, tail, framing, false);
+                        forward = 0;
+                        ttft.get_or_insert_with(|| started.elapsed());
+                    }
+                }
+                if forward > 0 || done || pending.is_some() {
+                    let (ok, b) = send(
+                        client,
+                        buf,
+                        forward,
+                        done,
+                        framing,
+                        &mut pending,
+                        ctx,
+                        timer.as_mut(),
+                        idle,
+                        &mut sent,
+                    )
+                    .await;
+                    buf = b;
+                    if !ok {
+                        if done {
+                            break (End::ClientGone, true);
+                        }
+                        if !(ok_status && scanner.finished()) || ctx.cutting() {
+                            break (End::ClientGone, false);
+                        }
+                        draining = true;
+                    }
+                }
+                if done {
+                    break (End::Complete, true);
                 }
             }
-            if forward > 0 || done || pending.is_some() {
-                let (ok, b) = send(
-                    client,
-                    buf,
-                    forward,
-                    done,
-                    framing,
-                    &mut pending,
-                    ctx,
-                    timer.as_mut(),
-                    idle,
-                    &mut sent,
-                )
-                .await;
-                buf = b;
-                if !ok {
-                    if done {
-                        break (End::ClientGone, true);
-                    }
-                    if !(ok_status && scanner.finished()) || ctx.cutting() {
-                        break (End::ClientGone, false);
-                    }
-                    draining = true;
+            // Read more from the backend. An SSE stream whose last read did not fill its buffer (the
+            // socket was drained: the next read waits for the next event) waits with a small buffer
+            // and gives its relay buffer back to the core's pool, so thousands of idle streams do not
+            // each hold 8 KiB across their wait, also when a busy core finds several events queued at
+            // once; a read that fills the small buffer switches to a relay buffer for the next one.
+            let small = sse && !filled;
+            if small != (buf.capacity() < RELAY_BUF) {
+                let next = if small { ctx.take_small_buf() } else { relay_buf(ctx) };
+                ctx.give_buf(std::mem::replace(&mut buf, next));
+            }
+            buf.resize(PREFIX, 0);
+            let end = buf.capacity() - SUFFIX;
+            // Once generation is over, a client that leaves during this read does not cancel it
+            // (no bytes lost to a cancel): the loop reads on to the final usage.
+            let read = conn.read(buf.slice_mut(PREFIX..end));
+            let res = if draining {
+                within(timer.as_mut(), idle, read).await.map_err(|()| Stop::TimedOut)
+            } else {
+                let read_on = || ok_status && scanner.finished() && !ctx.cutting();
+                let r = armed.within(timer.as_mut(), idle, read_on, read).await;
+                draining = armed.client_left();
+                r
+            };
+            let (res, b) = match res {
+                Err(Stop::Gone) => {
+                    buf = ctx.take_buf();
+                    break (End::ClientGone, false);
                 }
+                Err(Stop::TimedOut) => {
+                    buf = ctx.take_buf();
+                    break (if draining { End::ClientGone } else { End::BackendBroke }, false);
+                }
+                Ok(r) => r,
+            };
+            buf = b.into_inner();
+            match res {
+                Ok(0) if matches!(decoder, Decoder::Close) => {
+                    // End of a close-delimited body.
+                    decoder = Decoder::Empty;
+                    buf.truncate(PREFIX);
+                }
+                Ok(0) | Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
+                Ok(n) => filled = n == end - PREFIX,
             }
-            if done {
-                break (End::Complete, true);
-            }
-        }
-        // Read more from the backend. An SSE stream whose last read did not fill its buffer (the
-        // socket was drained: the next read waits for the next event) waits with a small buffer
-        // and gives its relay buffer back to the core's pool, so thousands of idle streams do not
-        // each hold 8 KiB across their wait, also when a busy core finds several events queued at
-        // once; a read that fills the small buffer switches to a relay buffer for the next one.
-        let small = sse && !filled;
-        if small != (buf.capacity() < RELAY_BUF) {
-            let next = if small { ctx.take_small_buf() } else { relay_buf(ctx) };
-            ctx.give_buf(std::mem::replace(&mut buf, next));
-        }
-        buf.resize(PREFIX, 0);
-        let end = buf.capacity() - SUFFIX;
-        // Once generation is over, a client that leaves during this read does not cancel it
-        // (no bytes lost to a cancel): the loop reads on to the final usage.
-        let read = conn.read(buf.slice_mut(PREFIX..end));
-        let res = if draining {
-            within(timer.as_mut(), idle, read).await.map_err(|()| Stop::TimedOut)
-        } else {
-            let read_on = || ok_status && scanner.finished() && !ctx.cutting();
-            let r = armed.within(timer.as_mut(), idle, read_on, read).await;
-            draining = armed.client_left();
-            r
         };
-        let (res, b) = match res {
-            Err(Stop::Gone) => {
-                buf = ctx.take_buf();
-                break (End::ClientGone, false);
-            }
-            Err(Stop::TimedOut) => {
-                buf = ctx.take_buf();
-                break (if draining { End::ClientGone } else { End::BackendBroke }, false);
-            }
-            Ok(r) => r,
-        };
-        buf = b.into_inner();
-        match res {
-            Ok(0) if matches!(decoder, Decoder::Close) => {
-                // End of a close-delimited body.
-                decoder = Decoder::Empty;
-                buf.truncate(PREFIX);
-            }
-            Ok(0) | Err(_) => break (if draining { End::ClientGone } else { End::BackendBroke }, false),
-            Ok(n) => filled = n == end - PREFIX,
+        if let Some(p) = pending.take() {
+            ctx.give_buf(p);
         }
-    };
-    if let Some(p) = pending.take() {
-        ctx.give_buf(p);
+        ctx.give_buf(buf);
+        let (usage, source, error_event) = scanner.metered(whole);
+        let native = match &scanner {
+            Scanner::Native(s) => NativeMeter { audio_seconds: s.audio_seconds() },
+            _ => NativeMeter::default(),
+        };
+        let reusable = whole && resp.keep_alive && !stray && !matches!(resp.body, BodyFraming::Close);
+        if end != End::Complete {
+            keep = false;
+        }
+        let relayed = Outcome::Relayed(Relayed {
+            status: resp.status,
+            usage,
+            source,
+            error_event,
+            ttft,
+            end,
+            client_reusable: keep,
+            streamed,
+            native,
+            bytes_out: sent,
+        });
+        (relayed, reusable)
     }
-    ctx.give_buf(buf);
-    let (usage, source, error_event) = scanner.metered(whole);
-    let native = match &scanner {
-        Scanner::Native(s) => NativeMeter { audio_seconds: s.audio_seconds() },
-        _ => NativeMeter::default(),
-    };
-    if whole && resp.keep_alive && !stray && !matches!(resp.body, BodyFraming::Close) {
-        ctx.pool.borrow_mut().put(snap, backend, conn);
-    }
-    if end != End::Complete {
-        keep = false;
-    }
-    Outcome::Relayed(Relayed {
-        status: resp.status,
-        usage,
-        source,
-        error_event,
-        ttft,
-        end,
-        client_reusable: keep,
-        streamed,
-        native,
-        bytes_out: sent,
-    })
 }
 
 /// A relay buffer from the core's pool with room for PREFIX + RELAY_BUF + SUFFIX.
@@ -329,6 +334,11 @@ fn append_framed(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming, last: b
 }
 
 /// Writes `buf[PREFIX..PREFIX + n]` framed (after any pending bytes, in one write).
+///
+/// A plain client's socket takes an event at once: one non-blocking send instead of an io_uring
+/// write and the wake-up its completion costs (issue 14, CPU per event). What the socket does not
+/// take now (and all of a TLS client's bytes) goes through `Stream::write_rest` under the timeout,
+/// whose future is small: this one sits in the connection task every open stream keeps.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     client: &mut Stream,
@@ -342,61 +352,63 @@ async fn send(
     timeout: Duration,
     sent: &mut u64,
 ) -> (bool, Vec<u8>) {
-    if let Some(mut p) = pending.take() {
-        append_framed(&mut p, &buf[PREFIX..PREFIX + n], framing, last);
-        let len = p.len() as u64;
-        let r = within(timer, timeout, client.write_all(p)).await;
-        return match r {
-            Ok((Ok(_), p)) => {
-                *sent += len;
-                ctx.give_buf(p);
-                (true, buf)
+    // What to write: the pending bytes with this read's data appended, or this read's data framed
+    // in place around it.
+    let (data, start, own) = match pending.take() {
+        Some(mut p) => {
+            append_framed(&mut p, &buf[PREFIX..PREFIX + n], framing, last);
+            (p, 0, false)
+        }
+        None => {
+            let start = if framing == ClientFraming::Chunked && n > 0 {
+                let mut p = [0u8; PREFIX];
+                let k = size_line(n, &mut p);
+                buf[PREFIX - k..PREFIX].copy_from_slice(&p[PREFIX - k..]);
+                PREFIX - k
+            } else {
+                PREFIX
+            };
+            buf.truncate(PREFIX + n);
+            if framing == ClientFraming::Chunked {
+                if n > 0 {
+                    buf.extend_from_slice(b"\r\n");
+                }
+                if last {
+                    buf.extend_from_slice(b"0\r\n\r\n");
+                }
             }
-            Ok((Err(_), p)) => {
-                ctx.give_buf(p);
-                (false, buf)
+            if buf.len() == start {
+                return (true, buf);
             }
-            Err(_) => (false, buf),
-        };
-    }
-    let start = if framing == ClientFraming::Chunked && n > 0 {
-        let mut p = [0u8; PREFIX];
-        let k = size_line(n, &mut p);
-        buf[PREFIX - k..PREFIX].copy_from_slice(&p[PREFIX - k..]);
-        PREFIX - k
-    } else {
-        PREFIX
+            (std::mem::take(&mut buf), start, true)
+        }
     };
-    buf.truncate(PREFIX + n);
-    if framing == ClientFraming::Chunked {
-        if n > 0 {
-            buf.extend_from_slice(b"\r\n");
+    let len = (data.len() - start) as u64;
+    // Gives back what is not the relay's buffer, and the relay's buffer.
+    let done = |ok: bool, data: Vec<u8>, buf: Vec<u8>| {
+        if own {
+            (ok, data)
+        } else {
+            ctx.give_buf(data);
+            (ok, buf)
         }
-        if last {
-            buf.extend_from_slice(b"0\r\n\r\n");
-        }
-    }
-    if buf.len() == start {
-        return (true, buf);
-    }
-    let len = (buf.len() - start) as u64;
-    // A plain client's socket takes an event at once: one non-blocking send instead of an
-    // io_uring write and the wake-up its completion costs (issue 14, CPU per event). What the
-    // socket does not take now goes the waiting way, under the timeout.
-    let start = match client.try_write(&buf[start..]) {
+    };
+    let from = match client.try_write(&data[start..]) {
         Some(k) => start + k,
-        None => return (false, buf),
+        None => return done(false, data, buf),
     };
-    if buf.len() == start {
+    if from == data.len() {
         *sent += len;
-        return (true, buf);
+        return done(true, data, buf);
     }
-    match within(timer, timeout, client.write_all(buf.slice(start..))).await {
-        Ok((Ok(_), s)) => {
+    match within(timer, timeout, client.write_rest(data, from)).await {
+        Ok((Ok(()), data)) => {
             *sent += len;
-            (true, s.into_inner())
+            done(true, data, buf)
         }
-        Ok((Err(_), s)) => (false, s.into_inner()),
-        Err(_) => (false, ctx.take_buf()),
+        Ok((Err(_), data)) => done(false, data, buf),
+        // Timed out: the bytes went with the cancelled write.
+        Err(_) if own => (false, ctx.take_buf()),
+        Err(_) => (false, buf),
     }
 }
