@@ -332,7 +332,9 @@ async fn serve_request(
         }
         // `/v1/models` (`Route::of` makes no other Local, and no NotFound/WrongMethod gets here).
         _ => {
-            let (status, body) = crate::models::merged(snap, &rid).await;
+            // Boxed: the merge's future (3.3 KiB, a timer inline) would otherwise size the
+            // connection task every open stream keeps (issue 14); `/v1/models` is rare.
+            let (status, body) = Box::pin(crate::models::merged(snap, &rid)).await;
             ctx.metrics.request(endpoint, false, None, status);
             let n = answer(client, status, b"application/json", &body, &rid, keep).await;
             log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
