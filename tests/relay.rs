@@ -282,3 +282,57 @@ fn an_unterminated_held_last_event_is_flushed_at_the_end() {
         assert_eq!(r.body, body, "{framing:?}: {}", r.text());
     }
 }
+
+/// A client that stops reading fills its socket: the relay's non-blocking send takes what fits and
+/// the rest waits for the socket to drain (`Stream::write_rest`), under the body timeout, losing and
+/// reordering nothing. A 8 MB stream (more than a socket send buffer grows to) to a client with a small receive buffer that reads nothing for
+/// 300 ms, then everything.
+#[test]
+fn a_client_that_stops_reading_gets_every_byte_once_it_reads_again() {
+    let mut body = Vec::new();
+    for i in 0..60_000 {
+        let ev = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token {i:05} {}\"}}}}]}}\n\n",
+            "x".repeat(120)
+        );
+        body.extend_from_slice(ev.as_bytes());
+    }
+    let rep = Replay::start(Reply::new(200, "text/event-stream", &body, Framing::ChunkedEvery(4096)));
+    let gw = Gateway::start(&config_for(&[rep.url()], ""));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&gw.addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&post("/v1/chat/completions", STREAM_USAGE, "")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 65536];
+    loop {
+        let k = s.read(&mut tmp).expect("read");
+        if k == 0 {
+            break;
+        }
+        got.extend_from_slice(&tmp[..k]);
+        if got.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+    }
+    let at = got.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+    assert!(show(&got[..at]).starts_with("HTTP/1.1 200"), "{}", show(&got[..at]));
+    // Undo the client-side chunked framing.
+    let mut rest = &got[at..];
+    let mut plain = Vec::new();
+    loop {
+        let nl = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16).unwrap();
+        rest = &rest[nl + 2..];
+        if n == 0 {
+            break;
+        }
+        plain.extend_from_slice(&rest[..n]);
+        rest = &rest[n + 2..];
+    }
+    assert_eq!(plain.len(), body.len());
+    assert!(plain == body, "the relayed body differs from the backend's");
+}
