@@ -3,6 +3,7 @@
 //! request. Every error answer is written here, a proxied request's too (`proxy::Reply::Error`).
 
 use crate::core::CoreCtx;
+use crate::deadline::within;
 use crate::endpoints::{Endpoint, Route};
 use crate::error::GatewayError;
 use crate::http1::{self, BodyFraming, Method, Parse, RequestHead};
@@ -13,8 +14,10 @@ use crate::snapshot::Snapshot;
 use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::time::Sleep;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -51,8 +54,13 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant,
     let mut inbuf: Vec<u8> = Vec::with_capacity(FIRST_READ);
     let mut watch: Option<ClientWatch> = None;
     let mut since = Some(accepted);
+    // The connection's one timer: every read and write deadline of every request on it (head,
+    // body, backend's first byte, relay; see `deadline`) resets it instead of creating, boxing
+    // and registering a timer of its own. Boxed: a monoio `Sleep` is 640 bytes aligned to 128,
+    // and inline it would size the connection task (issue 14).
+    let mut timer = Box::pin(monoio::time::sleep(KEEP_ALIVE_IDLE));
     loop {
-        let (head, snap) = match read_head(ctx, client, &mut inbuf, since).await {
+        let (head, snap) = match read_head(ctx, client, &mut inbuf, timer.as_mut(), since).await {
             Ok(h) => h,
             Err(HeadError::Closed) => return,
             Err(HeadError::Answer(e)) => {
@@ -66,7 +74,8 @@ async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant,
         };
         since = None;
         let inflight = ctx.request_started();
-        let keep = serve_request(ctx, &snap, client, &mut inbuf, &mut watch, head, peer).await;
+        let keep =
+            serve_request(ctx, &snap, client, &mut inbuf, &mut watch, timer.as_mut(), head, peer).await;
         drop(snap);
         drop(inflight);
         if !keep || ctx.shared.shutting_down() {
@@ -86,6 +95,7 @@ async fn read_head(
     ctx: &CoreCtx,
     client: &mut Stream,
     inbuf: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
     accepted: Option<Instant>,
 ) -> Result<(RequestHead, Rc<std::sync::Arc<Snapshot>>), HeadError> {
     let mut snap = ctx.snapshot();
@@ -104,7 +114,7 @@ async fn read_head(
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => KEEP_ALIVE_IDLE,
         };
-        match read_more(client, inbuf, wait).await {
+        match read_more(client, inbuf, timer.as_mut(), wait).await {
             // The request runs on the config current when its bytes arrived, not when the
             // keep-alive wait began.
             ReadMore::Data => snap = ctx.snapshot(),
@@ -123,8 +133,14 @@ enum ReadMore {
     TimedOut,
 }
 
-/// Appends at least one byte read from the client to `inbuf`, within `wait`.
-async fn read_more(client: &mut Stream, inbuf: &mut Vec<u8>, wait: Duration) -> ReadMore {
+/// Appends at least one byte read from the client to `inbuf`, within `wait` (on the connection's
+/// `timer`).
+async fn read_more(
+    client: &mut Stream,
+    inbuf: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
+    wait: Duration,
+) -> ReadMore {
     if inbuf.capacity() - inbuf.len() < 1024 {
         inbuf.reserve(READ_CHUNK);
     }
@@ -133,7 +149,7 @@ async fn read_more(client: &mut Stream, inbuf: &mut Vec<u8>, wait: Duration) -> 
     let end = buf.capacity();
     let (fd, tls) = (client.as_raw_fd(), client.is_tls());
     let mut read = std::pin::pin!(client.read(buf.slice_mut(start..end)));
-    match monoio::time::timeout(wait, read.as_mut()).await {
+    match within(timer.as_mut(), wait, read.as_mut()).await {
         Ok((Ok(0), b)) => {
             *inbuf = b.into_inner();
             ReadMore::Eof
@@ -152,7 +168,7 @@ async fn read_more(client: &mut Stream, inbuf: &mut Vec<u8>, wait: Duration) -> 
             // with an end of file, so the stream can still answer and close cleanly.
             // SAFETY: shutdown(2) on the live client socket; the descriptor stays valid.
             unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-            if let Ok((_, b)) = monoio::time::timeout(Duration::from_secs(1), read).await {
+            if let Ok((_, b)) = within(timer, Duration::from_secs(1), read).await {
                 *inbuf = b.into_inner();
             }
             ReadMore::TimedOut
@@ -173,6 +189,7 @@ async fn read_body(
     snap: &Snapshot,
     client: &mut Stream,
     inbuf: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
     head: &RequestHead,
 ) -> Result<(Body, usize), GatewayError> {
     let limits = &snap.config.limits;
@@ -193,7 +210,7 @@ async fn read_body(
                     r.map_err(|_| GatewayError::BadRequest("client went away"))?;
                 }
                 inbuf.reserve(end - inbuf.len());
-                match read_more(client, inbuf, idle).await {
+                match read_more(client, inbuf, timer.as_mut(), idle).await {
                     ReadMore::Data => {}
                     ReadMore::TimedOut => return Err(GatewayError::RequestTimeout),
                     _ => return Err(GatewayError::BadRequest("client closed before sending the whole body")),
@@ -223,7 +240,7 @@ async fn read_body(
                     let (r, _) = client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
                     r.map_err(|_| GatewayError::BadRequest("client went away"))?;
                 }
-                match read_more(client, inbuf, idle).await {
+                match read_more(client, inbuf, timer.as_mut(), idle).await {
                     ReadMore::Data => {}
                     ReadMore::TimedOut => return Err(GatewayError::RequestTimeout),
                     _ => return Err(GatewayError::BadRequest("client closed before sending the whole body")),
@@ -234,12 +251,14 @@ async fn read_body(
 }
 
 /// Handles one request whose head is at the start of `inbuf`; returns whether to keep the connection.
+#[allow(clippy::too_many_arguments)]
 async fn serve_request(
     ctx: &CoreCtx,
     snap: &Snapshot,
     client: &mut Stream,
     inbuf: &mut Vec<u8>,
     watch: &mut Option<ClientWatch>,
+    mut timer: Pin<&mut Sleep>,
     head: RequestHead,
     peer: Option<SocketAddr>,
 ) -> bool {
@@ -267,7 +286,7 @@ async fn serve_request(
         inbuf.drain(..head.head_len);
         return keep;
     }
-    let (body, next) = match read_body(snap, client, inbuf, &head).await {
+    let (body, next) = match read_body(snap, client, inbuf, timer.as_mut(), &head).await {
         Ok(b) => b,
         Err(e) => {
             ctx.metrics.request(endpoint, false, None, e.status());
@@ -301,7 +320,7 @@ async fn serve_request(
                 arrived,
                 keep_alive: keep,
             };
-            match crate::proxy::proxy(ctx, client, watch.as_ref(), &req).await {
+            match crate::proxy::proxy(ctx, client, watch.as_ref(), timer, &req).await {
                 Reply::Done { keep } => keep,
                 Reply::Error { error, headers, close, log } => {
                     let extra = headers.as_ref().map_or(&[][..], |h| h.as_bytes());

@@ -1,6 +1,7 @@
 //! A deadline shared by a run of reads and writes on a core thread: `within(timer, after, fut)` runs
-//! `fut` unless the timer, reset to now + `after`, fires first. The relay keeps one pinned timer per
-//! exchange and resets it before each read and write; `watch::Armed::within` does the same while
+//! `fut` unless the timer, reset to now + `after`, fires first. A client connection keeps one boxed
+//! timer (`connection::serve_connection`) and resets it before each read and write of each of its
+//! requests, the relay's included; `watch::Armed::within` does the same while
 //! watching the client, and sets the same timer for the watch's arm instant too.
 
 use monoio::time::Sleep;

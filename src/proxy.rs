@@ -18,6 +18,8 @@ use crate::snapshot::Snapshot;
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
 use crate::usage::sse::Cutting;
 use crate::watch::ClientWatch;
+use monoio::time::Sleep;
+use std::pin::Pin;
 use std::time::{Instant, SystemTime};
 
 /// A client request ready to proxy.
@@ -55,6 +57,7 @@ pub async fn proxy(
     ctx: &CoreCtx,
     client: &mut Stream,
     watch: Option<&ClientWatch>,
+    mut timer: Pin<&mut Sleep>,
     req: &Request<'_>,
 ) -> Reply {
     let snap = req.snap;
@@ -158,7 +161,7 @@ pub async fn proxy(
             out.cutting = Cutting { usage_only: !info.include_usage, usage_member: true, continuous: true };
         }
         let busy = balancer::busy(snap, b, ctx.core);
-        let outcome = attempt(ctx, snap, b, client, watch, &out, req.started).await;
+        let outcome = attempt(ctx, snap, b, client, watch, timer.as_mut(), &out, req.started).await;
         drop(busy);
         match outcome {
             Outcome::Retryable { connect, error } => {
@@ -294,12 +297,14 @@ pub async fn proxy(
 }
 
 /// One try on endpoint `b`: a pooled connection or a new one, then the exchange.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     ctx: &CoreCtx,
     snap: &Snapshot,
     b: usize,
     client: &mut Stream,
     watch: Option<&ClientWatch>,
+    timer: Pin<&mut Sleep>,
     out: &Outgoing<'_>,
     started: Instant,
 ) -> Outcome {
@@ -326,7 +331,7 @@ async fn attempt(
             }
         }
     };
-    relay::exchange(ctx, snap, b, conn, client, watch, out, started).await
+    relay::exchange(ctx, snap, b, conn, client, watch, timer, out, started).await
 }
 
 /// A request a limit refuses: 429 (503 when the limit store is down and denies), with

@@ -114,7 +114,7 @@ pub(super) fn relay<'a>(
     conn: &'a mut Stream,
     client: &'a mut Stream,
     mut armed: Armed<'a>,
-    mut timer: Pin<Box<Sleep>>,
+    mut timer: Pin<&'a mut Sleep>,
     req: &'a Outgoing<'a>,
     mut resp: ResponseHead,
     mut buf: Vec<u8>,

@@ -20,7 +20,9 @@ use crate::usage::sse::Cutting;
 use crate::usage::Usage;
 use crate::watch::ClientWatch;
 use monoio::io::AsyncWriteRentExt;
+use monoio::time::Sleep;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// Room before the payload for a chunk-size line.
@@ -149,13 +151,15 @@ pub fn exchange<'a>(
     mut conn: Stream,
     client: &'a mut Stream,
     watch: Option<&'a ClientWatch>,
+    timer: Pin<&'a mut Sleep>,
     req: &'a Outgoing<'a>,
     started: Instant,
 ) -> impl std::future::Future<Output = Outcome> + 'a {
     async move {
         let fds = (conn.as_raw_fd(), client.as_raw_fd());
         ctx.exchange_started(fds);
-        let (outcome, reusable) = run(ctx, snap, backend, &mut conn, client, watch, req, started).await;
+        let (outcome, reusable) =
+            run(ctx, snap, backend, &mut conn, client, watch, timer, req, started).await;
         ctx.exchange_ended(fds);
         if reusable {
             ctx.pool.borrow_mut().put(snap, backend, conn);
@@ -173,6 +177,7 @@ async fn run(
     conn: &mut Stream,
     client: &mut Stream,
     watch: Option<&ClientWatch>,
+    mut timer: Pin<&mut Sleep>,
     req: &Outgoing<'_>,
     started: Instant,
 ) -> (Outcome, bool) {
@@ -186,10 +191,8 @@ async fn run(
         return (Outcome::Retryable { connect: false, error }, false);
     }
     let mut armed = crate::watch::Armed::new(watch, client);
-    // The exchange's one timer (first byte, then each body read and write; see `deadline`),
-    // boxed: a monoio `Sleep` is 640 bytes aligned to 128, and inline it would size the
-    // connection task every open stream keeps (issue 14).
-    let mut timer = Box::pin(monoio::time::sleep(snap.config.limits.upstream_first_byte_timeout));
+    // `timer` is the connection's one timer (see `connection::serve_connection`): first byte,
+    // then each body read and write, and the watch's arm instant (see `deadline`, `watch`).
     let (resp, buf) = match head::read(ctx, snap, conn, &mut armed, timer.as_mut(), req.ids, &bcfg.url).await
     {
         Ok(r) => r,
