@@ -103,7 +103,7 @@ async fn read_head(
     let mut deadline = accepted.map(|t| t + header_timeout);
     loop {
         if !inbuf.is_empty() {
-            match http1::parse_request(inbuf, &snap.config.auth.user_header) {
+            match http1::parse_request_into(inbuf, &snap.config.auth.user_header, ctx.take_spare()) {
                 Parse::Complete(h) => return Ok((h, snap)),
                 Parse::Invalid(e) => return Err(HeadError::Answer(GatewayError::request_head(e))),
                 Parse::Partial => {}
@@ -365,6 +365,8 @@ async fn serve_request(
         ctx.metrics.latency.observe(started.elapsed().as_millis() as u64);
     }
     inbuf.drain(..next);
+    // The head's Vec and String serve the next head on this core.
+    ctx.give_spare(head.spare());
     keep
 }
 

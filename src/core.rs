@@ -60,6 +60,10 @@ pub struct CoreCtx {
     pub pool: RefCell<Pool>,
     buffers: RefCell<Vec<Vec<u8>>>,
     small_buffers: RefCell<Vec<Vec<u8>>>,
+    /// Header-span Vecs and target Strings of finished request heads, reused by the next ones.
+    spares: RefCell<Vec<crate::http1::Spare>>,
+    /// Header-span Vecs of finished response heads, likewise.
+    spans: RefCell<Vec<Vec<crate::http1::HeaderSpan>>>,
     ids: IdGen,
     /// Sockets (backend, client) of the exchanges in flight, shut down when the grace runs out.
     exchanges: RefCell<Vec<(i32, i32)>>,
@@ -84,6 +88,8 @@ impl CoreCtx {
             pool: RefCell::new(Pool::new()),
             buffers: RefCell::new(Vec::new()),
             small_buffers: RefCell::new(Vec::new()),
+            spares: RefCell::new(Vec::new()),
+            spans: RefCell::new(Vec::new()),
             ids: IdGen::new(),
             exchanges: RefCell::new(Vec::new()),
             cut: Cell::new(false),
@@ -168,6 +174,32 @@ impl CoreCtx {
         if free.len() < 256 {
             b.clear();
             free.push(b);
+        }
+    }
+
+    /// Storage for a head to parse into (an earlier head's, or empty).
+    pub fn take_spare(&self) -> crate::http1::Spare {
+        self.spares.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a head's storage for reuse; beyond 64 kept, or when it grew large, it is freed.
+    pub fn give_spare(&self, s: crate::http1::Spare) {
+        let mut v = self.spares.borrow_mut();
+        if v.len() < 64 && s.spans.capacity() <= crate::http1::MAX_HEADERS && s.target.capacity() <= 4096 {
+            v.push(s);
+        }
+    }
+
+    /// A header-span Vec for a response head to parse into.
+    pub fn take_spans(&self) -> Vec<crate::http1::HeaderSpan> {
+        self.spans.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a response head's header spans for reuse (as `give_spare`).
+    pub fn give_spans(&self, s: Vec<crate::http1::HeaderSpan>) {
+        let mut v = self.spans.borrow_mut();
+        if v.len() < 64 && s.capacity() > 0 && s.capacity() <= crate::http1::MAX_HEADERS {
+            v.push(s);
         }
     }
 

@@ -125,8 +125,28 @@ pub fn bearer(value: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Storage a parsed head can reuse instead of allocating: the header spans' Vec and the target's
+/// String of an earlier head (`RequestHead::spare`), kept by the core (`CoreCtx::take_spare`).
+#[derive(Debug, Default)]
+pub struct Spare {
+    pub spans: Vec<HeaderSpan>,
+    pub target: String,
+}
+
+impl RequestHead {
+    /// This head's storage, for the next head to reuse.
+    pub fn spare(self) -> Spare {
+        Spare { spans: self.forward, target: self.target }
+    }
+}
+
 /// Parses a client request head from `buf` (which may hold more than the head).
 pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
+    parse_request_into(buf, user_header, Spare::default())
+}
+
+/// `parse_request`, filling `spare`'s Vec and String (cleared first) instead of new ones.
+pub fn parse_request_into(buf: &[u8], user_header: &str, spare: Spare) -> Parse<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -145,7 +165,9 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
         Some("POST") => Method::Post,
         _ => Method::Other,
     };
-    let target = req.path.unwrap_or("/").to_string();
+    let Spare { spans: mut forward, mut target } = spare;
+    target.clear();
+    target.push_str(req.path.unwrap_or("/"));
     let http10 = req.version == Some(0);
     let base = buf.as_ptr();
     let mut keep_alive = !http10;
@@ -155,7 +177,8 @@ pub fn parse_request(buf: &[u8], user_header: &str) -> Parse<RequestHead> {
     let mut request_id = None;
     let mut api_key = None;
     let mut user = None;
-    let mut forward = Vec::with_capacity(req.headers.len());
+    forward.clear();
+    forward.reserve(req.headers.len());
     let mut connection_tokens: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -273,6 +296,11 @@ pub struct ResponseHead {
 
 /// Parses a backend response head. `Invalid` means a broken backend (502).
 pub fn parse_response(buf: &[u8]) -> Parse<ResponseHead> {
+    parse_response_into(buf, Vec::new())
+}
+
+/// `parse_response`, filling `forward` (cleared first) instead of a new Vec.
+pub fn parse_response_into(buf: &[u8], mut forward: Vec<HeaderSpan>) -> Parse<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -287,7 +315,8 @@ pub fn parse_response(buf: &[u8]) -> Parse<ResponseHead> {
     let mut content_length = None;
     let mut chunked = false;
     let mut is_sse = false;
-    let mut forward = Vec::with_capacity(resp.headers.len());
+    forward.clear();
+    forward.reserve(resp.headers.len());
     let mut connection_tokens: Option<&[u8]> = None;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();

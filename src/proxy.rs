@@ -71,13 +71,14 @@ pub async fn proxy(
         (None, Some(u)) => limits::Who::User(u),
         (None, None) => limits::Who::Anonymous,
     };
-    let (info, stream) = match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
-        Ok(s) => (s.info, s.stream),
-        Err(e) => {
-            // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
-            return reject(ctx, req, GatewayError::BadRequest(e), false, ctx.limits.headers(who));
-        }
-    };
+    let (mut info, stream) =
+        match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
+            Ok(s) => (s.info, s.stream),
+            Err(e) => {
+                // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
+                return reject(ctx, req, GatewayError::BadRequest(e), false, ctx.limits.headers(who));
+            }
+        };
     if cfg.auth.required && matched.is_none() {
         return reject(ctx, req, GatewayError::Unauthorized, stream, None);
     }
@@ -131,7 +132,8 @@ pub async fn proxy(
         client_request_id: req.ids.client.clone(),
         user_id,
         api_key,
-        model: info.model.clone(),
+        // Moved in once the backend is picked (`pick_for` reads it): no copy per request.
+        model: None,
         prompt_tokens: 0,
         completion_tokens: 0,
         total_tokens: 0,
@@ -190,6 +192,7 @@ pub async fn proxy(
             other => break (Some(b), Ok(other)),
         }
     };
+    record.model = info.model.take();
     record.backend_url = backend.map(|b| snap.backend_of(b).cfg.url.clone());
     let mut bytes_out = 0;
     let mut gw_error = None;

@@ -139,7 +139,7 @@ pub(super) fn relay<'a>(
         let mut pending = ctx.take_buf();
         build_client_head(&mut pending, &resp, &buf[PREFIX..], req, framing, keep);
         // The header spans are done with: a stream that lasts minutes should not hold them.
-        resp.forward = Vec::new();
+        ctx.give_spans(std::mem::take(&mut resp.forward));
         let mut pending = Some(pending);
         let body_at = PREFIX + resp.head_len;
         let body_len = buf.len() - body_at;

@@ -72,7 +72,7 @@ pub(super) async fn read(
         }
         // Every complete head in the buffer: interim ones are dropped, a final one returned.
         loop {
-            match http1::parse_response(&buf[PREFIX..]) {
+            match http1::parse_response_into(&buf[PREFIX..], ctx.take_spans()) {
                 Parse::Partial => break,
                 Parse::Invalid(e) => return fail(buf, Outcome::Failed(GatewayError::response_head(e))),
                 Parse::Complete(h) if (100..200).contains(&h.status) => {
