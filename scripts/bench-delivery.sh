@@ -11,7 +11,8 @@
 #    from the receiver's first to its last record is measured.
 # 2. gateway req/s (wrk, 32 connections, WRK_DUR s) with crash_window = "10ms" vs "off"
 #    (batch_max = 100, fast receiver), alternating, ROUNDS rounds, medians; and the gateway's CPU
-#    per request (all its threads: cores, journal, delivery; from /proc/PID/task/*/schedstat).
+#    per request (all its threads: cores, journal, delivery; from /proc/PID/task/*/schedstat), split
+#    by thread. MODES='"10ms" "50ms" "off"' compares more windows (the last one is the reference).
 # 3. (`nats`) records/s delivered to a real `nats-server -js` (sink = "nats", concurrency 16) with
 #    batch_max = 1 and 100: wrk load for REQS_DUR s, then the backlog left when the load stops is
 #    timed until llmproxy_webhook_success_total reaches the request count (the drain rate is the
@@ -27,6 +28,7 @@ REQS_DUR=${REQS_DUR:-3}
 CORE_LOAD=${CORE_LOAD:-0}
 CORE_GW=${CORE_GW:-1}
 WHAT=${1:-all}
+MODES=${MODES:-'"10ms" "off"'} # journal: crash_window values compared, alternating; the last is the reference
 BIN=${BIN:-$ROOT/target/release/llmproxy}
 P_MOCK=18203 P_HOOK=18204 P_GW=18210 P_NATS=18222
 log() { echo "[bench-delivery $(date +%H:%M:%S)] $*" >&2; }
@@ -75,6 +77,18 @@ affinity() {
 # ns of CPU used so far by every thread of process $1.
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
 
+# "name ns" per thread group of process $1 (names without their -N suffix), CPU used so far.
+cpu_by_thread() {
+    for t in /proc/"$1"/task/*; do
+        echo "$(sed 's/-[0-9]*$//' "$t/comm") $(awk '{print $1}' "$t/schedstat")"
+    done 2>/dev/null | awk '{s[$1] += $2} END {for (n in s) print n, s[n]}' | sort
+}
+
+# us per request by thread group between two cpu_by_thread snapshots ($1, $2 files; $3 requests).
+cpu_split() {
+    join -a2 -e0 -o 0,1.2,2.2 "$1" "$2" | awk -v n="$3" '{printf "%s %.2f  ", $1, ($3 - $2) / 1000 / n}'
+}
+
 delivery_rate() { # label, receiver options...
     local label=$1; shift
     receiver "$@"
@@ -107,36 +121,39 @@ fi
 if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
     receiver
     declare -A RES CPU
+    read -ra MODE_LIST <<<"$MODES"
     for r in $(seq "$ROUNDS"); do
-        for mode in '"10ms"' '"off"'; do
+        for mode in "${MODE_LIST[@]}"; do
             gateway "batch_max = 100\ncrash_window = $mode"
             [[ $r == 1 ]] && log "gateway threads (name, cores allowed, nice): $(affinity "$GPID")"
             c0=$(cpu_ns "$GPID")
+            cpu_by_thread "$GPID" >"$W/t0"
             taskset -c "$CORE_LOAD" wrk -t1 -c32 -d"${WRK_DUR}s" -s "$W/post.lua" "http://127.0.0.1:$P_GW/v1/chat/completions" >"$W/wrk.txt"
             c1=$(cpu_ns "$GPID")
+            cpu_by_thread "$GPID" >"$W/t1"
             rps=$(awk '/Requests\/sec/ {print $2}' "$W/wrk.txt")
             reqs=$(awk '/requests in/ {print $1}' "$W/wrk.txt")
             us=$(python3 -c "print(f'{($c1 - $c0) / 1000 / $reqs:.2f}')")
             RES[$mode]+="$rps "
             CPU[$mode]+="$us "
-            log "round $r crash_window=$mode: $rps req/s, $us us CPU/request"
+            log "round $r crash_window=$mode: $rps req/s, $us us CPU/request; by thread: $(cpu_split "$W/t0" "$W/t1" "$reqs")"
             kill "$GPID"; wait "$GPID" 2>/dev/null || true
         done
     done
     kill "$RPID"; wait "$RPID" 2>/dev/null || true
     med() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-    on=$(echo "${RES['"10ms"']}" | med); off=$(echo "${RES['"off"']}" | med)
-    con=$(echo "${CPU['"10ms"']}" | med); coff=$(echo "${CPU['"off"']}" | med)
-    echo
-    echo "| crash_window | req/s, median of $ROUNDS (runs) | gateway CPU us/request, median (runs) |"
-    echo "|---|---|---|"
-    echo "| \"10ms\" (journal) | $on (${RES['"10ms"']}) | $con (${CPU['"10ms"']}) |"
-    echo "| \"off\" | $off (${RES['"off"']}) | $coff (${CPU['"off"']}) |"
-    echo "| on / off (ratio of the medians) | $(python3 -c "print(f'{$on/$off:.3f}')") | $(python3 -c "print(f'{$con/$coff:.3f}')") |"
-    # Each round's two runs are back to back: the median of the per-round ratios cancels most of the
+    # Each round's runs are back to back: the median of the per-round ratios cancels most of the
     # drift a shared machine adds between rounds.
     pair() { python3 -c "import statistics as s,sys; a,b=[list(map(float,x.split())) for x in sys.argv[1:]]; print(f'{s.median(x/y for x,y in zip(a,b)):.3f}')" "$1" "$2"; }
-    echo "| on / off (median of per-round ratios) | $(pair "${RES['"10ms"']}" "${RES['"off"']}") | $(pair "${CPU['"10ms"']}" "${CPU['"off"']}") |"
+    ref=${MODE_LIST[-1]}
+    echo
+    echo "| crash_window | req/s, median of $ROUNDS (runs) | gateway CPU us/request, median (runs) | ÷ $ref: req/s, CPU (median of per-round ratios) |"
+    echo "|---|---|---|---|"
+    for mode in "${MODE_LIST[@]}"; do
+        vs="-"
+        [[ $mode == "$ref" ]] || vs="$(pair "${RES[$mode]}" "${RES[$ref]}"), $(pair "${CPU[$mode]}" "${CPU[$ref]}")"
+        echo "| $mode | $(echo "${RES[$mode]}" | med) (${RES[$mode]}) | $(echo "${CPU[$mode]}" | med) (${CPU[$mode]}) | $vs |"
+    done
 fi
 
 now() { date +%s.%N; }
