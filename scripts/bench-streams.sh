@@ -190,6 +190,11 @@ max_connections = 1000000
 upstream_connect_timeout = "60s"
 [[backends]]
 url = "http://127.0.0.1:$P_BACKEND"
+# The benchmark backend shares the oversubscribed load core with the client: with the default 1 s,
+# one slow /health answer marks it down and streams opened then get 503 (nginx has no active
+# checks). This measures relaying, not health checking.
+[health_check]
+timeout = "10s"
 [usage_hook]
 enabled = true
 url = "http://127.0.0.1:$P_HOOK/llm-usage"
@@ -201,6 +206,11 @@ cat >"$WORK/baseline.toml" <<EOF
 listen = "127.0.0.1:$P_PROXY"
 [[backends]]
 url = "http://127.0.0.1:$P_BACKEND"
+# The benchmark backend shares the oversubscribed load core with the client: with the default 1 s,
+# one slow /health answer marks it down and streams opened then get 503 (nginx has no active
+# checks). This measures relaying, not health checking.
+[health_check]
+timeout = "10s"
 [usage_hook]
 enabled = true
 url = "http://127.0.0.1:$P_HOOK/llm-usage"
