@@ -6,10 +6,11 @@
 //! ([`format`]).
 //!
 //! Core threads only ever `try_send` on a bounded lock-free channel, falling back to an unbounded
-//! lock-free overflow channel; nothing is dropped. The journal thread never parks on those channels
-//! (it polls them every few milliseconds and parks in between, woken early only by its own delivery
-//! threads when batches wait for one, or a stop), so a submit never has to wake a sleeping thread: no mutex, no futex, no
-//! syscall on the core threads.
+//! lock-free overflow channel; nothing is dropped. While records keep coming the journal thread
+//! polls those channels every `crash_window / 3` and a submit wakes nobody. When it has nothing left
+//! to do it says so ([`Shared::asleep`]) and parks; the first submit after that unparks it (one
+//! futex wake per idle-to-busy transition, see [`UsageSink::submit`]). No mutex, and no syscall per
+//! record on the core threads.
 
 mod backoff;
 pub mod client;
@@ -25,9 +26,9 @@ use crate::config::UsageHookConfig;
 use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Sender, TrySendError};
 use journal::Journal;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 
 pub use http::sign;
 
@@ -66,6 +67,9 @@ pub struct WebhookStats {
 struct Shared {
     /// Records held in memory by the journal thread (waiting, in flight).
     in_thread: AtomicUsize,
+    /// The journal thread has nothing to do and parks (or is about to): the next submit must unpark
+    /// it. Set only by that thread; cleared by it or by the one submit that wakes it.
+    asleep: AtomicBool,
 }
 
 /// Where core threads hand over usage records. Cheap to clone; the gateway wraps one in
@@ -75,23 +79,45 @@ pub struct UsageSink {
     tx: Sender<UsageRecord>,
     overflow: Sender<UsageRecord>,
     shared: Arc<Shared>,
+    /// The journal thread, unparked when it sleeps.
+    worker: Thread,
 }
 
 impl UsageSink {
-    /// Called on core threads (io_uring or epoll) once per request: never blocks, locks or does
-    /// I/O. Tries the bounded channel; when it is full, the record goes to the unbounded overflow
-    /// channel. Never drops a record while the journal thread runs.
+    /// Called on core threads (io_uring or epoll) once per request: never blocks or locks, and does
+    /// I/O only to wake a sleeping journal thread. Tries the bounded channel; when it is full, the
+    /// record goes to the unbounded overflow channel. Never drops a record while the journal thread
+    /// runs.
     pub fn submit(&self, rec: UsageRecord) {
         let rec = match self.tx.try_send(rec) {
-            Ok(()) => return,
+            Ok(()) => return self.wake_worker(),
             Err(TrySendError::Full(rec)) => match self.overflow.send(rec) {
-                Ok(()) => return,
+                Ok(()) => return self.wake_worker(),
                 Err(e) => e.0,
             },
             Err(TrySendError::Disconnected(rec)) => rec,
         };
         // Only after shutdown (or a crash of the journal thread): nobody can take the record.
         log::error!("request_id={} usage record lost: the delivery thread is not running", rec.request_id);
+    }
+
+    /// After a push: unparks the journal thread if it went to sleep. While it is awake this is a
+    /// fence and a load of a flag only the journal thread writes (no contended cache line, no
+    /// syscall); the `swap` makes exactly one submitter per sleep pay for the unpark.
+    ///
+    /// No record waits behind a sleeping journal thread (the Dekker pattern, with
+    /// `worker::Channels::sleep`): the journal
+    /// thread stores `asleep = true`, issues a SeqCst fence, then looks at the channels; a submit
+    /// pushes (atomic stores to the channel's tail), issues a SeqCst fence, then loads `asleep`.
+    /// The two fences are ordered one way or the other: if the journal thread's comes first, this
+    /// load sees `true` and unparks it; if this one comes first, its look at the channels sees the
+    /// record and it does not park. The unpark leaves a token, so one that lands before the
+    /// `park()` makes that `park()` return at once.
+    fn wake_worker(&self) {
+        fence(Ordering::SeqCst);
+        if self.shared.asleep.load(Ordering::Relaxed) && self.shared.asleep.swap(false, Ordering::Relaxed) {
+            self.worker.unpark();
+        }
     }
 
     /// Records queued in memory (channels + held by the journal thread), for the
@@ -108,6 +134,18 @@ pub struct WebhookHandle {
     thread: JoinHandle<()>,
     /// The delivery threads' sink factory (None when the hook is disabled).
     sinks: Option<Arc<sink::SinkSlot>>,
+    /// Dropped after `stop` (field order): a handle dropped without `shutdown` wakes the journal
+    /// thread, which then sees the stop channel closed.
+    _wake: WakeOnDrop,
+}
+
+/// Unparks a thread when dropped.
+struct WakeOnDrop(Thread);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.unpark();
+    }
 }
 
 impl WebhookHandle {
@@ -160,11 +198,14 @@ pub fn start(
         let w = worker::Worker::new(cfg, stats, Arc::clone(&shared), echo_stdout, channels, journal, make);
         std::thread::Builder::new().name("llmproxy-webhook".into()).spawn(move || w.run())?
     } else {
+        let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("llmproxy-webhook".into())
-            .spawn(move || worker::run_disabled(channels, stats, echo_stdout))?
+            .spawn(move || worker::run_disabled(channels, shared, stats, echo_stdout))?
     };
-    Ok((UsageSink { tx, overflow, shared }, WebhookHandle { stop, thread, sinks }))
+    let worker = thread.thread().clone();
+    let wake = WakeOnDrop(worker.clone());
+    Ok((UsageSink { tx, overflow, shared, worker }, WebhookHandle { stop, thread, sinks, _wake: wake }))
 }
 
 /// Delivery's own series for `/metrics` (journal health and backlog age).

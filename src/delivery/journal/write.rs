@@ -50,6 +50,16 @@ impl Journal {
         Ok(())
     }
 
+    /// Appended frames or acknowledgements wait for the next [`Journal::flush`].
+    pub fn unwritten(&self) -> bool {
+        !self.buf.is_empty() || !self.acks.is_empty()
+    }
+
+    /// `.ack` files were written since the last [`Journal::sync_acks`].
+    pub fn acks_unsynced(&self) -> bool {
+        !self.acks_unsynced.is_empty()
+    }
+
     /// Frames were written since the last [`Journal::sync_entries`].
     pub fn unsynced(&self) -> bool {
         self.seg_unsynced

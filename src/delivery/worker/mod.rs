@@ -3,12 +3,15 @@
 //! delivery threads ([`super::sink::Pool`]), acknowledges what was delivered, retries what was not,
 //! and on stop journals everything left. Its whole condition is the one [`State`] value.
 //!
-//! Pace: it wakes every `poll` (`crash_window / 3`), or earlier when a delivery thread finishes a
-//! batch while others wait for one; nothing on a core thread wakes it. Each round writes what arrived to the journal (a
-//! `write`: safe from `kill -9` from then on); the segment is fdatasync'd at most once per `poll`
-//! and only when something was written since ([`Worker::commit`]), the `.ack` files once a second.
-//! It asks for a higher scheduling priority ([`priority`]) so a busy machine still runs it within
-//! the window.
+//! Pace: while it has work (records held or in flight, frames or acknowledgements not yet written or
+//! fdatasync'd, a backlog, a failing disk) it wakes every `poll` (`crash_window / 3`), or earlier
+//! when a delivery thread finishes a batch while others wait for one; a submit does not wake it
+//! then. Each round writes what arrived to the journal (a `write`: safe from `kill -9` from then
+//! on); the segment is fdatasync'd at most once per `poll` and only when something was written
+//! since ([`Worker::commit`]), the `.ack` files once a second. With nothing left to do
+//! ([`Worker::idle`]) it parks until the next submit unparks it ([`Channels::sleep`]), or until the
+//! last `.ack` fdatasync is due. It asks for a higher scheduling priority ([`priority`]) so a busy
+//! machine still runs it within the window.
 
 mod disk;
 mod priority;
@@ -23,11 +26,11 @@ use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Idle polling of the core threads' channels without a journal (see the module header of `mod.rs`).
+/// Pace while busy without a `crash_window` (see the module header).
 const POLL: Duration = Duration::from_millis(5);
 /// Records taken off the channels per round before the loop commits and dispatches.
 const INTAKE_MAX: usize = 8192;
@@ -66,6 +69,24 @@ impl Channels {
         }
         std::thread::park_timeout(d);
         false
+    }
+
+    /// Parks with nothing to do, until a submit or a stop unparks it (or `timeout`, if any).
+    /// Announces it in `asleep` first, then looks at the channels once more: see
+    /// `UsageSink::wake_worker` for why no record can arrive unseen. Returns whether a stop was
+    /// requested.
+    fn sleep(&self, asleep: &AtomicBool, timeout: Option<Duration>) -> bool {
+        asleep.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let stop = self.stop_requested();
+        if !stop && self.rx.is_empty() && self.overflow.is_empty() {
+            match timeout {
+                Some(d) => std::thread::park_timeout(d),
+                None => std::thread::park(),
+            }
+        }
+        asleep.store(false, Ordering::Relaxed);
+        stop || self.stop_requested()
     }
 }
 
@@ -205,12 +226,33 @@ impl Worker {
                 break;
             }
             self.dispatch(&mut pool, Instant::now());
-            self.publish(&pool, false);
-            if !more && self.ch.wait_stop(self.park_for()) {
+            if more {
+                self.publish(&pool, false);
+                continue;
+            }
+            let stop = if self.idle() {
+                self.publish(&pool, true);
+                self.ch.sleep(&self.shared.asleep, self.acks_due())
+            } else {
+                self.publish(&pool, false);
+                self.ch.wait_stop(self.park_for())
+            };
+            if stop {
                 break;
             }
         }
         self.shutdown(pool);
+    }
+
+    /// Nothing to do until a record arrives: none held or in flight, none only on disk, everything
+    /// written and the segment fdatasync'd, the sink and the disk fine. (The `.ack` files may still
+    /// wait for their fdatasync: the sleep ends when it is due.)
+    fn idle(&self) -> bool {
+        self.state == State::Healthy
+            && self.mem_len() == 0
+            && !self.journal.has_disk_only()
+            && !self.journal.unwritten()
+            && !self.journal.unsynced()
     }
 
     fn sink_down(&self) -> bool {
@@ -299,6 +341,11 @@ impl Worker {
         } else {
             self.poll
         }
+    }
+
+    /// How long until the `.ack` files' fdatasync, if some were written since the last one.
+    fn acks_due(&self) -> Option<Duration> {
+        self.journal.acks_unsynced().then(|| self.ack_sync_at.saturating_duration_since(Instant::now()))
     }
 
     /// Reads journaled records back into memory when the window has room.
@@ -481,11 +528,14 @@ impl Worker {
     }
 }
 
-/// `enabled = false`: records are only echoed (if asked), never sent nor journaled.
-pub(crate) fn run_disabled(ch: Channels, stats: Arc<WebhookStats>, echo_stdout: bool) {
+/// `enabled = false`: records are only echoed (if asked), never sent nor journaled. Polls every
+/// [`POLL`] while records come, sleeps once a round finds none.
+pub(crate) fn run_disabled(ch: Channels, shared: Arc<Shared>, stats: Arc<WebhookStats>, echo_stdout: bool) {
+    let mut stop = false;
     loop {
-        let stop = ch.wait_stop(POLL);
+        let mut took = false;
         while let Some(rec) = ch.next() {
+            took = true;
             stats.tokens.observe(&rec);
             if echo_stdout {
                 echo(&rec.to_json());
@@ -494,6 +544,7 @@ pub(crate) fn run_disabled(ch: Channels, stats: Arc<WebhookStats>, echo_stdout: 
         if stop {
             return;
         }
+        stop = if took { ch.wait_stop(POLL) } else { ch.sleep(&shared.asleep, None) };
     }
 }
 

@@ -92,18 +92,20 @@ impl Worker {
         }
     }
 
-    /// No delivery threads: journal everything until stopped.
+    /// No delivery threads: journal everything until stopped. Polls while records come, sleeps once
+    /// a round finds none.
     pub(super) fn journal_only(mut self) {
         self.eager = true;
+        let mut stop = false;
         loop {
-            let stop = self.ch.stop_requested();
+            let took = !self.ch.rx.is_empty() || !self.ch.overflow.is_empty();
             while self.intake() {}
             self.journal_memory_only();
             self.ready.clear();
             if stop {
                 break;
             }
-            std::thread::park_timeout(self.poll);
+            stop = if took { self.ch.wait_stop(self.poll) } else { self.ch.sleep(&self.shared.asleep, None) };
         }
         self.publish_final();
     }
