@@ -3,7 +3,9 @@
 //! are the new addresses. New addresses are health-checked at once (health.rs); removed ones take
 //! no new requests and their in-flight requests finish on the snapshot they started with; their
 //! idle pooled connections are closed when each core moves to the new generation. A failed or
-//! empty resolution keeps the last known addresses.
+//! empty resolution keeps the last known addresses. Between resolutions the thread sleeps until the
+//! next is due (with no name to resolve, until woken); a stop (`Gateway::stop`) or a new snapshot
+//! (`SnapshotCell::watch`) unparks it.
 
 use crate::resolve::resolve;
 use crate::snapshot::SnapshotCell;
@@ -12,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Starts the discovery thread; it stops when `stop` is set.
 pub fn spawn(snapshots: Arc<SnapshotCell>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
@@ -82,11 +84,11 @@ pub fn spawn(snapshots: Arc<SnapshotCell>, stop: Arc<AtomicBool>) -> std::io::Re
                     log::error!("cannot apply new addresses: {}", p.join("; "));
                 }
             }
-            // Sleep until the next name is due, in small steps so shutdown is prompt.
-            let next = due.values().min().copied().unwrap_or(now + Duration::from_secs(1));
-            let until = next.min(Instant::now() + Duration::from_secs(1));
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
+            // Sleep until the next name is due. A stop or a new snapshot (a reload may add names)
+            // unparks it; one that came during the pass above left park's token.
+            match due.values().min() {
+                Some(next) => std::thread::park_timeout(next.saturating_duration_since(Instant::now())),
+                None => std::thread::park(),
             }
         }
     })

@@ -26,6 +26,10 @@ pub struct Options {
     pub config_path: Option<std::path::PathBuf>,
     /// Set (by a SIGHUP handler installed before start) to ask for a reload.
     pub reload: Arc<AtomicBool>,
+    /// The read end of a self-pipe that the SIGTERM/SIGINT/SIGHUP handlers write a byte to after
+    /// setting their flag: [`Gateway::run_until_shutdown`] sleeps on it. None: it looks at the
+    /// flags every 50 ms instead.
+    pub wake: Option<std::os::unix::net::UnixStream>,
 }
 
 pub struct Gateway {
@@ -34,6 +38,7 @@ pub struct Gateway {
     pub driver: Driver,
     shutdown: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
+    wake: Option<std::os::unix::net::UnixStream>,
     config_path: Option<std::path::PathBuf>,
     snapshots: Arc<SnapshotCell>,
     reloads: Arc<ReloadStats>,
@@ -129,6 +134,7 @@ impl Gateway {
         let health_stop = Arc::new(AtomicBool::new(false));
         let health = crate::health::spawn(snapshots.clone(), health_stop.clone())?;
         let discovery = crate::discovery::spawn(snapshots.clone(), health_stop.clone())?;
+        snapshots.watch(vec![health.thread().clone(), discovery.thread().clone()]);
 
         log::info!("listening on {addr}");
         if listener_tls.is_some() {
@@ -205,6 +211,7 @@ impl Gateway {
             driver,
             shutdown,
             reload: opts.reload,
+            wake: opts.wake,
             config_path: opts.config_path,
             snapshots,
             reloads,
@@ -271,6 +278,7 @@ impl Gateway {
         }
         self.health_stop.store(true, Ordering::Relaxed);
         for t in [self.health.take(), self.discovery.take()].into_iter().flatten() {
+            t.thread().unpark();
             let _ = t.join();
         }
         self.access_log.stop();
@@ -285,16 +293,39 @@ impl Gateway {
         }
     }
 
-    /// Blocks until the shutdown flag is set, then stops.
-    pub fn run_until_shutdown(self) {
+    /// Blocks until the shutdown flag is set, then stops; reloads when the reload flag is set. Sleeps
+    /// on the signal handlers' self-pipe ([`Options::wake`]) between signals.
+    pub fn run_until_shutdown(mut self) {
+        let mut wake = self.wake.take();
         while !self.shutdown.load(Ordering::Relaxed) {
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload();
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            // A handler sets its flag before it writes its byte: a signal that landed after the
+            // flags were read above left a byte, so this returns at once and the loop looks again.
+            if !wake.as_mut().is_some_and(wait_for_signal) {
+                wake = None;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
         log::info!("shutting down: draining in-flight requests");
         self.stop();
         log::info!("stopped");
+    }
+}
+
+/// Blocks until a signal handler writes to the self-pipe (or a read is interrupted). False when the
+/// pipe is unusable (closed, error): the caller falls back to polling the flags.
+fn wait_for_signal(pipe: &mut std::os::unix::net::UnixStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    match pipe.read(&mut buf) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        Err(e) => {
+            log::warn!("signal self-pipe: {e}; polling the signal flags instead");
+            false
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! DNS change); an up endpoint every `interval`; a down one (by check, or marked down by a core)
 //! again after 100 ms, then backing off to 1 s (or `interval`), so a gateway started before its backends
 //! follows them quickly. For `continuous_usage = "auto"` backends it also reads `GET /v1/models`
-//! and learns from `owned_by` whether the server reports continuous usage (vLLM, SGLang).
+//! and learns from `owned_by` whether the server reports continuous usage (vLLM, SGLang). Between
+//! checks the thread sleeps until the next one is due; a stop (`Gateway::stop`), a new snapshot or an
+//! endpoint marked down by a core (`SnapshotCell::watch`) unparks it.
 
 use crate::config::{BackendConfig, HealthCheckConfig};
 use crate::snapshot::{Backend, EndpointId, SnapshotCell};
@@ -144,17 +146,11 @@ pub fn spawn(snapshots: Arc<SnapshotCell>, stop: Arc<AtomicBool>) -> std::io::Re
                     }
                 }
             }
-            // Sleep until the next endpoint is due, in small steps so shutdown, a new snapshot
-            // and endpoints marked down by cores are seen promptly.
+            // Sleep until the next endpoint is due. A stop, a new snapshot or an endpoint marked
+            // down by a core unparks it; one that came during the checks above left park's token,
+            // so this returns at once and the loop looks again.
             let next = due.iter().map(|(_, d)| d.next).min().unwrap_or(now + cfg.interval);
-            let g = snapshots.generation();
-            while Instant::now() < next
-                && !stop.load(Ordering::Relaxed)
-                && snapshots.generation() == g
-                && snap.endpoints.iter().zip(&due).all(|(e, (_, d))| e.state.is_up() || !d.last_up)
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
         }
     })
 }

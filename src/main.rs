@@ -186,19 +186,35 @@ fn serve(config: Config, config_path: Option<PathBuf>, echo_records: bool) -> Ex
     let shutdown = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     let ignored = Arc::new(AtomicBool::new(false));
-    for (sig, f) in [
-        (SIGTERM, shutdown.clone()),
-        (SIGINT, shutdown.clone()),
-        (SIGHUP, reload.clone()),
-        (SIGUSR1, ignored.clone()),
-        (SIGUSR2, ignored),
+    // The main thread sleeps on this self-pipe: each handler sets its flag, then writes a byte.
+    let (wake, wake_tx) = match std::os::unix::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("cannot create the signal self-pipe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (sig, f, wakes) in [
+        (SIGTERM, shutdown.clone(), true),
+        (SIGINT, shutdown.clone(), true),
+        (SIGHUP, reload.clone(), true),
+        (SIGUSR1, ignored.clone(), false),
+        (SIGUSR2, ignored, false),
     ] {
-        if let Err(e) = signal_hook::flag::register(sig, f) {
+        let installed = signal_hook::flag::register(sig, f).and_then(|_| {
+            if wakes {
+                signal_hook::low_level::pipe::register(sig, wake_tx.try_clone()?)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = installed {
             log::error!("cannot install signal handler: {e}");
             return ExitCode::FAILURE;
         }
     }
-    let gw = match Gateway::start(config, Options { echo_records, config_path, reload, shutdown }) {
+    drop(wake_tx);
+    let opts = Options { echo_records, config_path, reload, shutdown, wake: Some(wake) };
+    let gw = match Gateway::start(config, opts) {
         Ok(g) => g,
         Err(e) => {
             log::error!("{e}");

@@ -170,7 +170,7 @@ pub async fn proxy(
                 // A refused connect or a pooled connection the backend had closed: the other idle
                 // connections to it are as old (a restart closed them all), so none is reused.
                 ctx.pool.borrow_mut().clear(snap, b);
-                if connect && snap.endpoints[b].state.set_up(false) {
+                if connect && ctx.shared.snapshots.mark_down(&snap.endpoints[b]) {
                     log::warn!(
                         "request_id={} backend {} ({}) marked down: connect failed",
                         request_id,

@@ -3,7 +3,9 @@
 //! backend's name resolves to, each with health state shared by all cores), stamped with a
 //! generation. Built only by `Snapshot::build` (reload and discovery threads, at start by
 //! `gateway`), swapped in `SnapshotCell`; core threads read it through a per-core cache
-//! (`core::CoreCtx::snapshot`) at the cost of one atomic load per request.
+//! (`core::CoreCtx::snapshot`) at the cost of one atomic load per request. The threads that follow
+//! it (health, discovery) sleep until their next deadline and are unparked by the cell when a new
+//! snapshot is swapped in or a core marks an endpoint down ([`SnapshotCell::watch`]).
 
 use crate::config::{BackendConfig, Config, ContinuousUsage};
 use crate::counters::BackendStats;
@@ -11,7 +13,8 @@ use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 
 /// A backend's id: the same for the same url across reloads, never reused within a process.
 pub type BackendId = u32;
@@ -220,6 +223,8 @@ pub struct SnapshotCell {
     generation: AtomicU64,
     writer: Mutex<Ids>,
     cores: usize,
+    /// Unparked on every change (set once, at start).
+    watchers: OnceLock<Vec<Thread>>,
 }
 
 impl SnapshotCell {
@@ -232,7 +237,31 @@ impl SnapshotCell {
             current: ArcSwap::from_pointee(snap),
             writer: Mutex::new(ids),
             cores,
+            watchers: OnceLock::new(),
         })
+    }
+
+    /// The threads to unpark when a new snapshot is swapped in or a core marks an endpoint down
+    /// (the health and discovery threads, which otherwise sleep until their next deadline). Set
+    /// once; later calls are ignored.
+    pub fn watch(&self, threads: Vec<Thread>) {
+        let _ = self.watchers.set(threads);
+    }
+
+    fn notify(&self) {
+        for t in self.watchers.get().into_iter().flatten() {
+            t.unpark();
+        }
+    }
+
+    /// A core saw `e` refuse a connection: marks it down and, if it was up, wakes the health thread
+    /// to re-check it (one unpark per up-to-down transition, none per request). True when it was up.
+    pub fn mark_down(&self, e: &Endpoint) -> bool {
+        let changed = e.state.set_up(false);
+        if changed {
+            self.notify();
+        }
+        changed
     }
 
     /// The generation of the current snapshot (one atomic load).
@@ -262,6 +291,7 @@ impl SnapshotCell {
         let g = next.generation;
         self.current.store(Arc::new(next));
         self.generation.store(g, Ordering::Release);
+        self.notify();
         Ok(Some(g))
     }
 }
