@@ -15,6 +15,7 @@ use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::time::Sleep;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -42,49 +43,74 @@ enum HeadError {
 
 /// Serves one client connection until it closes, errs, or the gateway drains; a TLS client then
 /// gets a close_notify.
-pub async fn handle(ctx: Rc<CoreCtx>, mut client: Stream, accepted: Instant, peer: Option<SocketAddr>) {
-    let _open = ctx.connection_opened();
-    serve_connection(&ctx, &mut client, accepted, peer).await;
-    if client.is_tls() {
-        client.close().await;
+///
+/// Plain fns returning `async move` blocks here, not `async fn`s: an async fn keeps each argument
+/// twice in its future (the argument and the local it is moved into), and this future is the
+/// connection task every open stream keeps (issue 14).
+// Not `async fn` on purpose (see above): clippy would fold it back.
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
+    ctx: Rc<CoreCtx>,
+    mut client: Stream,
+    accepted: Instant,
+    peer: Option<SocketAddr>,
+) -> impl Future<Output = ()> {
+    async move {
+        let _open = ctx.connection_opened();
+        serve_connection(&ctx, &mut client, accepted, peer).await;
+        if client.is_tls() {
+            // Boxed: the close future holds the stream and a monoio timer (128-byte aligned);
+            // inline, it would align and size every connection's task, TLS or not (issue 14).
+            Box::pin(client.close()).await;
+        }
     }
 }
 
-async fn serve_connection(ctx: &CoreCtx, client: &mut Stream, accepted: Instant, peer: Option<SocketAddr>) {
-    let mut inbuf: Vec<u8> = Vec::with_capacity(FIRST_READ);
-    let mut watch: Option<ClientWatch> = None;
-    let mut since = Some(accepted);
-    // The connection's one timer: every read and write deadline of every request on it (head,
-    // body, backend's first byte, relay; see `deadline`) resets it instead of creating, boxing
-    // and registering a timer of its own. Boxed: a monoio `Sleep` is 640 bytes aligned to 128,
-    // and inline it would size the connection task (issue 14).
-    let mut timer = Box::pin(monoio::time::sleep(KEEP_ALIVE_IDLE));
-    loop {
-        let (head, snap) = match read_head(ctx, client, &mut inbuf, timer.as_mut(), since).await {
-            Ok(h) => h,
-            Err(HeadError::Closed) => return,
-            Err(HeadError::Answer(e)) => {
-                let ids = ctx.request_ids(None);
-                let t = Instant::now();
-                ctx.metrics.request(Endpoint::Unknown, false, None, e.status());
-                let n = answer_error(client, &e, &ids, true).await;
-                log_local(ctx, &ids, peer, None, t, e.status(), n, Some(e.message()));
+#[allow(clippy::manual_async_fn)]
+fn serve_connection<'a>(
+    ctx: &'a CoreCtx,
+    client: &'a mut Stream,
+    accepted: Instant,
+    peer: Option<SocketAddr>,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        let mut inbuf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+        let mut watch: Option<ClientWatch> = None;
+        let mut since = Some(accepted);
+        // The connection's one timer: every read and write deadline of every request on it (head,
+        // body, backend's first byte, relay; see `deadline`) resets it instead of creating, boxing
+        // and registering a timer of its own. Boxed: a monoio `Sleep` is 640 bytes aligned to 128,
+        // and inline it would size the connection task (issue 14).
+        let mut timer = Box::pin(monoio::time::sleep(KEEP_ALIVE_IDLE));
+        loop {
+            let (head, snap) = match read_head(ctx, client, &mut inbuf, timer.as_mut(), since).await {
+                Ok(h) => h,
+                Err(HeadError::Closed) => return,
+                Err(HeadError::Answer(e)) => return answer_bad_head(ctx, client, peer, e).await,
+            };
+            since = None;
+            let inflight = ctx.request_started();
+            let keep =
+                serve_request(ctx, &snap, client, &mut inbuf, &mut watch, timer.as_mut(), head, peer).await;
+            drop(snap);
+            drop(inflight);
+            if !keep || ctx.shared.shutting_down() {
                 return;
             }
-        };
-        since = None;
-        let inflight = ctx.request_started();
-        let keep =
-            serve_request(ctx, &snap, client, &mut inbuf, &mut watch, timer.as_mut(), head, peer).await;
-        drop(snap);
-        drop(inflight);
-        if !keep || ctx.shared.shutting_down() {
-            return;
-        }
-        if inbuf.capacity() > KEEP_INBUF && inbuf.len() <= READ_CHUNK {
-            inbuf.shrink_to(READ_CHUNK);
+            if inbuf.capacity() > KEEP_INBUF && inbuf.len() <= READ_CHUNK {
+                inbuf.shrink_to(READ_CHUNK);
+            }
         }
     }
+}
+
+/// Answers a head that could not be read (then the connection closes).
+async fn answer_bad_head(ctx: &CoreCtx, client: &mut Stream, peer: Option<SocketAddr>, e: GatewayError) {
+    let ids = ctx.request_ids(None);
+    let t = Instant::now();
+    ctx.metrics.request(Endpoint::Unknown, false, None, e.status());
+    let n = answer_error(client, &e, &ids, true).await;
+    log_local(ctx, &ids, peer, None, t, e.status(), n, Some(e.message()));
 }
 
 /// Reads until `inbuf` starts with a complete head. `accepted` is set for the first request (its
@@ -252,122 +278,132 @@ async fn read_body(
 
 /// Handles one request whose head is at the start of `inbuf`; returns whether to keep the connection.
 #[allow(clippy::too_many_arguments)]
-async fn serve_request(
-    ctx: &CoreCtx,
-    snap: &Snapshot,
-    client: &mut Stream,
-    inbuf: &mut Vec<u8>,
-    watch: &mut Option<ClientWatch>,
-    mut timer: Pin<&mut Sleep>,
+// Not `async fn` on purpose (see `handle`): clippy would fold it back.
+#[allow(clippy::manual_async_fn)]
+fn serve_request<'a>(
+    ctx: &'a CoreCtx,
+    snap: &'a Snapshot,
+    client: &'a mut Stream,
+    inbuf: &'a mut Vec<u8>,
+    watch: &'a mut Option<ClientWatch>,
+    mut timer: Pin<&'a mut Sleep>,
     head: RequestHead,
     peer: Option<SocketAddr>,
-) -> bool {
-    let started = Instant::now();
-    let arrived = std::time::SystemTime::now();
-    let rid = ctx.request_ids(head.request_id.clone());
-    let route = Route::of(&head.target, head.method, snap.config.routes.disabled, ctx.admin_only);
-    let endpoint = route.endpoint();
-    let keep = head.keep_alive && !ctx.shared.shutting_down();
-    let early = match route {
-        Route::NotFound(_) => Some(GatewayError::NotFound),
-        Route::WrongMethod(e) => {
-            Some(GatewayError::MethodNotAllowed(if e.method() == Method::Get { "GET" } else { "POST" }))
-        }
-        Route::Local(_) | Route::Proxy(_) => None,
-    };
-    if let Some(e) = early {
-        // The body was not read: keep the connection only when there is none.
-        let close = !keep || head.body != BodyFraming::None;
-        ctx.metrics.request(endpoint, false, None, e.status());
-        let n = answer_error(client, &e, &rid, close).await;
-        log_local(ctx, &rid, peer, Some(&head), started, e.status(), n, Some(e.message()));
-        let keep = n > 0 && !close;
-        // Consume the head, or the next turn of the keep-alive loop would serve it again.
-        inbuf.drain(..head.head_len);
-        return keep;
-    }
-    let (body, next) = match read_body(snap, client, inbuf, timer.as_mut(), &head).await {
-        Ok(b) => b,
-        Err(e) => {
+) -> impl Future<Output = bool> + 'a {
+    async move {
+        let started = Instant::now();
+        let arrived = std::time::SystemTime::now();
+        let rid = ctx.request_ids(head.request_id.clone());
+        let route = Route::of(&head.target, head.method, snap.config.routes.disabled, ctx.admin_only);
+        let endpoint = route.endpoint();
+        let keep = head.keep_alive && !ctx.shared.shutting_down();
+        let early = match route {
+            Route::NotFound(_) => Some(GatewayError::NotFound),
+            Route::WrongMethod(e) => {
+                Some(GatewayError::MethodNotAllowed(if e.method() == Method::Get { "GET" } else { "POST" }))
+            }
+            Route::Local(_) | Route::Proxy(_) => None,
+        };
+        if let Some(e) = early {
+            // The body was not read: keep the connection only when there is none.
+            let close = !keep || head.body != BodyFraming::None;
             ctx.metrics.request(endpoint, false, None, e.status());
-            let n = answer_error(client, &e, &rid, true).await;
+            let n = answer_error(client, &e, &rid, close).await;
             log_local(ctx, &rid, peer, Some(&head), started, e.status(), n, Some(e.message()));
-            return false;
+            let keep = n > 0 && !close;
+            // Consume the head, or the next turn of the keep-alive loop would serve it again.
+            inbuf.drain(..head.head_len);
+            return keep;
         }
-    };
-    let keep = match route {
-        Route::Proxy(endpoint) => {
-            let owned;
-            let body_bytes: &[u8] = match &body {
-                Body::InBuf(s, e) => &inbuf[*s..*e],
-                Body::Owned(v) => {
-                    owned = v;
-                    owned
-                }
-            };
-            if watch.is_none() {
-                *watch = ClientWatch::new(client).ok();
+        let (body, next) = match read_body(snap, client, inbuf, timer.as_mut(), &head).await {
+            Ok(b) => b,
+            Err(e) => {
+                ctx.metrics.request(endpoint, false, None, e.status());
+                let n = answer_error(client, &e, &rid, true).await;
+                log_local(ctx, &rid, peer, Some(&head), started, e.status(), n, Some(e.message()));
+                return false;
             }
-            let req = crate::proxy::Request {
-                snap,
-                endpoint,
-                head: &head,
-                head_bytes: &inbuf[..head.head_len],
-                body: body_bytes,
-                ids: &rid,
-                peer,
-                started,
-                arrived,
-                keep_alive: keep,
-            };
-            match crate::proxy::proxy(ctx, client, watch.as_ref(), timer, &req).await {
-                Reply::Done { keep } => keep,
-                Reply::Error { error, headers, close, log } => {
-                    let extra = headers.as_ref().map_or(&[][..], |h| h.as_bytes());
-                    let n = answer_error_with(client, &error, &rid, close, extra).await;
-                    if let Some(mut l) = log {
-                        // As a line written after the answer: its bytes and its whole duration.
-                        l.bytes_out = n as u64;
-                        l.duration_ms = started.elapsed().as_millis() as u64;
-                        ctx.shared.access_log.log(l);
+        };
+        let keep = match route {
+            Route::Proxy(endpoint) => {
+                let owned;
+                let body_bytes: &[u8] = match &body {
+                    Body::InBuf(s, e) => &inbuf[*s..*e],
+                    Body::Owned(v) => {
+                        owned = v;
+                        owned
                     }
-                    n > 0 && !close
+                };
+                if watch.is_none() {
+                    *watch = ClientWatch::new(client).ok();
+                }
+                let req = crate::proxy::Request {
+                    snap,
+                    endpoint,
+                    head: &head,
+                    head_bytes: &inbuf[..head.head_len],
+                    body: body_bytes,
+                    ids: &rid,
+                    peer,
+                    started,
+                    arrived,
+                    keep_alive: keep,
+                };
+                match crate::proxy::proxy(ctx, client, watch.as_ref(), timer, &req).await {
+                    Reply::Done { keep } => keep,
+                    Reply::Error { error, headers, close, log } => {
+                        let extra = headers.as_ref().map_or(&[][..], |h| h.as_bytes());
+                        let n = answer_error_with(client, &error, &rid, close, extra).await;
+                        if let Some(mut l) = log {
+                            // As a line written after the answer: its bytes and its whole duration.
+                            l.bytes_out = n as u64;
+                            l.duration_ms = started.elapsed().as_millis() as u64;
+                            ctx.shared.access_log.log(l);
+                        }
+                        n > 0 && !close
+                    }
                 }
             }
+            Route::Local(Endpoint::Health) => {
+                let (status, n) = answer_health(ctx, snap, client, &rid, keep).await;
+                log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
+                n > 0 && keep
+            }
+            Route::Local(Endpoint::Metrics) => {
+                let text = ctx.shared.registry.render();
+                ctx.metrics.request(endpoint, false, None, 200);
+                let n = answer(
+                    client,
+                    200,
+                    b"text/plain; version=0.0.4; charset=utf-8",
+                    text.as_bytes(),
+                    &rid,
+                    keep,
+                )
+                .await;
+                log_local(ctx, &rid, peer, Some(&head), started, 200, n, None);
+                n > 0 && keep
+            }
+            // `/v1/models` (`Route::of` makes no other Local, and no NotFound/WrongMethod gets here).
+            _ => {
+                // Boxed: the merge's future (3.3 KiB, a timer inline) would otherwise size the
+                // connection task every open stream keeps (issue 14); `/v1/models` is rare.
+                let (status, body) = Box::pin(crate::models::merged(snap, &rid)).await;
+                ctx.metrics.request(endpoint, false, None, status);
+                let n = answer(client, status, b"application/json", &body, &rid, keep).await;
+                log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
+                n > 0 && keep
+            }
+        };
+        // Proxied requests observe their latency in `proxy`.
+        if matches!(route, Route::Local(_)) {
+            ctx.metrics.latency.observe(started.elapsed().as_millis() as u64);
         }
-        Route::Local(Endpoint::Health) => {
-            let (status, n) = answer_health(ctx, snap, client, &rid, keep).await;
-            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
-            n > 0 && keep
-        }
-        Route::Local(Endpoint::Metrics) => {
-            let text = ctx.shared.registry.render();
-            ctx.metrics.request(endpoint, false, None, 200);
-            let n =
-                answer(client, 200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &rid, keep)
-                    .await;
-            log_local(ctx, &rid, peer, Some(&head), started, 200, n, None);
-            n > 0 && keep
-        }
-        // `/v1/models` (`Route::of` makes no other Local, and no NotFound/WrongMethod gets here).
-        _ => {
-            // Boxed: the merge's future (3.3 KiB, a timer inline) would otherwise size the
-            // connection task every open stream keeps (issue 14); `/v1/models` is rare.
-            let (status, body) = Box::pin(crate::models::merged(snap, &rid)).await;
-            ctx.metrics.request(endpoint, false, None, status);
-            let n = answer(client, status, b"application/json", &body, &rid, keep).await;
-            log_local(ctx, &rid, peer, Some(&head), started, status, n, None);
-            n > 0 && keep
-        }
-    };
-    // Proxied requests observe their latency in `proxy`.
-    if matches!(route, Route::Local(_)) {
-        ctx.metrics.latency.observe(started.elapsed().as_millis() as u64);
+        inbuf.drain(..next);
+        // The head's Vec and String serve the next head on this core.
+        ctx.give_spare(head.spare());
+        keep
     }
-    inbuf.drain(..next);
-    // The head's Vec and String serve the next head on this core.
-    ctx.give_spare(head.spare());
-    keep
 }
 
 async fn answer_health(

@@ -14,6 +14,7 @@ use crate::http1::RequestHead;
 use crate::limits::{self, Admission, HeaderBlock};
 use crate::net::{DialError, Stream};
 use crate::relay::{self, End, Outcome, Outgoing};
+use crate::request::Edit;
 use crate::snapshot::Snapshot;
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
 use crate::usage::sse::Cutting;
@@ -51,17 +52,31 @@ pub enum Reply {
     Error { error: GatewayError, headers: Option<Box<HeaderBlock>>, close: bool, log: Option<Box<Entry>> },
 }
 
-/// Proxies one request. Its metrics, usage record and limit ticket are done when this returns;
-/// an error answer is returned for the caller to write (and its access-log line to send).
-pub async fn proxy(
-    ctx: &CoreCtx,
-    client: &mut Stream,
-    watch: Option<&ClientWatch>,
-    mut timer: Pin<&mut Sleep>,
-    req: &Request<'_>,
-) -> Reply {
-    let snap = req.snap;
-    let cfg = &*snap.config;
+/// What `admit` found out about a request before any backend is picked: only what the exchange
+/// loop and the record need, so that the proxy future (inside the connection task every open
+/// stream keeps, issue 14) holds no more than that across the exchange.
+struct Admitted {
+    stream: bool,
+    /// The request's `model` (moved into the record once the backend is picked).
+    model: Option<String>,
+    /// The client asked for usage itself (`stream_options.include_usage`).
+    include_usage: bool,
+    /// The limit ticket. Boxed (it is about 450 bytes, its `x-ratelimit-*` block inline): a
+    /// request that no limit applies to holds 8 bytes for it, not the whole ticket.
+    ticket: Option<Box<limits::Ticket>>,
+    user_id: Option<String>,
+    api_key: Option<String>,
+    /// The include_usage edit, and the edit asking for continuous usage too (for a backend
+    /// that reports it; see `proxy`).
+    edit: Option<Edit>,
+    continuous_edit: Option<Edit>,
+    cutting: Cutting,
+}
+
+/// Reads the gateway's fields, authenticates and admits the request under the limits: the
+/// request as the exchange loop will send it, or the error answer.
+fn admit(ctx: &CoreCtx, req: &Request<'_>) -> Result<Admitted, Reply> {
+    let cfg = &*req.snap.config;
     let endpoint = req.endpoint;
     // Who is calling (and, for limits, whom a response counts against).
     let key = req.head.api_key.as_deref();
@@ -71,16 +86,15 @@ pub async fn proxy(
         (None, Some(u)) => limits::Who::User(u),
         (None, None) => limits::Who::Anonymous,
     };
-    let (mut info, stream) =
-        match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
-            Ok(s) => (s.info, s.stream),
-            Err(e) => {
-                // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
-                return reject(ctx, req, GatewayError::BadRequest(e), false, ctx.limits.headers(who));
-            }
-        };
+    let (info, stream) = match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
+        Ok(s) => (s.info, s.stream),
+        Err(e) => {
+            // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
+            return Err(reject(ctx, req, GatewayError::BadRequest(e), false, ctx.limits.headers(who)));
+        }
+    };
     if cfg.auth.required && matched.is_none() {
-        return reject(ctx, req, GatewayError::Unauthorized, stream, None);
+        return Err(reject(ctx, req, GatewayError::Unauthorized, stream, None));
     }
     let user_id = matched
         .map(|m| m.user_id.to_string())
@@ -96,10 +110,9 @@ pub async fn proxy(
     };
     let ticket = match ctx.limits.admit(who, demand) {
         Admission::Unlimited => None,
-        Admission::Admitted(t) => Some(t),
-        Admission::Refused(r) => return refuse(ctx, req, r, stream),
+        Admission::Admitted(t) => Some(Box::new(t)),
+        Admission::Refused(r) => return Err(refuse(ctx, req, r, stream)),
     };
-    let gateway_headers = ticket.as_ref().map_or(&[][..], |t| t.headers());
 
     let inject =
         cfg.usage_hook.include_usage == IncludeUsage::Inject && endpoint.takes_stream_options() && stream;
@@ -108,59 +121,64 @@ pub async fn proxy(
     // asks for cumulative usage on every chunk; what the gateway caused is cut from the stream.
     let continuous_edit =
         if inject && !info.continuous_usage_stats { info.usage_edit(true, true) } else { None };
-    let client_continuous = info.continuous_usage_stats;
+    let cutting = Cutting {
+        usage_only: edit.is_some() && !info.include_usage,
+        usage_member: false,
+        continuous: info.continuous_usage_stats,
+    };
+    Ok(Admitted {
+        stream,
+        model: info.model,
+        include_usage: info.include_usage,
+        ticket,
+        user_id,
+        api_key,
+        edit,
+        continuous_edit,
+        cutting,
+    })
+}
+
+/// Proxies one request. Its metrics, usage record and limit ticket are done when this returns;
+/// an error answer is returned for the caller to write (and its access-log line to send).
+pub async fn proxy(
+    ctx: &CoreCtx,
+    client: &mut Stream,
+    watch: Option<&ClientWatch>,
+    mut timer: Pin<&mut Sleep>,
+    req: &Request<'_>,
+) -> Reply {
+    let snap = req.snap;
+    let endpoint = req.endpoint;
+    let mut a = match admit(ctx, req) {
+        Ok(a) => a,
+        Err(reply) => return reply,
+    };
+    let stream = a.stream;
+    let gateway_headers = a.ticket.as_ref().map_or(&[][..], |t| t.headers());
     let mut out = Outgoing {
         endpoint,
         head: req.head,
         head_bytes: req.head_bytes,
         body: req.body,
-        edit,
+        edit: a.edit.as_ref(),
         ids: req.ids,
         client_keep_alive: req.keep_alive,
-        cutting: Cutting {
-            usage_only: edit.is_some() && !info.include_usage,
-            usage_member: false,
-            continuous: client_continuous,
-        },
+        cutting: a.cutting,
         gateway_headers,
     };
-    let plain = (edit, out.cutting);
     let request_id = req.ids.ours.as_str();
-
-    let mut record = UsageRecord {
-        request_id: req.ids.ours.clone(),
-        client_request_id: req.ids.client.clone(),
-        user_id,
-        api_key,
-        // Moved in once the backend is picked (`pick_for` reads it): no copy per request.
-        model: None,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        total_tokens: 0,
-        is_stream: stream,
-        endpoint: endpoint.path().to_string(),
-        timestamp: rfc3339_now(req.arrived),
-        backend_url: None,
-        status: RecordStatus::Ok,
-        http_status: 0,
-        duration_ms: 0,
-        ttft_ms: None,
-        audio_seconds: None,
-        usage_missing: false,
-        ..Default::default()
-    };
     let mut exclude = None;
     let mut retried = false;
     let (backend, result) = loop {
-        let b = match ctx.balancer.borrow_mut().pick_for(snap, Some(endpoint), info.model.as_deref(), exclude)
-        {
+        let b = match ctx.balancer.borrow_mut().pick_for(snap, Some(endpoint), a.model.as_deref(), exclude) {
             Ok(b) => b,
             Err(e) => break (None, Err(e)),
         };
-        (out.edit, out.cutting) = plain;
-        if let Some(e) = continuous_edit.filter(|_| snap.backend_of(b).continuous_usage()) {
+        (out.edit, out.cutting) = (a.edit.as_ref(), a.cutting);
+        if let Some(e) = a.continuous_edit.as_ref().filter(|_| snap.backend_of(b).continuous_usage()) {
             out.edit = Some(e);
-            out.cutting = Cutting { usage_only: !info.include_usage, usage_member: true, continuous: true };
+            out.cutting = Cutting { usage_only: !a.include_usage, usage_member: true, continuous: true };
         }
         let busy = balancer::busy(snap, b, ctx.core);
         let outcome = attempt(ctx, snap, b, client, watch, timer.as_mut(), &out, req.started).await;
@@ -192,7 +210,28 @@ pub async fn proxy(
             other => break (Some(b), Ok(other)),
         }
     };
-    record.model = info.model.take();
+    // The record is built once the exchange is over: it is not held across it.
+    let mut record = UsageRecord {
+        request_id: req.ids.ours.clone(),
+        client_request_id: req.ids.client.clone(),
+        user_id: a.user_id.take(),
+        api_key: a.api_key.take(),
+        model: a.model.take(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        total_tokens: 0,
+        is_stream: stream,
+        endpoint: endpoint.path().to_string(),
+        timestamp: rfc3339_now(req.arrived),
+        backend_url: None,
+        status: RecordStatus::Ok,
+        http_status: 0,
+        duration_ms: 0,
+        ttft_ms: None,
+        audio_seconds: None,
+        usage_missing: false,
+        ..Default::default()
+    };
     record.backend_url = backend.map(|b| snap.backend_of(b).cfg.url.clone());
     let mut bytes_out = 0;
     let mut gw_error = None;
@@ -206,7 +245,7 @@ pub async fn proxy(
             }
             log::warn!("request_id={} failed: {} ({})", request_id, e.message(), e.status());
             gw_error = Some(e.message());
-            let headers = ticket.as_ref().map(|t| Box::new(t.header_block().clone()));
+            let headers = a.ticket.as_ref().map(|t| Box::new(t.header_block().clone()));
             Reply::Error { error: e, headers, close: !req.keep_alive, log: None }
         }
         Ok(Outcome::ClientGone) => {
@@ -288,7 +327,7 @@ pub async fn proxy(
             Reply::Done { .. } => ctx.shared.access_log.log(line),
         }
     }
-    if let Some(t) = ticket {
+    if let Some(t) = a.ticket.take() {
         // The reservation becomes what is billed (kept when the backend reported no usage).
         t.finish((!record.usage_missing).then_some(record.total_tokens));
     }

@@ -38,7 +38,7 @@ pub struct Outgoing<'a> {
     /// The client's head bytes (header spans point into them).
     pub head_bytes: &'a [u8],
     pub body: &'a [u8],
-    pub edit: Option<Edit>,
+    pub edit: Option<&'a Edit>,
     pub ids: &'a RequestIds,
     /// Whether the client connection may be kept after this response.
     pub client_keep_alive: bool,
