@@ -10,11 +10,13 @@ use crate::http1::{self, BodyFraming, Method, Parse, RequestHead};
 use crate::ids::RequestIds;
 use crate::net::Stream;
 use crate::proxy::Reply;
+use crate::relay::{BodyAt, RequestBytes};
 use crate::snapshot::Snapshot;
 use crate::watch::ClientWatch;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::time::Sleep;
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -26,10 +28,6 @@ use std::time::{Duration, Instant};
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 /// Read size for client bytes once a request outgrows the first read.
 const READ_CHUNK: usize = 4 * 1024;
-/// A new connection's input buffer: a typical chat request fits, and a stream that lasts minutes
-/// holds only this much for it (nginx's `client_header_buffer_size` is 1 KiB too); a larger head
-/// grows the buffer by READ_CHUNK, a body is read with room reserved for all of it.
-const FIRST_READ: usize = 1024;
 /// A connection's input buffer above this size is released after the request.
 const KEEP_INBUF: usize = 64 * 1024;
 
@@ -74,7 +72,7 @@ fn serve_connection<'a>(
     peer: Option<SocketAddr>,
 ) -> impl Future<Output = ()> + 'a {
     async move {
-        let mut inbuf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+        let mut inbuf: Vec<u8> = ctx.take_inbuf();
         let mut watch: Option<ClientWatch> = None;
         let mut since = Some(accepted);
         // The connection's one timer: every read and write deadline of every request on it (head,
@@ -83,10 +81,17 @@ fn serve_connection<'a>(
         // and inline it would size the connection task (issue 14).
         let mut timer = Box::pin(monoio::time::sleep(KEEP_ALIVE_IDLE));
         loop {
+            if inbuf.capacity() == 0 {
+                // Released while the last response streamed (`relay::RequestBytes::release`).
+                inbuf = ctx.take_inbuf();
+            }
             let (head, snap) = match read_head(ctx, client, &mut inbuf, timer.as_mut(), since).await {
                 Ok(h) => h,
-                Err(HeadError::Closed) => return,
-                Err(HeadError::Answer(e)) => return answer_bad_head(ctx, client, peer, e).await,
+                Err(HeadError::Closed) => break,
+                Err(HeadError::Answer(e)) => {
+                    answer_bad_head(ctx, client, peer, e).await;
+                    break;
+                }
             };
             since = None;
             let inflight = ctx.request_started();
@@ -95,12 +100,13 @@ fn serve_connection<'a>(
             drop(snap);
             drop(inflight);
             if !keep || ctx.shared.shutting_down() {
-                return;
+                break;
             }
             if inbuf.capacity() > KEEP_INBUF && inbuf.len() <= READ_CHUNK {
                 inbuf.shrink_to(READ_CHUNK);
             }
         }
+        ctx.give_inbuf(inbuf);
     }
 }
 
@@ -326,30 +332,31 @@ fn serve_request<'a>(
         };
         let keep = match route {
             Route::Proxy(endpoint) => {
-                let owned;
-                let body_bytes: &[u8] = match &body {
-                    Body::InBuf(s, e) => &inbuf[*s..*e],
-                    Body::Owned(v) => {
-                        owned = v;
-                        owned
-                    }
-                };
                 if watch.is_none() {
                     *watch = ClientWatch::new(client).ok();
                 }
+                let body = match &body {
+                    Body::InBuf(s, e) => BodyAt::InBuf(*s, *e),
+                    Body::Owned(v) => BodyAt::Owned(v),
+                };
+                // The exchange releases the buffer once the response head has come (see there);
+                // lent to it in a RefCell, and back in `inbuf` (maybe unallocated) afterwards.
+                let lent = RefCell::new(std::mem::take(inbuf));
+                let bytes = RequestBytes::new(&lent, head.head_len, body, next);
                 let req = crate::proxy::Request {
                     snap,
                     endpoint,
                     head: &head,
-                    head_bytes: &inbuf[..head.head_len],
-                    body: body_bytes,
+                    bytes: &bytes,
                     ids: &rid,
                     peer,
                     started,
                     arrived,
                     keep_alive: keep,
                 };
-                match crate::proxy::proxy(ctx, client, watch.as_ref(), timer, &req).await {
+                let reply = crate::proxy::proxy(ctx, client, watch.as_ref(), timer, &req).await;
+                *inbuf = lent.into_inner();
+                match reply {
                     Reply::Done { keep } => keep,
                     Reply::Error { error, headers, close, log } => {
                         let extra = headers.as_ref().map_or(&[][..], |h| h.as_bytes());
@@ -399,7 +406,11 @@ fn serve_request<'a>(
         if matches!(route, Route::Local(_)) {
             ctx.metrics.latency.observe(started.elapsed().as_millis() as u64);
         }
-        inbuf.drain(..next);
+        // A proxied request's exchange released the buffer (left it unallocated) unless bytes
+        // past `next` (pipelined) were in it.
+        if inbuf.len() >= next {
+            inbuf.drain(..next);
+        }
         // The head's Vec and String serve the next head on this core.
         ctx.give_spare(head.spare());
         keep

@@ -21,6 +21,12 @@ pub const RELAY_BUF: usize = 8 * 1024;
 /// stream back to a RELAY_BUF buffer. 512, not 1 KiB: it is held by every idle stream (issue 14).
 pub const SMALL_BUF: usize = 512;
 
+/// Capacity of a client connection's input buffer for a new request: a typical chat request fits,
+/// and an idle keep-alive connection holds only this much (nginx's `client_header_buffer_size` is
+/// 1 KiB too); a larger head grows it by 4 KiB, a body is read with room reserved for all of it.
+/// A streaming response holds none (`relay::RequestBytes::release`).
+pub const INPUT_BUF: usize = 1024;
+
 /// Where finished requests' usage records go (the webhook thread's non-blocking sink).
 pub type RecordSink = Arc<dyn Fn(UsageRecord) + Send + Sync>;
 
@@ -60,6 +66,8 @@ pub struct CoreCtx {
     pub pool: RefCell<Pool>,
     buffers: RefCell<Vec<Vec<u8>>>,
     small_buffers: RefCell<Vec<Vec<u8>>>,
+    /// Client input buffers (capacity INPUT_BUF) handed back while their responses stream.
+    input_buffers: RefCell<Vec<Vec<u8>>>,
     /// Header-span Vecs and target Strings of finished request heads, reused by the next ones.
     spares: RefCell<Vec<crate::http1::Spare>>,
     /// Header-span Vecs of finished response heads, likewise.
@@ -88,6 +96,7 @@ impl CoreCtx {
             pool: RefCell::new(Pool::new()),
             buffers: RefCell::new(Vec::new()),
             small_buffers: RefCell::new(Vec::new()),
+            input_buffers: RefCell::new(Vec::new()),
             spares: RefCell::new(Vec::new()),
             spans: RefCell::new(Vec::new()),
             ids: IdGen::new(),
@@ -172,6 +181,21 @@ impl CoreCtx {
             return;
         };
         if free.len() < 256 {
+            b.clear();
+            free.push(b);
+        }
+    }
+
+    /// An empty client input buffer (capacity INPUT_BUF), reused.
+    pub fn take_inbuf(&self) -> Vec<u8> {
+        self.input_buffers.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(INPUT_BUF))
+    }
+
+    /// Returns a client input buffer; one that grew (a large head or body), or beyond 256 kept,
+    /// is freed.
+    pub fn give_inbuf(&self, mut b: Vec<u8>) {
+        let mut free = self.input_buffers.borrow_mut();
+        if b.capacity() == INPUT_BUF && free.len() < 256 {
             b.clear();
             free.push(b);
         }

@@ -13,7 +13,7 @@ use crate::error::GatewayError;
 use crate::http1::RequestHead;
 use crate::limits::{self, Admission, HeaderBlock};
 use crate::net::{DialError, Stream};
-use crate::relay::{self, End, Outcome, Outgoing};
+use crate::relay::{self, End, Outcome, Outgoing, RequestBytes};
 use crate::request::Edit;
 use crate::snapshot::Snapshot;
 use crate::usage::record::{rfc3339_now, RecordStatus, UsageRecord, UsageSource};
@@ -30,8 +30,9 @@ pub struct Request<'a> {
     /// What `endpoints::Route::of` found the path to be.
     pub endpoint: Endpoint,
     pub head: &'a RequestHead,
-    pub head_bytes: &'a [u8],
-    pub body: &'a [u8],
+    /// The head's and body's bytes (in the connection's input buffer, released once the
+    /// response head has come).
+    pub bytes: &'a RequestBytes<'a>,
     pub ids: &'a crate::ids::RequestIds,
     /// The client's address (access log).
     pub peer: Option<std::net::SocketAddr>,
@@ -86,7 +87,8 @@ fn admit(ctx: &CoreCtx, req: &Request<'_>) -> Result<Admitted, Reply> {
         (None, Some(u)) => limits::Who::User(u),
         (None, None) => limits::Who::Anonymous,
     };
-    let (info, stream) = match crate::endpoints::scan_request(endpoint, req.head, req.head_bytes, req.body) {
+    let scanned = req.bytes.with(|h, b| crate::endpoints::scan_request(endpoint, req.head, h, b));
+    let (info, stream) = match scanned {
         Ok(s) => (s.info, s.stream),
         Err(e) => {
             // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
@@ -104,7 +106,7 @@ fn admit(ctx: &CoreCtx, req: &Request<'_>) -> Result<Admitted, Reply> {
 
     // Limits (CONTRACT 8), before a backend is picked: a refused request reaches none.
     let demand = limits::Demand {
-        body_bytes: req.body.len(),
+        body_bytes: req.bytes.body_len(),
         max_output_tokens: info.max_output_tokens.unwrap_or(0),
         n: info.n.unwrap_or(1),
     };
@@ -159,8 +161,7 @@ pub async fn proxy(
     let mut out = Outgoing {
         endpoint,
         head: req.head,
-        head_bytes: req.head_bytes,
-        body: req.body,
+        bytes: req.bytes,
         edit: a.edit.as_ref(),
         ids: req.ids,
         client_keep_alive: req.keep_alive,

@@ -336,3 +336,73 @@ fn a_client_that_stops_reading_gets_every_byte_once_it_reads_again() {
     assert_eq!(plain.len(), body.len());
     assert!(plain == body, "the relayed body differs from the backend's");
 }
+
+/// A streaming response holds no client input buffer (issue 14: the exchange releases it once the
+/// response head has come, and the connection takes another for its next request). Requests
+/// pipelined while the stream runs, a chunked request body, a head larger than the buffer and a
+/// body larger than it, each on the same keep-alive connection after a stream, are all served in
+/// order and whole.
+#[test]
+fn a_connection_serves_on_after_a_stream_and_takes_requests_sent_mid_stream() {
+    let m = mock(Flavor::Vllm);
+    let gw = Gateway::start(&config_for(&[m.url()], "[runtime]\nworkers = 1\npin_cores = false\n"));
+    let mut c = connect(gw.addr);
+    let slow = "x-mock-itl-ms: 60\r\nx-mock-tokens: 8\r\nx-mock-ttft-ms: 10\r\nx-request-id: first\r\n";
+    c.send(&post("/v1/chat/completions", STREAM_USAGE, slow));
+    // The response head and the first events are out (the buffer released), the stream runs on
+    // for about half a second: two more requests arrive meanwhile, in two writes.
+    std::thread::sleep(Duration::from_millis(150));
+    c.send(&post("/v1/chat/completions", &chat("m"), "x-request-id: second\r\n"));
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"GET /health HTTP/1.1\r\nx-request-id: third\r\n\r\n");
+    let r1 = c.read_response();
+    assert_eq!(r1.status, 200, "{}", r1.text());
+    assert_eq!(r1.header("x-request-id"), Some("first"));
+    let data = r1.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{}", r1.text());
+    assert!(data.iter().filter(|d| d.contains("\"content\":\"")).count() >= 8, "{}", r1.text());
+    assert!(data.iter().any(|d| d.contains("\"completion_tokens\":8")), "{}", r1.text());
+    let r2 = c.read_response();
+    assert_eq!(r2.status, 200, "{}", r2.text());
+    assert_eq!(r2.header("x-request-id"), Some("second"));
+    assert_eq!(r2.json()["usage"]["completion_tokens"], 5, "{}", r2.text());
+    let r3 = c.read_response();
+    assert_eq!(r3.status, 200, "{}", r3.text());
+    assert_eq!(r3.header("x-request-id"), Some("third"));
+    assert!(!r3.closed);
+
+    // A stream whose request body came chunked, then a head larger than a new connection's
+    // buffer and a body larger than it, on the same connection.
+    let mut chunked = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+transfer-encoding: chunked\r\nx-mock-itl-ms: 20\r\nx-mock-tokens: 3\r\n\r\n"
+        .to_vec();
+    for part in STREAM_PLAIN.as_bytes().chunks(20) {
+        chunked.extend(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend(part);
+        chunked.extend(b"\r\n");
+    }
+    chunked.extend(b"0\r\n\r\n");
+    let r4 = c.request(&chunked);
+    assert_eq!(r4.status, 200, "{}", r4.text());
+    assert_eq!(r4.sse_data().last().map(String::as_str), Some("[DONE]"), "{}", r4.text());
+    let big_head = format!("x-padding: {}\r\nx-request-id: fifth\r\n", "p".repeat(3000));
+    let r5 = c.request(&post("/v1/chat/completions", STREAM_PLAIN, &big_head));
+    assert_eq!(r5.status, 200, "{}", r5.text());
+    assert_eq!(r5.header("x-request-id"), Some("fifth"));
+    assert_eq!(r5.sse_data().last().map(String::as_str), Some("[DONE]"), "{}", r5.text());
+    let long = format!(
+        r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(5000)
+    );
+    let r6 = c.request(&post("/v1/chat/completions", &long, "x-request-id: sixth\r\n"));
+    assert_eq!(r6.status, 200, "{}", r6.text());
+    assert_eq!(r6.header("x-request-id"), Some("sixth"));
+    assert_eq!(r6.sse_data().last().map(String::as_str), Some("[DONE]"), "{}", r6.text());
+    let seen = m.requests().into_iter().rfind(|r| r.path == "/v1/chat/completions").unwrap();
+    assert!(seen.body.len() > 5000, "the whole body reached the backend: {} bytes", seen.body.len());
+    // Then a non-stream request: the connection is still in step.
+    let r7 = c.request(&post("/v1/chat/completions", &chat("m"), "x-request-id: seventh\r\n"));
+    assert_eq!(r7.status, 200, "{}", r7.text());
+    assert_eq!(r7.header("x-request-id"), Some("seventh"));
+    assert!(!r7.closed);
+}

@@ -21,6 +21,7 @@ use crate::usage::Usage;
 use crate::watch::ClientWatch;
 use monoio::io::AsyncWriteRentExt;
 use monoio::time::Sleep;
+use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -31,13 +32,70 @@ const PREFIX: usize = 18;
 const SUFFIX: usize = 7;
 const CAP: usize = PREFIX + RELAY_BUF + SUFFIX;
 
+/// Where a request's body is.
+pub enum BodyAt<'a> {
+    /// `inbuf[start..end]` of the client connection's input buffer.
+    InBuf(usize, usize),
+    /// Decoded from a chunked request body.
+    Owned(&'a [u8]),
+}
+
+/// A request's bytes in its client connection's input buffer: the head at `[..head_len]` (its
+/// header spans point into it), the body (`BodyAt`), then maybe the next request's first bytes,
+/// from `next` on. The exchange hands the buffer back to the core (`release`) once the response
+/// head has come (no retry can need the request after that), so that a response that streams for
+/// minutes holds no input buffer (issue 14); the connection takes another for its next request.
+/// A buffer that holds pipelined bytes is kept.
+pub struct RequestBytes<'a> {
+    /// The connection's input buffer, lent for the request (a `&RefCell`, not a `RefCell<&mut>`:
+    /// this type stays covariant, so the exchange's borrows need not outlive the connection's).
+    inbuf: &'a RefCell<Vec<u8>>,
+    head_len: usize,
+    body: BodyAt<'a>,
+    next: usize,
+}
+
+impl<'a> RequestBytes<'a> {
+    pub fn new(inbuf: &'a RefCell<Vec<u8>>, head_len: usize, body: BodyAt<'a>, next: usize) -> Self {
+        RequestBytes { inbuf, head_len, body, next }
+    }
+
+    /// Runs `f` on the head's bytes and the body.
+    pub fn with<R>(&self, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
+        let buf = self.inbuf.borrow();
+        debug_assert!(buf.len() >= self.next, "request bytes used after release");
+        let body = match self.body {
+            BodyAt::InBuf(s, e) => &buf[s..e],
+            BodyAt::Owned(b) => b,
+        };
+        f(&buf[..self.head_len], body)
+    }
+
+    /// The body's length.
+    pub fn body_len(&self) -> usize {
+        match self.body {
+            BodyAt::InBuf(s, e) => e - s,
+            BodyAt::Owned(b) => b.len(),
+        }
+    }
+
+    /// Gives the input buffer back to the core unless it holds bytes of the next request; the
+    /// connection is left with an empty (unallocated) buffer. The request's bytes are not used
+    /// after this.
+    pub fn release(&self, ctx: &CoreCtx) {
+        let mut buf = self.inbuf.borrow_mut();
+        if buf.len() == self.next {
+            ctx.give_inbuf(std::mem::take(&mut *buf));
+        }
+    }
+}
+
 /// The request as it goes to the backend.
 pub struct Outgoing<'a> {
     pub endpoint: crate::endpoints::Endpoint,
     pub head: &'a RequestHead,
-    /// The client's head bytes (header spans point into them).
-    pub head_bytes: &'a [u8],
-    pub body: &'a [u8],
+    /// The client's head and body bytes.
+    pub bytes: &'a RequestBytes<'a>,
     pub edit: Option<&'a Edit>,
     pub ids: &'a RequestIds,
     /// Whether the client connection may be kept after this response.
@@ -95,6 +153,16 @@ pub struct NativeMeter {
 }
 
 fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config::BackendConfig) {
+    req.bytes.with(|head_bytes, body| build_request_from(out, req, head_bytes, body, backend))
+}
+
+fn build_request_from(
+    out: &mut Vec<u8>,
+    req: &Outgoing<'_>,
+    head_bytes: &[u8],
+    body: &[u8],
+    backend: &crate::config::BackendConfig,
+) {
     let h = req.head;
     out.extend_from_slice(if h.method == http1::Method::Get { b"GET " } else { b"POST " });
     out.extend_from_slice(backend.base_path.as_bytes());
@@ -102,7 +170,7 @@ fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config:
     out.extend_from_slice(b" HTTP/1.1\r\n");
     http1::push_header(out, b"host", backend.host_header.as_bytes());
     for s in &h.forward {
-        let name = s.name(req.head_bytes);
+        let name = s.name(head_bytes);
         if backend.api_key.is_some()
             && (name.eq_ignore_ascii_case(b"authorization") || name.eq_ignore_ascii_case(b"x-api-key"))
         {
@@ -112,7 +180,7 @@ fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config:
         if name.eq_ignore_ascii_case(b"accept-encoding") {
             continue;
         }
-        http1::push_header(out, name, s.value(req.head_bytes));
+        http1::push_header(out, name, s.value(head_bytes));
     }
     if let Some(k) = &backend.api_key {
         out.extend_from_slice(b"authorization: Bearer ");
@@ -121,15 +189,15 @@ fn build_request(out: &mut Vec<u8>, req: &Outgoing<'_>, backend: &crate::config:
     }
     http1::push_header(out, b"accept-encoding", b"identity");
     http1::push_header(out, b"x-request-id", req.ids.trace().as_bytes());
-    let len = req.edit.map_or(req.body.len(), |e| e.new_len(req.body.len()));
+    let len = req.edit.map_or(body.len(), |e| e.new_len(body.len()));
     if h.method != http1::Method::Get || len > 0 {
         let mut n = itoa::Buffer::new();
         http1::push_header(out, b"content-length", n.format(len).as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     match req.edit {
-        Some(e) => e.apply_into(req.body, out),
-        None => out.extend_from_slice(req.body),
+        Some(e) => e.apply_into(body, out),
+        None => out.extend_from_slice(body),
     }
 }
 
@@ -198,5 +266,7 @@ async fn run(
         Ok(r) => r,
         Err(o) => return (o, false),
     };
+    // A response has come: no retry will send the request again.
+    req.bytes.release(ctx);
     body::relay(ctx, snap, conn, client, armed, timer, req, resp, buf, started).await
 }
