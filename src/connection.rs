@@ -80,18 +80,18 @@ fn serve_connection<'a>(
         // and registering a timer of its own. Boxed: a monoio `Sleep` is 640 bytes aligned to 128,
         // and inline it would size the connection task (issue 14).
         let mut timer = Box::pin(monoio::time::sleep(KEEP_ALIVE_IDLE));
-        loop {
+        // A head that could not be read is answered after the loop, not inside the match on
+        // `read_head`'s result: an await there would keep that result's 160 bytes in the
+        // connection task for good (the coroutine layout cannot overlap it with the request's).
+        let bad = loop {
             if inbuf.capacity() == 0 {
                 // Released while the last response streamed (`relay::RequestBytes::release`).
                 inbuf = ctx.take_inbuf();
             }
             let (head, snap) = match read_head(ctx, client, &mut inbuf, timer.as_mut(), since).await {
                 Ok(h) => h,
-                Err(HeadError::Closed) => break,
-                Err(HeadError::Answer(e)) => {
-                    answer_bad_head(ctx, client, peer, e).await;
-                    break;
-                }
+                Err(HeadError::Closed) => break None,
+                Err(HeadError::Answer(e)) => break Some(e),
             };
             since = None;
             let inflight = ctx.request_started();
@@ -100,11 +100,14 @@ fn serve_connection<'a>(
             drop(snap);
             drop(inflight);
             if !keep || ctx.shared.shutting_down() {
-                break;
+                break None;
             }
             if inbuf.capacity() > KEEP_INBUF && inbuf.len() <= READ_CHUNK {
                 inbuf.shrink_to(READ_CHUNK);
             }
+        };
+        if let Some(e) = bad {
+            answer_bad_head(ctx, client, peer, e).await;
         }
         ctx.give_inbuf(inbuf);
     }
@@ -282,6 +285,31 @@ async fn read_body(
     }
 }
 
+/// `read_body`, or None once its error is answered (the connection then closes).
+#[allow(clippy::too_many_arguments)]
+async fn read_body_or_answer(
+    ctx: &CoreCtx,
+    snap: &Snapshot,
+    client: &mut Stream,
+    inbuf: &mut Vec<u8>,
+    timer: Pin<&mut Sleep>,
+    head: &RequestHead,
+    rid: &RequestIds,
+    peer: Option<SocketAddr>,
+    started: Instant,
+    endpoint: Endpoint,
+) -> Option<(Body, usize)> {
+    match read_body(snap, client, inbuf, timer, head).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            ctx.metrics.request(endpoint, false, None, e.status());
+            let n = answer_error(client, &e, rid, true).await;
+            log_local(ctx, rid, peer, Some(head), started, e.status(), n, Some(e.message()));
+            None
+        }
+    }
+}
+
 /// Handles one request whose head is at the start of `inbuf`; returns whether to keep the connection.
 #[allow(clippy::too_many_arguments)]
 // Not `async fn` on purpose (see `handle`): clippy would fold it back.
@@ -321,14 +349,21 @@ fn serve_request<'a>(
             inbuf.drain(..head.head_len);
             return keep;
         }
-        let (body, next) = match read_body(snap, client, inbuf, timer.as_mut(), &head).await {
-            Ok(b) => b,
-            Err(e) => {
-                ctx.metrics.request(endpoint, false, None, e.status());
-                let n = answer_error(client, &e, &rid, true).await;
-                log_local(ctx, &rid, peer, Some(&head), started, e.status(), n, Some(e.message()));
-                return false;
-            }
+        // (Answered inside, not in a match arm here: see `serve_connection`'s `bad`.)
+        let read = read_body_or_answer(
+            ctx,
+            snap,
+            client,
+            inbuf,
+            timer.as_mut(),
+            &head,
+            &rid,
+            peer,
+            started,
+            endpoint,
+        );
+        let Some((body, next)) = read.await else {
+            return false;
         };
         let keep = match route {
             Route::Proxy(endpoint) => {

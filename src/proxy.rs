@@ -168,7 +168,6 @@ pub async fn proxy(
         cutting: a.cutting,
         gateway_headers,
     };
-    let request_id = req.ids.ours.as_str();
     let mut exclude = None;
     let mut retried = false;
     let (backend, result) = loop {
@@ -192,7 +191,7 @@ pub async fn proxy(
                 if connect && ctx.shared.snapshots.mark_down(&snap.endpoints[b]) {
                     log::warn!(
                         "request_id={} backend {} ({}) marked down: connect failed",
-                        request_id,
+                        req.ids.ours,
                         snap.backend_of(b).cfg.url,
                         snap.endpoints[b].addr
                     );
@@ -202,7 +201,7 @@ pub async fn proxy(
                 }
                 log::info!(
                     "request_id={} retrying after connection failure on {}",
-                    request_id,
+                    req.ids.ours,
                     snap.backend_of(b).cfg.url
                 );
                 retried = true;
@@ -244,7 +243,7 @@ pub async fn proxy(
             if backend.is_none() {
                 record.status = RecordStatus::Rejected;
             }
-            log::warn!("request_id={} failed: {} ({})", request_id, e.message(), e.status());
+            log::warn!("request_id={} failed: {} ({})", req.ids.ours, e.message(), e.status());
             gw_error = Some(e.message());
             let headers = a.ticket.as_ref().map(|t| Box::new(t.header_block().clone()));
             Reply::Error { error: e, headers, close: !req.keep_alive, log: None }
