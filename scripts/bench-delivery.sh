@@ -19,7 +19,9 @@
 #    sink's throughput; "kept up" when no backlog was left). Needs nats-server and nats-py (to create
 #    the stream with examples/nats/consumer_sqlite.py).
 # Env: ROUNDS (3), WRK_DUR (5), REQS_DUR (3: seconds of wrk load whose records are then timed),
-# CORE_LOAD (0), CORE_GW (1), SKIP_BUILD=1, BIN (default target/release/llmproxy).
+# CORE_LOAD (0), CORE_GW (1), SKIP_BUILD=1, BIN (default target/release/llmproxy), BIN2 (journal: a
+# second binary run right after BIN for every mode in every round, rows "MODE B"; before/after of a
+# change in one run).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${ROUNDS:-3}
@@ -30,6 +32,8 @@ CORE_GW=${CORE_GW:-1}
 WHAT=${1:-all}
 MODES=${MODES:-'"10ms" "off"'} # journal: crash_window values compared, alternating; the last is the reference
 BIN=${BIN:-$ROOT/target/release/llmproxy}
+BIN_A=$BIN
+BIN2=${BIN2:-}
 P_MOCK=18203 P_HOOK=18204 P_GW=18210 P_NATS=18222
 log() { echo "[bench-delivery $(date +%H:%M:%S)] $*" >&2; }
 
@@ -122,8 +126,16 @@ if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
     receiver
     declare -A RES CPU
     read -ra MODE_LIST <<<"$MODES"
+    KEYS=()
+    for mode in "${MODE_LIST[@]}"; do
+        KEYS+=("$mode")
+        [[ -z "$BIN2" ]] || KEYS+=("$mode B")
+    done
     for r in $(seq "$ROUNDS"); do
-        for mode in "${MODE_LIST[@]}"; do
+        for key in "${KEYS[@]}"; do
+            mode=${key% B}
+            BIN=$BIN_A
+            [[ "$key" == "$mode" ]] || BIN=$BIN2
             gateway "batch_max = 100\ncrash_window = $mode"
             [[ $r == 1 ]] && log "gateway threads (name, cores allowed, nice): $(affinity "$GPID")"
             c0=$(cpu_ns "$GPID")
@@ -134,9 +146,9 @@ if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
             rps=$(awk '/Requests\/sec/ {print $2}' "$W/wrk.txt")
             reqs=$(awk '/requests in/ {print $1}' "$W/wrk.txt")
             us=$(python3 -c "print(f'{($c1 - $c0) / 1000 / $reqs:.2f}')")
-            RES[$mode]+="$rps "
-            CPU[$mode]+="$us "
-            log "round $r crash_window=$mode: $rps req/s, $us us CPU/request; by thread: $(cpu_split "$W/t0" "$W/t1" "$reqs")"
+            RES[$key]+="$rps "
+            CPU[$key]+="$us "
+            log "round $r crash_window=$key: $rps req/s, $us us CPU/request; by thread: $(cpu_split "$W/t0" "$W/t1" "$reqs")"
             kill "$GPID"; wait "$GPID" 2>/dev/null || true
         done
     done
@@ -149,11 +161,18 @@ if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
     echo
     echo "| crash_window | req/s, median of $ROUNDS (runs) | gateway CPU us/request, median (runs) | ÷ $ref: req/s, CPU (median of per-round ratios) |"
     echo "|---|---|---|---|"
-    for mode in "${MODE_LIST[@]}"; do
+    for key in "${KEYS[@]}"; do
         vs="-"
-        [[ $mode == "$ref" ]] || vs="$(pair "${RES[$mode]}" "${RES[$ref]}"), $(pair "${CPU[$mode]}" "${CPU[$ref]}")"
-        echo "| $mode | $(echo "${RES[$mode]}" | med) (${RES[$mode]}) | $(echo "${CPU[$mode]}" | med) (${CPU[$mode]}) | $vs |"
+        [[ $key == "$ref" ]] || vs="$(pair "${RES[$key]}" "${RES[$ref]}"), $(pair "${CPU[$key]}" "${CPU[$ref]}")"
+        echo "| $key | $(echo "${RES[$key]}" | med) (${RES[$key]}) | $(echo "${CPU[$key]}" | med) (${CPU[$key]}) | $vs |"
     done
+    if [[ -n "$BIN2" ]]; then
+        echo
+        echo "B = $BIN2, A = $BIN_A; B ÷ A per mode (median of per-round ratios): req/s, CPU"
+        for mode in "${MODE_LIST[@]}"; do
+            echo "| $mode | $(pair "${RES[$mode B]}" "${RES[$mode]}"), $(pair "${CPU[$mode B]}" "${CPU[$mode]}") |"
+        done
+    fi
 fi
 
 now() { date +%s.%N; }
