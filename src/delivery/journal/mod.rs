@@ -7,6 +7,12 @@
 //! acknowledged is deleted. Entries not held in memory ("disk-only", from `load` on) are read back
 //! by [`Journal::refill`] when memory has room again. On open, torn tails and corrupt regions are
 //! detected, logged, skipped and counted; acknowledged entries are not replayed.
+//!
+//! The segment being written is kept zero-filled ahead of its data ([`write`]: real zeros, written
+//! before the frames that overwrite them), so appending does not change the file's size or block
+//! map and an fdatasync has no metadata to commit for it. A zero byte where a frame should start
+//! is therefore the clean end of a segment when only zeros follow; anything else there is a torn or
+//! corrupt region as before ([`scan`]).
 
 pub mod frame;
 mod legacy;
@@ -26,6 +32,9 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// An idle, fully delivered active segment is retired once it is at least this big.
 const RETIRE_IDLE_BYTES: u64 = 1024 * 1024;
+/// The segment being written is zero-filled this far ahead of its data, in steps of this size
+/// (bounded by the segment size): one size change, and one fdatasync writing metadata, per step.
+const PREALLOC_STEP: u64 = 1024 * 1024;
 const LOCK: &str = "lock";
 
 /// Where an entry lives: segment number and byte offset of its frame.
@@ -70,6 +79,15 @@ pub struct Journal {
     /// Bytes of `write_seg` already written to the file.
     committed: u64,
     writer: Option<File>,
+    /// Length of `write_seg`'s file: `committed` plus the zeros written ahead of the data.
+    zeroed_end: u64,
+    /// Zero-filling `write_seg` works (false after a failure, e.g. a full disk: plain appends until
+    /// the next segment).
+    prealloc: bool,
+    /// Failed zero-fills since the caller last looked ([`Journal::take_prealloc_failures`]).
+    prealloc_failures: u64,
+    /// A zero-fill failure was logged and none has succeeded since.
+    prealloc_episode: bool,
     /// Frames appended after `committed`, written by the next commit.
     buf: Vec<u8>,
     /// Next entry not held in memory by the caller.
@@ -132,6 +150,10 @@ impl Journal {
             write_seg,
             committed: 0,
             writer: None,
+            zeroed_end: 0,
+            prealloc: true,
+            prealloc_failures: 0,
+            prealloc_episode: false,
             buf: Vec::new(),
             load: Pos { seg: first.unwrap_or(write_seg), off: 0 },
             reader: Reader::default(),

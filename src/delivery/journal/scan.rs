@@ -1,5 +1,10 @@
 //! Reading journal segments back (delivery thread): the sliding read window used by refill, the
 //! recovery scan at open (counts, torn-tail cut, corrupt regions skipped), and frame -> record.
+//!
+//! A segment may end in zeros its writer put ahead of the data (see `write.rs`) and a crash left
+//! there: where no frame decodes and only zero bytes follow, the segment ends cleanly (not counted).
+//! A frame cut by the zeros (its start written, its end not) is a torn entry as before: its bytes
+//! are not all zero.
 
 use super::frame::{self, Decoded};
 use super::{Loaded, Pos};
@@ -98,37 +103,53 @@ pub(super) struct Scanned {
     pub bytes: u64,
 }
 
-/// Walks every frame of a segment. `visit` gets each valid one; returns the corrupt-region count and
-/// the offset just after the last valid frame.
-fn walk(bytes: &[u8], mut visit: impl FnMut(u64, u64, &[u8])) -> (u64, u64, bool) {
+/// What [`walk`] found besides the frames.
+struct Walked {
+    /// Corrupt regions skipped before later valid frames.
+    corrupt: u64,
+    /// Offset just after the last valid frame.
+    valid_end: u64,
+    /// The segment ends in a torn or corrupt region (after `valid_end`).
+    torn: bool,
+    /// Where the segment's data ends: the start of its zero-filled tail, or its length.
+    data_end: u64,
+}
+
+/// Walks every frame of a segment. `visit` gets each valid one.
+fn walk(bytes: &[u8], mut visit: impl FnMut(u64, u64, &[u8])) -> Walked {
     let mut off = 0usize;
-    let mut corrupt = 0;
-    let mut valid_end = 0u64;
-    let mut torn = false;
+    let mut w = Walked { corrupt: 0, valid_end: 0, torn: false, data_end: bytes.len() as u64 };
     while off < bytes.len() {
         match frame::decode(&bytes[off..]) {
             Decoded::Entry { ts_ms, payload, len } => {
                 visit(off as u64, ts_ms, payload);
                 off += len;
-                valid_end = off as u64;
+                w.valid_end = off as u64;
             }
-            Decoded::Incomplete => {
-                torn = true;
+            _ if bytes[off..].iter().all(|&b| b == 0) => {
+                // The zeros written ahead of the data, never overwritten: the clean end.
+                w.data_end = off as u64;
                 break;
             }
-            Decoded::Corrupt => {
-                corrupt += 1;
-                match frame::resync(&bytes[off..]) {
-                    Some(i) => off += i,
-                    None => {
-                        torn = true;
-                        break;
-                    }
-                }
+            Decoded::Incomplete => {
+                w.torn = true;
+                break;
             }
+            Decoded::Corrupt => match frame::resync(&bytes[off..]) {
+                Some(i) => {
+                    w.corrupt += 1;
+                    off += i;
+                }
+                // Garbage up to the end (or a frame cut short by the zeros after it): a torn tail,
+                // counted once by the caller.
+                None => {
+                    w.torn = true;
+                    break;
+                }
+            },
         }
     }
-    (corrupt, valid_end, torn)
+    w
 }
 
 /// Recovery scan of one segment at open. The last segment (the one a crash may have torn) is cut
@@ -137,7 +158,7 @@ pub(super) fn segment(path: &Path, acks: &HashSet<u64>, last: bool) -> io::Resul
     let bytes = std::fs::read(path)?;
     let mut entries = 0;
     let mut acked = 0;
-    let (mut corrupt, valid_end, torn) = walk(&bytes, |off, _, payload| {
+    let Walked { mut corrupt, valid_end, torn, data_end } = walk(&bytes, |off, _, payload| {
         if serde_json::from_slice::<IdOnly>(payload).is_ok() {
             entries += 1;
             if acks.contains(&off) {
@@ -145,7 +166,8 @@ pub(super) fn segment(path: &Path, acks: &HashSet<u64>, last: bool) -> io::Resul
             }
         }
     });
-    let mut len = bytes.len() as u64;
+    // Bytes readable: the zero-filled tail is not (refill stops before it).
+    let mut len = data_end;
     if torn && valid_end < len {
         corrupt += 1;
         log::warn!(

@@ -97,6 +97,99 @@ fn torn_tail_is_cut_and_counted() {
     assert_eq!(ids, vec!["r0", "r1", "r2"]);
 }
 
+/// The segment file as a crash leaves it (before the graceful close cuts the zeros off).
+fn crashed_copy(j: &Journal, seg: u64) -> Vec<u8> {
+    fs::read(segment_path(&j.dir, seg)).unwrap()
+}
+
+#[test]
+fn preallocated_tail_is_zeros_not_counted_and_cut_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    let p = j.append(1, &rec("r0"), true);
+    j.commit().unwrap();
+    let data = j.committed as usize;
+    let file = crashed_copy(&j, p.seg);
+    assert!(file.len() >= (1 << 19), "zero-filled ahead: {} bytes", file.len());
+    assert!(file[data..].iter().all(|&b| b == 0));
+    assert_eq!(j.bytes(), data as u64, "journal bytes count data, not zeros");
+    drop(j);
+    assert_eq!(fs::metadata(segment_path(dir.path(), p.seg)).unwrap().len() as usize, data, "cut on close");
+    // Crashed instead: the zeros stay, and are the segment's clean end.
+    fs::write(segment_path(dir.path(), p.seg), &file).unwrap();
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.corrupt, 0);
+    assert_eq!(j.bytes(), data as u64);
+    let ids: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(ids, vec!["r0"]);
+    assert_eq!(read_pending(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
+fn preallocated_segment_cut_mid_frame_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, cut) = {
+        let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..3 {
+            j.append(i, &rec(&format!("r{i}")), true);
+        }
+        j.commit().unwrap();
+        let torn = j.append(9, &rec("torn"), true);
+        j.commit().unwrap();
+        let mut file = crashed_copy(&j, torn.seg);
+        // Power loss: the last frame's second half never reached the disk (zeros, as preallocated).
+        let end = j.committed as usize;
+        let cut = torn.off as usize + (end - torn.off as usize) / 2;
+        file[cut..end].fill(0);
+        (file, torn.off)
+    };
+    let path = segment_path(dir.path(), 1);
+    fs::write(&path, &file).unwrap();
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.corrupt, 1, "the torn entry is counted once");
+    assert_eq!(fs::metadata(&path).unwrap().len(), cut, "torn tail (and zeros) cut off");
+    let ids: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(ids, vec!["r0", "r1", "r2"]);
+}
+
+#[test]
+fn restart_after_a_crash_appends_past_the_zeros_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(j.corrupt, 0, "round {round}: zero tails are clean ends");
+        assert_eq!(j.pending(), ids.len() as u64);
+        let mut seg = 0;
+        for i in 0..5 {
+            let id = format!("r{round}-{i}");
+            seg = j.append(i, &rec(&id), true).seg;
+            ids.push(id);
+            j.commit().unwrap();
+        }
+        // kill -9: the file keeps its zeros (the graceful close would have cut them).
+        let file = crashed_copy(&j, seg);
+        drop(j);
+        fs::write(segment_path(dir.path(), seg), &file).unwrap();
+    }
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.corrupt, 0);
+    let got: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(got, ids);
+    // A frame written after a zero gap (data lost in the middle) is found, the gap counted.
+    drop(j);
+    let seg = list_segments(dir.path()).unwrap()[0];
+    let path = segment_path(dir.path(), seg);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len();
+    bytes.extend_from_slice(&[0; 100]);
+    frame::encode(&mut bytes, 1, rec("after-gap").as_bytes());
+    fs::write(&path, &bytes).unwrap();
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.corrupt, 1, "the zero gap before a frame is corrupt, at {at}");
+    assert!(load_all(&mut j).iter().any(|l| l.request_id == "after-gap"));
+}
+
 #[test]
 fn corrupt_middle_is_skipped_and_the_rest_replayed() {
     let dir = tempfile::tempdir().unwrap();

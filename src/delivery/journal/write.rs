@@ -6,6 +6,17 @@
 //! ([`Journal::sync_acks`]): an acknowledgement lost to a power loss only means that record is
 //! delivered once more. [`Journal::commit`] does all three (stop, disk probe, tests).
 //!
+//! Frames are written at their offset (`pwrite`) into a segment kept zero-filled at least half a
+//! [`super::PREALLOC_STEP`] ahead of the data ([`Journal::zero_ahead`]: real zeros, since fallocate's
+//! unwritten extents would need a metadata write at their first write-back). Overwriting allocated
+//! zeros leaves the file's size and block map alone, so fdatasync has no metadata to commit but
+//! once per step (the zeros' first fdatasync): on journaled ext4 (loop-mounted, 3 s of load) 92
+//! journal commits instead of 643. On ext4 without a journal (Linux 6.18) the inode's block is still
+//! written by each fdatasync after a `write` changed the mtime; there only the block-map writes go.
+//! If the zeros cannot be written (disk full), the segment is appended to as before and the
+//! failure is counted (`take_prealloc_failures`). A graceful close or seal cuts the unused zeros
+//! off; after a crash they stay and the scanner takes them for the segment's clean end.
+//!
 //! The fdatasync stays on the journal thread: on a separate thread, appends to the page being
 //! written back wait for that write-back (ext4, Linux 6.18: a 3 KB append p99 1.6-4.8 ms instead of
 //! 0.3 ms), and the `kill -9` test lost records more often that way.
@@ -14,6 +25,10 @@ use super::{ack_path, frame, remove_segment, scan, segment_path, sync_dir, Journ
 use frame::Decoded;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+/// Source of the zeros written ahead of the data (one `pwrite` per this many bytes).
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl Journal {
     /// Everything appended and acknowledged so far written and fdatasync'd (graceful stop, disk
@@ -91,14 +106,21 @@ impl Journal {
 
     fn write_buf(&mut self) -> io::Result<()> {
         if self.writer.is_none() {
-            let f =
-                OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.write_seg))?;
+            // Not truncated: after a failed group the file is reopened and written from `committed`
+            // (whatever lies beyond it is overwritten, or zeroed by `zero_ahead`).
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(segment_path(&self.dir, self.write_seg))?;
             sync_dir(&self.dir)?;
             self.writer = Some(f);
+            self.zeroed_end = self.committed;
         }
-        let Some(w) = self.writer.as_mut() else { return Err(io::Error::other("journal writer missing")) };
-        w.write_all(&self.buf)?;
+        let Some(w) = self.writer.as_ref() else { return Err(io::Error::other("journal writer missing")) };
+        w.write_all_at(&self.buf, self.committed)?;
         self.committed += self.buf.len() as u64;
+        self.zeroed_end = self.zeroed_end.max(self.committed);
         self.seg_unsynced = true;
         if let Some(s) = self.segs.get_mut(&self.write_seg) {
             s.bytes = self.committed;
@@ -110,12 +132,81 @@ impl Journal {
             let synced = self.sync_entries();
             self.seal();
             synced?;
+        } else {
+            self.zero_ahead();
         }
         Ok(())
     }
 
+    /// Keeps at least half a step of zeros after the data (up to the segment size): when less is
+    /// left, writes zeros up to a whole step past `committed`. Written after this group's frames, so
+    /// the next fdatasync takes them with the group; from then on groups only overwrite. A failure
+    /// (disk full) cuts the partial zeros back, is counted and logged once per episode, and leaves
+    /// this segment on plain appends.
+    fn zero_ahead(&mut self) {
+        let want = (self.committed + super::PREALLOC_STEP / 2).min(self.segment_bytes);
+        if !self.prealloc || self.zeroed_end >= want {
+            return;
+        }
+        let Some(w) = self.writer.as_ref() else { return };
+        let target = (self.committed + super::PREALLOC_STEP).min(self.segment_bytes);
+        let mut at = self.zeroed_end;
+        let mut res = Ok(());
+        while at < target {
+            let n = ((target - at) as usize).min(ZEROS.len());
+            if let Err(e) = w.write_all_at(&ZEROS[..n], at) {
+                res = Err(e);
+                break;
+            }
+            at += n as u64;
+        }
+        match res {
+            Ok(()) => {
+                self.zeroed_end = target;
+                self.prealloc_episode = false;
+            }
+            Err(e) => {
+                self.prealloc = false;
+                self.prealloc_failures += 1;
+                if at > self.zeroed_end {
+                    if let Err(e) = w.set_len(self.zeroed_end) {
+                        // The zeros written stay: the scanner takes them for the segment's clean end.
+                        log::warn!("journal: cannot cut back partial zeros in {}: {e}", self.dir.display());
+                        self.zeroed_end = at;
+                    }
+                }
+                if !std::mem::replace(&mut self.prealloc_episode, true) {
+                    log::warn!(
+                        "journal: cannot zero-fill segment {} ahead of its data in {}: {e}; appending to it without (each fdatasync then writes the file size too)",
+                        self.write_seg,
+                        self.dir.display()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Zero-fills that failed since the last call (counted as spool errors by the caller).
+    pub fn take_prealloc_failures(&mut self) -> u64 {
+        std::mem::take(&mut self.prealloc_failures)
+    }
+
+    /// Closes the segment being written, cutting off the zeros after its data (best effort: after a
+    /// crash, or if this fails, the scanner takes them for the clean end).
+    fn close_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            if self.zeroed_end > self.committed {
+                if let Err(e) = w.set_len(self.committed) {
+                    log::warn!("journal: cannot cut the unused zeros off segment {}: {e}", self.write_seg);
+                }
+            }
+        }
+        self.zeroed_end = self.committed;
+    }
+
     /// A failed group: cut the file back, forget the group's entries, hand them back.
     fn unwind(&mut self, error: io::Error) -> Unwritten {
+        self.zeroed_end = self.committed;
         if let Some(w) = self.writer.take() {
             if let Err(e) = w.set_len(self.committed) {
                 log::warn!("journal: cannot cut back a failed append in {}: {e}", self.dir.display());
@@ -190,10 +281,12 @@ impl Journal {
     /// Starts a new segment (the buffer is empty: called right after a write).
     pub(super) fn seal(&mut self) {
         let load_at_end = self.load == self.end();
-        self.writer = None;
+        self.close_writer();
         self.seg_unsynced = false;
         self.write_seg += 1;
         self.committed = 0;
+        self.zeroed_end = 0;
+        self.prealloc = true;
         if load_at_end {
             self.load = self.end();
         }
@@ -222,5 +315,12 @@ impl Journal {
             self.acks_unsynced.remove(&id);
             remove_segment(&self.dir, id);
         }
+    }
+}
+
+impl Drop for Journal {
+    /// A graceful close leaves the segment as long as its data.
+    fn drop(&mut self) {
+        self.close_writer();
     }
 }

@@ -315,7 +315,13 @@ impl Worker {
     /// written since the last fdatasync and that was at least `poll` ago, the `.ack` files every
     /// [`ACK_SYNC_EVERY`].
     fn commit(&mut self) {
-        if let Err(u) = self.journal.flush() {
+        let flushed = self.journal.flush();
+        // A segment that could not be zero-filled ahead (disk full) is appended to as before.
+        let n = self.journal.take_prealloc_failures();
+        if n > 0 {
+            self.stats.spool_errors.fetch_add(n, Ordering::Relaxed);
+        }
+        if let Err(u) = flushed {
             return self.commit_failed(u);
         }
         let now = Instant::now();
