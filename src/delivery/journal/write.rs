@@ -41,11 +41,6 @@ impl Journal {
             .map_err(|error| Unwritten { error, entries: Vec::new() })
     }
 
-    /// Everything appended and acknowledged is on disk (graceful stop).
-    pub fn sync(&mut self) -> Result<(), Unwritten> {
-        self.commit()
-    }
-
     /// Writes the appended frames (one `write`) and the pending acknowledgements (one `write` per
     /// `.ack` file) without fdatasync, then deletes what is fully delivered. A failed frame write
     /// leaves nothing of its group in the file and returns the group's entries; a failed

@@ -69,7 +69,7 @@ impl Worker {
                 n += 1;
             }
         }
-        if let Err(u) = self.journal.sync() {
+        if let Err(u) = self.journal.commit() {
             log::error!(
                 "{} usage records could not be journaled at stop ({}) and are lost",
                 u.entries.len().max(n),
