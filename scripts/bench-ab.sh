@@ -7,54 +7,19 @@
 #   BEFORE=/tmp/llmproxy-old AFTER=target/release/llmproxy flock /work/bench.lock scripts/bench-ab.sh
 #
 # Env: BEFORE, AFTER (binaries, required), PAIRS (6), DUR (5 s), DRIVER (io_uring | epoll).
-# Needs wrk, nginx, curl, taskset and python3 (scripts/bench.sh installs them).
+# Needs wrk, nginx, curl, taskset and python3 (scripts/bench.sh installs them). The setup (bodies,
+# nginx backends, LLMProxy's config) is scripts/bench-lib.sh's, as in scripts/bench.sh.
 set -euo pipefail
 A=${BEFORE:?BEFORE=path of the old llmproxy binary} B=${AFTER:?AFTER=path of the new llmproxy binary}
 PAIRS=${PAIRS:-6} DUR=${DUR:-5} DRIVER=${DRIVER:-io_uring}
 WORK=$(mktemp -d /tmp/seams-ab.XXXXXX)
 P_JSON=18001 P_HOOK=18002 P_PROXY=18010
-JSON_BODY='{"id":"chatcmpl-b1f0c2d3e4f5a6b7","object":"chat.completion","created":1768386600,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"message":{"role":"assistant","reasoning_content":null,"content":"The sea is calm tonight, the tide is full, the moon lies fair upon the straits.","tool_calls":[]},"logprobs":null,"finish_reason":"stop","stop_reason":null}],"usage":{"prompt_tokens":25,"total_tokens":47,"completion_tokens":22,"prompt_tokens_details":null},"prompt_logprobs":null,"kv_transfer_params":null}'
-REQ_BODY='{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a short poem about the sea."}],"max_tokens":64,"temperature":0.7}'
-cat >"$WORK/backends.conf" <<C
-worker_processes 1;
-daemon off;
-master_process on;
-pid $WORK/b.pid;
-error_log $WORK/b.err warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $WORK/cb;
-    proxy_temp_path $WORK/cp;
-    fastcgi_temp_path $WORK/cf;
-    uwsgi_temp_path $WORK/cu;
-    scgi_temp_path $WORK/cs;
-    server { listen 127.0.0.1:$P_JSON backlog=4096; location / { default_type application/json; return 200 '$JSON_BODY'; } }
-    server { listen 127.0.0.1:$P_HOOK backlog=4096; client_body_buffer_size 1m; location / { return 200; } }
-}
-C
-cat >"$WORK/p.toml" <<C
-listen = "127.0.0.1:$P_PROXY"
-shutdown_grace = "2s"
-[runtime]
-workers = 1
-pin_cores = true
-cores = [1]
-driver = "$DRIVER"
-[[backends]]
-url = "http://127.0.0.1:$P_JSON"
-[usage_hook]
-enabled = true
-url = "http://127.0.0.1:$P_HOOK/llm-usage"
-batch_max = 100
-spool_dir = "$WORK/spool"
-C
-cat >"$WORK/post.lua" <<C
-wrk.method = "POST"
-wrk.body = '$REQ_BODY'
-wrk.headers["Content-Type"] = "application/json"
-C
+CORE_PROXY=1
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
+write_backends_conf
+llmproxy_conf "$P_JSON" "$DRIVER" true >"$WORK/p.toml"
+write_post_lua
 taskset -c 0 nginx -c "$WORK/backends.conf" -p "$WORK" >/dev/null 2>&1 &
 NG=$!
 trap 'kill $NG 2>/dev/null; wait $NG 2>/dev/null; rm -rf $WORK' EXIT

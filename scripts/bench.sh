@@ -137,44 +137,9 @@ record() { # record ROUND CONTENDER METRIC VALUE
 
 # ---------------------------------------------------------------------------------------------
 # Configs.
-JSON_BODY='{"id":"chatcmpl-b1f0c2d3e4f5a6b7","object":"chat.completion","created":1768386600,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"message":{"role":"assistant","reasoning_content":null,"content":"The sea is calm tonight, the tide is full, the moon lies fair upon the straits.","tool_calls":[]},"logprobs":null,"finish_reason":"stop","stop_reason":null}],"usage":{"prompt_tokens":25,"total_tokens":47,"completion_tokens":22,"prompt_tokens_details":null},"prompt_logprobs":null,"kv_transfer_params":null}'
-REQ_BODY='{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a short poem about the sea."}],"max_tokens":64,"temperature":0.7}'
-
-nginx_common() { # prefix
-    cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile 65536;
-daemon off;
-master_process on;
-pid $WORK/$1.pid;
-error_log $WORK/$1.err warn;
-events { worker_connections 8192; multi_accept on; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $WORK/$1-body;
-    proxy_temp_path $WORK/$1-proxy;
-    fastcgi_temp_path $WORK/$1-fcgi;
-    uwsgi_temp_path $WORK/$1-uwsgi;
-    scgi_temp_path $WORK/$1-scgi;
-EOF
-}
-{
-    nginx_common backends
-    cat <<EOF
-    server {
-        listen 127.0.0.1:$P_JSON backlog=4096;
-        location / { default_type application/json; return 200 '$JSON_BODY'; }
-    }
-    server {
-        listen 127.0.0.1:$P_HOOK backlog=4096;
-        client_body_buffer_size 1m;
-        location / { return 200; }
-    }
-}
-EOF
-} >"$WORK/backends.conf"
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
+write_backends_conf
 
 nginx_proxy_conf() { # upstream_port
     nginx_common "proxy-$1"
@@ -195,39 +160,7 @@ nginx_proxy_conf() { # upstream_port
 }
 EOF
 }
-llmproxy_conf() { # upstream_port driver metering(true|false)
-    cat <<EOF
-listen = "127.0.0.1:$P_PROXY"
-shutdown_grace = "2s"
-[runtime]
-workers = 1
-pin_cores = true
-cores = [$CORE_PROXY]
-driver = "$2"
-[[backends]]
-url = "http://127.0.0.1:$1"
-[usage_hook]
-enabled = $3
-url = "http://127.0.0.1:$P_HOOK/llm-usage"
-batch_max = 100
-spool_dir = "$WORK/spool"
-EOF
-}
-baseline_conf() { # upstream_port metering
-    cat <<EOF
-listen = "127.0.0.1:$P_PROXY"
-[[backends]]
-url = "http://127.0.0.1:$1"
-[usage_hook]
-enabled = $2
-url = "http://127.0.0.1:$P_HOOK/llm-usage"
-EOF
-}
-cat >"$WORK/post.lua" <<EOF
-wrk.method = "POST"
-wrk.body = '$REQ_BODY'
-wrk.headers["Content-Type"] = "application/json"
-EOF
+write_post_lua
 
 # start_contender NAME UPSTREAM_PORT: starts it pinned to CORE_PROXY; sets PORT and PID (the
 # process whose CPU and RSS are measured: nginx's worker). "direct" starts nothing.
