@@ -17,7 +17,7 @@ results = common.Results(data)
 med, added, value = results.med, results.added, results.value
 fmt, ratio, cpu_model, git_rev, LABEL = common.fmt, common.ratio, common.cpu_model, common.git_rev, common.LABEL
 
-ALL = ["direct", "llmproxy-uring", "llmproxy-epoll", "baseline", "nginx"]
+ALL = ["direct", "llmproxy-uring", "llmproxy-epoll", "llmproxy2-uring", "llmproxy2-epoll", "baseline", "nginx", "floor"]
 MAIN = [c for c in ALL if any(k[0] == c for k in data)]
 # (title, metric, unit, how)
 METRICS = [
@@ -44,7 +44,8 @@ w(f"- load average at start: {load_start}; at end: {load_end}")
 w(f"- {streams} streams open at once, one event every {every_ms} ms each ({events} events a stream), measured over")
 w(f"  a {int(window_ms) / 1000:g} s window once all were open; {rounds} rounds, contenders alternating, medians over rounds")
 w("- the proxy alone on core 1 (one worker); `stream-load`, `stream-backend` and the webhook receiver on core 0.")
-w("  LLMProxy and the baseline meter every stream (webhook on); nginx (`proxy_buffering off`) meters nothing")
+w("  LLMProxy and the baseline meter every stream (webhook on); nginx (`proxy_buffering off`) meters nothing;")
+w("  the floor (null-relay) copies bytes unparsed: one read and one write per event")
 w("")
 w("| metric | " + " | ".join(LABEL[c] for c in MAIN) + " |")
 w("|---|" + "---:|" * len(MAIN))
@@ -53,15 +54,26 @@ for title, m, unit, how in METRICS:
 w("")
 w("Ratios (LLMProxy ÷ other; below 1 is better):")
 w("")
-w("| metric | io_uring ÷ nginx | io_uring ÷ baseline | epoll ÷ nginx | epoll ÷ baseline | io_uring ÷ epoll |")
-w("|---|---:|---:|---:|---:|---:|")
+w("| metric | io_uring ÷ nginx | io_uring ÷ baseline | epoll ÷ nginx | epoll ÷ baseline | io_uring ÷ epoll | floor ÷ nginx |")
+w("|---|---:|---:|---:|---:|---:|---:|")
 for title, m, unit, how in METRICS:
     if m == "proxy_cpu_pct":
         continue
     u, e = value("llmproxy-uring", m, how), value("llmproxy-epoll", m, how)
-    n, b = value("nginx", m, how), value("baseline", m, how)
-    w(f"| {title} | {ratio(u, n)} | {ratio(u, b)} | {ratio(e, n)} | {ratio(e, b)} | {ratio(u, e)} |")
+    n, b, f = value("nginx", m, how), value("baseline", m, how), value("floor", m, how)
+    w(f"| {title} | {ratio(u, n)} | {ratio(u, b)} | {ratio(e, n)} | {ratio(e, b)} | {ratio(u, e)} | {ratio(f, n)} |")
 w("")
+if any(c.startswith("llmproxy2-") for c in MAIN):
+    w("Before/after (LLMPROXY_BIN2 ÷ LLMPROXY_BIN, same rounds; below 1: the second binary does better):")
+    w("")
+    w("| metric | io_uring | epoll |")
+    w("|---|---:|---:|")
+    for title, m, unit, how in METRICS:
+        if how != "abs" or m == "proxy_cpu_pct":
+            continue
+        cells = [ratio(value("llmproxy2-" + d, m, how), value("llmproxy-" + d, m, how)) for d in ("uring", "epoll")]
+        w(f"| {title} | " + " | ".join(cells) + " |")
+    w("")
 w("Per round (round order):")
 w("")
 w("| contender | RSS per stream | CPU per event | delay p50 | delay p99 | idle RSS |")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Streams at scale (issue 14, CONTRACT section 11): N slow SSE streams held open at once through one
 # proxy worker on one pinned core, against LLMProxy (io_uring and epoll), the hyper baseline and nginx
-# (`proxy_buffering off`), with "direct" (client to backend) as the delay reference. Contenders
+# (`proxy_buffering off`) and the floor (null-relay: bytes copied unparsed, one read and one write per
+# event), with "direct" (client to backend) as the delay reference. Contenders
 # alternate within each round; the report quotes medians over rounds.
 #
 #   scripts/bench-streams.sh                    # or: scripts/bench.sh streams
@@ -16,8 +17,9 @@
 #
 # Env: STREAMS (10000, lowered to what the open-files limit allows: a proxy holds 2 descriptors a
 # stream, plus FD_RESERVE (400) for the rest), EVERY_MS (1000), RAMP_MS (1 ms a stream), SETTLE_MS (3000), WINDOW_MS (15000), ROUNDS (3),
-# CONTENDERS ("direct llmproxy-uring llmproxy-epoll baseline nginx"), CORE_LOAD (0), CORE_PROXY (1),
-# SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1, LLMPROXY_BIN (another llmproxy binary, for before/after runs).
+# CONTENDERS ("direct llmproxy-uring llmproxy-epoll baseline nginx floor"), CORE_LOAD (0), CORE_PROXY (1),
+# SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1, LLMPROXY_BIN (another llmproxy binary), LLMPROXY_BIN2 (a second
+# one, run as the contenders llmproxy2-uring / llmproxy2-epoll: before/after in the same rounds).
 # Output: markdown on stdout and in bench-results/streams-latest.md (raw: streams-latest.jsonl).
 set -euo pipefail
 
@@ -28,7 +30,7 @@ SETTLE_MS=${SETTLE_MS:-3000}
 WINDOW_MS=${WINDOW_MS:-15000}
 CORE_LOAD=${CORE_LOAD:-0}
 CORE_PROXY=${CORE_PROXY:-1}
-CONTENDERS=(${CONTENDERS:-direct llmproxy-uring llmproxy-epoll baseline nginx})
+CONTENDERS=(${CONTENDERS:-direct llmproxy-uring llmproxy-epoll baseline nginx floor})
 P_HOOK=18302    # nginx: usage webhook receiver (return 200)
 P_BACKEND=18304 # stream-backend
 P_PROXY=18310   # the contender under test
@@ -59,13 +61,17 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     (cd "$ROOT/benches/loadgen" && CARGO_TARGET_DIR=$TOOLS_TARGET cargo build --release --quiet)
 fi
 LLMPROXY=${LLMPROXY_BIN:-$MAIN_TARGET/release/llmproxy}
+LLMPROXY2=${LLMPROXY_BIN2:-}
 BASELINE=$TOOLS_TARGET/release/llmproxy-baseline
 SLOAD=$TOOLS_TARGET/release/stream-load
 SBACKEND=$TOOLS_TARGET/release/stream-backend
+NULLRELAY=$TOOLS_TARGET/release/null-relay
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 need_bins=("$SLOAD" "$SBACKEND" "$NGINX")
 [[ " ${CONTENDERS[*]} " == *" llmproxy-"* ]] && need_bins+=("$LLMPROXY")
+[[ " ${CONTENDERS[*]} " == *" llmproxy2-"* ]] && need_bins+=("${LLMPROXY2:-LLMPROXY_BIN2 (unset)}")
 [[ " ${CONTENDERS[*]} " == *" baseline "* ]] && need_bins+=("$BASELINE")
+[[ " ${CONTENDERS[*]} " == *" floor "* ]] && need_bins+=("$NULLRELAY")
 for b in "${need_bins[@]}"; do
     [[ -x $b ]] || { echo "missing binary $b" >&2; exit 1; }
 done
@@ -221,13 +227,18 @@ start_contender() {
     PID="" MAINPID="" PORT=$P_PROXY
     case $1 in
     direct) PORT=$P_BACKEND; return 0 ;;
-    llmproxy-uring | llmproxy-epoll)
-        local d=io_uring
-        [[ $1 == llmproxy-epoll ]] && d=epoll
+    llmproxy-uring | llmproxy-epoll | llmproxy2-uring | llmproxy2-epoll)
+        local d=io_uring bin=$LLMPROXY
+        [[ $1 == *-epoll ]] && d=epoll
+        [[ $1 == llmproxy2-* ]] && bin=$LLMPROXY2
         llmproxy_conf "$d" >"$WORK/$1.toml"
-        start "$1" env LLMPROXY_DRIVER=$d RUST_LOG=warn taskset -c "$CORE_PROXY" "$LLMPROXY" --config "$WORK/$1.toml"
+        start "$1" env LLMPROXY_DRIVER=$d RUST_LOG=warn taskset -c "$CORE_PROXY" "$bin" --config "$WORK/$1.toml"
         ;;
     baseline) start baseline taskset -c "$CORE_PROXY" "$BASELINE" --config "$WORK/baseline.toml" --workers 1 ;;
+    # The floor: benches/loadgen's null-relay copies bytes between each client and its own backend
+    # connection (level-triggered epoll, one read and one write per event, nothing parsed): the CPU
+    # per event no proxy built on those socket operations goes below.
+    floor) start floor taskset -c "$CORE_PROXY" "$NULLRELAY" --listen "127.0.0.1:$P_PROXY" --backend "127.0.0.1:$P_BACKEND" ;;
     nginx)
         mkdir -p "$WORK/proxy-body"
         start nginx taskset -c "$CORE_PROXY" "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
@@ -281,7 +292,7 @@ for k in ("kib_per_stream", "cpu_us_per_event", "proxy_cpu_pct", "rss_idle_kib",
     rec(k, d.get(k))
 rec("errors", sum(d.get("errors", {}).values()))
 PY
-        if [[ $name == llmproxy-* ]]; then
+        if [[ $name == llmproxy-* || $name == llmproxy2-* ]]; then
             # Every record right: the webhook thread's token counters (built from the records) must
             # hold every stream's completion tokens, warm-up included.
             sleep 2

@@ -17,6 +17,8 @@ LABEL = {
     "llmproxy-uring-nometer": "LLMProxy io_uring, metering off",
     "baseline-nometer": "hyper baseline, metering off",
     "floor": "floor (null-relay)",
+    "llmproxy2-uring": "LLMProxy (BIN2) io_uring",
+    "llmproxy2-epoll": "LLMProxy (BIN2) epoll",
 }
 
 
