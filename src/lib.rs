@@ -36,4 +36,5 @@ pub mod upstream;
 pub mod usage;
 // Old paths kept so code written against them keeps compiling.
 pub use usage::{record, sse};
+pub mod warm;
 pub mod watch;

@@ -6,6 +6,7 @@ use crate::connection;
 use crate::core::CoreCtx;
 use crate::error::GatewayError;
 use crate::net::Stream;
+use crate::warm::Warm;
 use monoio::net::TcpListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                                 monoio::spawn(refuse(stream, ctx.clone(), peer));
                                 continue;
                             }
-                            monoio::spawn(connection::handle(ctx.clone(), stream, accepted, peer));
+                            monoio::spawn(Warm(connection::handle(ctx.clone(), stream, accepted, peer)));
                         }
                         // Over max_connections a TLS client is just closed: a plain 503 would
                         // be noise to it, and a handshake to refuse is work to avoid.
@@ -51,13 +52,13 @@ pub async fn serve(listener: TcpListener, ctx: Rc<CoreCtx>) {
                             // (issue 14). Freed once the handshake is over.
                             let handshake = Box::pin(crate::net::accept_tls(stream, t.current(), timeout));
                             let ctx = ctx.clone();
-                            monoio::spawn(async move {
+                            monoio::spawn(Warm(async move {
                                 let shaken = handshake.await;
                                 match shaken {
                                     Ok(s) => connection::handle(ctx, s, accepted, peer).await,
                                     Err(f) => ctx.metrics.tls_handshake_failed(f),
                                 }
-                            });
+                            }));
                         }
                     }
                 }
