@@ -10,7 +10,7 @@ use super::journal::Pos;
 use super::nats::NatsSink;
 use super::Entry;
 use crate::config::{SinkKind, UsageHookConfig};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
@@ -140,39 +140,59 @@ pub struct Pool {
     /// Set by the journal thread when batches wait for a delivery thread: the next one to finish
     /// unparks it (otherwise it picks outcomes up at its next round, saving a wakeup per batch).
     wanted: Arc<AtomicBool>,
-    jobs: Option<Sender<Batch>>,
-    done: Receiver<Batch>,
+    /// One per delivery thread: where its next batch goes (None once stopping), and the thread to
+    /// unpark for it.
+    slots: Vec<(Option<Sender<Batch>>, Thread)>,
+    /// Delivery threads without a batch (the one that finished last is used first).
+    idle: Vec<usize>,
+    /// Delivery threads found gone by [`Pool::submit`].
+    gone: usize,
+    done: Receiver<(usize, Batch)>,
     threads: Vec<JoinHandle<()>>,
-    in_flight: usize,
 }
 
 impl Pool {
     /// `n` threads; a finished batch unparks `notify` (the journal thread) when it asked for that
     /// ([`Pool::wake_on_done`]).
+    ///
+    /// Each thread waits for its batch with `park`, not a blocking `recv`: crossbeam spins with
+    /// `sched_yield` before it sleeps, and with the gateway on one core every yield is a context
+    /// switch (perf: a third of the delivery threads' CPU time). The journal thread hands a batch
+    /// to an idle thread's own one-slot channel and unparks it: one futex wake per batch.
     pub fn start(n: usize, make: MakeSink, notify: Thread) -> std::io::Result<Pool> {
         let wanted = Arc::new(AtomicBool::new(false));
-        let (jobs, jrx) = crossbeam_channel::unbounded::<Batch>();
-        let (dtx, done) = crossbeam_channel::unbounded::<Batch>();
-        let mut threads = Vec::with_capacity(n);
-        for i in 0..n.max(1) {
-            let (jrx, dtx, make, notify) = (jrx.clone(), dtx.clone(), make.clone(), notify.clone());
+        let (dtx, done) = crossbeam_channel::unbounded::<(usize, Batch)>();
+        let n = n.max(1);
+        let (mut slots, mut threads) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            let (jtx, jrx) = crossbeam_channel::bounded::<Batch>(1);
+            let (dtx, make, notify) = (dtx.clone(), make.clone(), notify.clone());
             let wanted = Arc::clone(&wanted);
-            threads.push(std::thread::Builder::new().name(format!("llmproxy-deliver-{i}")).spawn(
-                move || {
-                    let mut sink = make();
-                    while let Ok(mut b) = jrx.recv() {
-                        b.result = sink.send(&b.entries);
-                        if dtx.send(b).is_err() {
-                            return;
+            let t = std::thread::Builder::new().name(format!("llmproxy-deliver-{i}")).spawn(move || {
+                let mut sink = make();
+                loop {
+                    let mut b = match jrx.try_recv() {
+                        Ok(b) => b,
+                        Err(TryRecvError::Empty) => {
+                            std::thread::park();
+                            continue;
                         }
-                        if wanted.swap(false, Ordering::AcqRel) {
-                            notify.unpark();
-                        }
+                        Err(TryRecvError::Disconnected) => return,
+                    };
+                    b.result = sink.send(&b.entries);
+                    if dtx.send((i, b)).is_err() {
+                        return;
                     }
-                },
-            )?);
+                    if wanted.swap(false, Ordering::AcqRel) {
+                        notify.unpark();
+                    }
+                }
+            })?;
+            slots.push((Some(jtx), t.thread().clone()));
+            threads.push(t);
         }
-        Ok(Pool { wanted, jobs: Some(jobs), done, threads, in_flight: 0 })
+        let idle = (0..n).rev().collect();
+        Ok(Pool { wanted, slots, idle, gone: 0, done, threads })
     }
 
     /// The next finished batch unparks the journal thread (batches are waiting for a free delivery
@@ -182,36 +202,51 @@ impl Pool {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.threads() - self.idle.len()
     }
 
+    /// Delivery threads still running.
     pub fn threads(&self) -> usize {
-        self.threads.len()
+        self.slots.len() - self.gone
     }
 
-    pub fn submit(&mut self, entries: Vec<Entry>, meta: Vec<Meta>) {
-        let b = Batch { entries, meta, result: Ok(()) };
-        match &self.jobs {
-            Some(j) => match j.send(b) {
-                Ok(()) => self.in_flight += 1,
-                Err(e) => log::error!("delivery threads are gone; {} records kept", e.0.entries.len()),
-            },
-            None => log::error!("delivery threads stopped; {} records kept", b.entries.len()),
+    /// Hands a batch to an idle delivery thread (the caller checks that one is idle). A thread found
+    /// gone (its sink panicked) is not used again; with none left the batch comes back.
+    pub fn submit(&mut self, entries: Vec<Entry>, meta: Vec<Meta>) -> Result<(), Batch> {
+        let mut b = Batch { entries, meta, result: Ok(()) };
+        while let Some(i) = self.idle.pop() {
+            let (job, thread) = &self.slots[i];
+            let Some(job) = job else { break };
+            match job.try_send(b) {
+                Ok(()) => {
+                    thread.unpark();
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::error!("delivery thread {i} is gone; its batch goes to another");
+                    self.gone += 1;
+                    b = e.into_inner();
+                }
+            }
         }
+        Err(b)
     }
 
     pub fn try_done(&mut self) -> Option<Batch> {
-        let b = self.done.try_recv().ok()?;
-        self.in_flight -= 1;
+        let (i, b) = self.done.try_recv().ok()?;
+        self.idle.push(i);
         Some(b)
     }
 
     /// Lets every thread finish its current batch and exit; returns what came back.
     pub fn stop(mut self) -> Vec<Batch> {
-        self.jobs = None;
+        for (job, thread) in &mut self.slots {
+            *job = None;
+            thread.unpark();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.done.try_iter().collect()
+        self.done.try_iter().map(|(_, b)| b).collect()
     }
 }

@@ -527,7 +527,14 @@ impl Worker {
             meta.push(h.meta);
         }
         self.in_flight_records += n;
-        pool.submit(entries, meta);
+        if let Err(b) = pool.submit(entries, meta) {
+            // No delivery thread left: the records stay first in line.
+            self.in_flight_records -= n;
+            let now = Instant::now();
+            for (entry, meta) in b.entries.into_iter().zip(b.meta).rev() {
+                q.push_front(Held { entry, meta, not_before: now });
+            }
+        }
     }
 
     /// Gauges for `/metrics` (the backlog age at most every 100 ms).
