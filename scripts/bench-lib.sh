@@ -1,20 +1,24 @@
 # Shared by scripts/bench.sh and scripts/bench-ab.sh (sourced, not run): the non-stream setup's
 # bodies, the nginx JSON backend and webhook receiver, LLMProxy's config and wrk's script.
+# scripts/bench-streams.sh sources it for nginx_common only.
 # Needs WORK, P_JSON, P_HOOK, P_PROXY and CORE_PROXY set by the caller.
 
 # A chat completion in vLLM's shape (the JSON backend's answer), and the request wrk sends.
 JSON_BODY='{"id":"chatcmpl-b1f0c2d3e4f5a6b7","object":"chat.completion","created":1768386600,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"message":{"role":"assistant","reasoning_content":null,"content":"The sea is calm tonight, the tide is full, the moon lies fair upon the straits.","tool_calls":[]},"logprobs":null,"finish_reason":"stop","stop_reason":null}],"usage":{"prompt_tokens":25,"total_tokens":47,"completion_tokens":22,"prompt_tokens_details":null},"prompt_logprobs":null,"kv_transfer_params":null}'
 REQ_BODY='{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a short poem about the sea."}],"max_tokens":64,"temperature":0.7}'
 
-nginx_common() { # prefix
+# nginx's head up to the opening of its http block, files under $WORK/PREFIX*; one worker, no
+# access log, long keep-alive. NOFILE and CONNECTIONS default to what the per-request benchmark
+# needs; bench-streams.sh raises both to the open-files limit.
+nginx_common() { # prefix [nofile] [worker_connections]
     cat <<EOF
 worker_processes 1;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile ${2:-65536};
 daemon off;
 master_process on;
 pid $WORK/$1.pid;
 error_log $WORK/$1.err warn;
-events { worker_connections 8192; multi_accept on; }
+events { worker_connections ${3:-8192}; multi_accept on; }
 http {
     access_log off;
     keepalive_requests 10000000;

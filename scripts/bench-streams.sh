@@ -136,26 +136,9 @@ wait_tcp() { # a TCP connect, not an HTTP request: through a proxy any path here
 }
 record() { printf '{"round":%s,"contender":"%s","metric":"%s","value":%s}\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
 
-nginx_head() { # prefix
-    cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-daemon off;
-master_process on;
-pid $WORK/$1.pid;
-error_log $WORK/$1.err warn;
-events { worker_connections $((NOFILE - 100)); multi_accept on; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $WORK/$1-body;
-    proxy_temp_path $WORK/$1-proxy;
-    fastcgi_temp_path $WORK/$1-fcgi;
-    uwsgi_temp_path $WORK/$1-uwsgi;
-    scgi_temp_path $WORK/$1-scgi;
-EOF
-}
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
+nginx_head() { nginx_common "$1" "$NOFILE" "$((NOFILE - 100))"; }
 {
     nginx_head hook
     echo "    server { listen 127.0.0.1:$P_HOOK backlog=4096; client_body_buffer_size 1m; location / { return 200; } }"
@@ -179,7 +162,7 @@ EOF
 }
 EOF
 } >"$WORK/nginx.conf"
-llmproxy_conf() { # driver
+streams_llmproxy_conf() { # driver
     cat <<EOF
 listen = "127.0.0.1:$P_PROXY"
 shutdown_grace = "2s"
@@ -231,7 +214,7 @@ start_contender() {
         local d=io_uring bin=$LLMPROXY
         [[ $1 == *-epoll ]] && d=epoll
         [[ $1 == llmproxy2-* ]] && bin=$LLMPROXY2
-        llmproxy_conf "$d" >"$WORK/$1.toml"
+        streams_llmproxy_conf "$d" >"$WORK/$1.toml"
         start "$1" env LLMPROXY_DRIVER=$d RUST_LOG=warn taskset -c "$CORE_PROXY" "$bin" --config "$WORK/$1.toml"
         ;;
     baseline) start baseline taskset -c "$CORE_PROXY" "$BASELINE" --config "$WORK/baseline.toml" --workers 1 ;;
