@@ -140,9 +140,8 @@ pub struct Pool {
     /// Set by the journal thread when batches wait for a delivery thread: the next one to finish
     /// unparks it (otherwise it picks outcomes up at its next round, saving a wakeup per batch).
     wanted: Arc<AtomicBool>,
-    /// One per delivery thread: where its next batch goes (None once stopping), and the thread to
-    /// unpark for it.
-    slots: Vec<(Option<Sender<Batch>>, Thread)>,
+    /// One per delivery thread: where its next batch goes, and the thread to unpark for it.
+    slots: Vec<(Sender<Batch>, Thread)>,
     /// Delivery threads without a batch (the one that finished last is used first).
     idle: Vec<usize>,
     /// Delivery threads found gone by [`Pool::submit`].
@@ -188,7 +187,7 @@ impl Pool {
                     }
                 }
             })?;
-            slots.push((Some(jtx), t.thread().clone()));
+            slots.push((jtx, t.thread().clone()));
             threads.push(t);
         }
         let idle = (0..n).rev().collect();
@@ -216,7 +215,6 @@ impl Pool {
         let mut b = Batch { entries, meta, result: Ok(()) };
         while let Some(i) = self.idle.pop() {
             let (job, thread) = &self.slots[i];
-            let Some(job) = job else { break };
             match job.try_send(b) {
                 Ok(()) => {
                     thread.unpark();
@@ -240,13 +238,97 @@ impl Pool {
 
     /// Lets every thread finish its current batch and exit; returns what came back.
     pub fn stop(mut self) -> Vec<Batch> {
-        for (job, thread) in &mut self.slots {
-            *job = None;
+        // Each thread's channel closes before its unpark: it takes a batch still in its slot, then
+        // sees the channel closed and returns.
+        for (job, thread) in self.slots.drain(..) {
+            drop(job);
             thread.unpark();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
         self.done.try_iter().map(|(_, b)| b).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    struct Echo;
+    impl Sink for Echo {
+        fn send(&mut self, entries: &[Entry]) -> Result<(), String> {
+            if entries.iter().any(|e| e.json == "bad") {
+                return Err("refused".into());
+            }
+            Ok(())
+        }
+    }
+
+    fn batch(jsons: &[&str]) -> (Vec<Entry>, Vec<Meta>) {
+        let entries =
+            jsons.iter().map(|j| Entry { request_id: format!("r-{j}"), json: j.to_string() }).collect();
+        let meta = jsons.iter().map(|_| Meta { pos: None, ts_ms: 0, attempts: 0 }).collect();
+        (entries, meta)
+    }
+
+    fn wait_done(pool: &mut Pool) -> Batch {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(b) = pool.try_done() {
+                return b;
+            }
+            assert!(Instant::now() < until, "no batch came back");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Each batch goes to an idle thread and comes back with its sink's result; a busy pool takes
+    /// no more than it has threads, and stop lets every thread go.
+    #[test]
+    fn batches_go_to_idle_threads_and_come_back() {
+        let make: MakeSink = Arc::new(|| Box::new(Echo) as Box<dyn Sink>);
+        let mut pool = Pool::start(2, make, std::thread::current()).expect("pool");
+        assert_eq!((pool.threads(), pool.in_flight()), (2, 0));
+        let (e, m) = batch(&["a", "b"]);
+        assert!(pool.submit(e, m).is_ok());
+        let (e, m) = batch(&["bad"]);
+        assert!(pool.submit(e, m).is_ok());
+        assert_eq!(pool.in_flight(), 2);
+        // Both threads hold a batch (or just handed it back): a third is refused, not dropped.
+        let (e, m) = batch(&["c"]);
+        let back = pool.submit(e, m).expect_err("no idle thread");
+        assert_eq!(back.entries[0].json, "c");
+        let mut results: Vec<(usize, bool)> = (0..2)
+            .map(|_| {
+                let b = wait_done(&mut pool);
+                (b.entries.len(), b.result.is_ok())
+            })
+            .collect();
+        results.sort();
+        assert_eq!(results, vec![(1, false), (2, true)]);
+        assert_eq!(pool.in_flight(), 0);
+        assert!(pool.stop().is_empty());
+    }
+
+    /// A thread whose sink could not be built is gone: its batch is handed back whole, in order,
+    /// and the thread is not counted again.
+    #[test]
+    fn a_gone_thread_hands_its_batch_back() {
+        let make: MakeSink = Arc::new(|| panic!("sink cannot be built (test)"));
+        let mut pool = Pool::start(1, make, std::thread::current()).expect("pool");
+        let until = Instant::now() + Duration::from_secs(10);
+        while !pool.threads.iter().all(|t| t.is_finished()) {
+            assert!(Instant::now() < until, "thread did not end");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (e, m) = batch(&["a", "b", "c"]);
+        let back = pool.submit(e, m).expect_err("no thread can take it");
+        let jsons: Vec<&str> = back.entries.iter().map(|e| e.json.as_str()).collect();
+        assert_eq!(jsons, ["a", "b", "c"]);
+        assert_eq!(back.meta.len(), 3);
+        assert_eq!(pool.threads(), 0);
+        assert!(pool.stop().is_empty());
     }
 }
