@@ -34,7 +34,7 @@ pub mod snapshot;
 pub mod tls;
 pub mod upstream;
 pub mod usage;
-// Old paths kept so code written against them keeps compiling.
-pub use usage::{record, sse};
 pub mod warm;
 pub mod watch;
+// Old paths kept so code written against them keeps compiling.
+pub use usage::{record, sse};
