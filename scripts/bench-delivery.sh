@@ -78,14 +78,15 @@ affinity() {
     done | sort | uniq -c | awk '{printf "%s x%s ", $2, $1}'
 }
 
-# ns of CPU used so far by every thread of process $1.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
+# ns of CPU used so far by every thread of process $1. (printf "%.0f": mawk's "%d" stops at 2^31, so
+# past 2.1 s of CPU it printed 2147483647, and print writes 6 significant digits.)
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
 
 # "name ns" per thread group of process $1 (names without their -N suffix), CPU used so far.
 cpu_by_thread() {
     for t in /proc/"$1"/task/*; do
         echo "$(sed 's/-[0-9]*$//' "$t/comm") $(awk '{print $1}' "$t/schedstat")"
-    done 2>/dev/null | awk '{s[$1] += $2} END {for (n in s) print n, s[n]}' | sort
+    done 2>/dev/null | awk '{s[$1] += $2} END {for (n in s) printf "%s %.0f\n", n, s[n]}' | sort
 }
 
 # us per request by thread group between two cpu_by_thread snapshots ($1, $2 files; $3 requests).
