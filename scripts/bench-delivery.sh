@@ -12,7 +12,8 @@
 # 2. gateway req/s (wrk, 32 connections, WRK_DUR s) with crash_window = "10ms" vs "off"
 #    (batch_max = 100, fast receiver), alternating, ROUNDS rounds, medians; and the gateway's CPU
 #    per request (all its threads: cores, journal, delivery; from /proc/PID/task/*/schedstat), split
-#    by thread. MODES='"10ms" "50ms" "off"' compares more windows (the last one is the reference).
+#    by thread, and the bytes it sent to the storage layer per request (/proc/PID/io write_bytes).
+#    MODES='"10ms" "50ms" "off"' compares more windows (the last one is the reference).
 # 3. (`nats`) records/s delivered to a real `nats-server -js` (sink = "nats", concurrency 16) with
 #    batch_max = 1 and 100: wrk load for REQS_DUR s, then the backlog left when the load stops is
 #    timed until llmproxy_webhook_success_total reaches the request count (the drain rate is the
@@ -82,6 +83,9 @@ affinity() {
 # past 2.1 s of CPU it printed 2147483647, and print writes 6 significant digits.)
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
 
+# Bytes process $1 has sent to the storage layer so far (pages it dirtied: /proc/PID/io write_bytes).
+disk_bytes() { awk '/^write_bytes:/ {print $2}' /proc/"$1"/io 2>/dev/null || echo 0; }
+
 # "name ns" per thread group of process $1 (names without their -N suffix), CPU used so far.
 cpu_by_thread() {
     for t in /proc/"$1"/task/*; do
@@ -125,7 +129,7 @@ fi
 
 if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
     receiver
-    declare -A RES CPU
+    declare -A RES CPU DISK
     read -ra MODE_LIST <<<"$MODES"
     KEYS=()
     for mode in "${MODE_LIST[@]}"; do
@@ -140,16 +144,20 @@ if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
             gateway "batch_max = 100\ncrash_window = $mode"
             [[ $r == 1 ]] && log "gateway threads (name, cores allowed, nice): $(affinity "$GPID")"
             c0=$(cpu_ns "$GPID")
+            d0=$(disk_bytes "$GPID")
             cpu_by_thread "$GPID" >"$W/t0"
             taskset -c "$CORE_LOAD" wrk -t1 -c32 -d"${WRK_DUR}s" -s "$W/post.lua" "http://127.0.0.1:$P_GW/v1/chat/completions" >"$W/wrk.txt"
             c1=$(cpu_ns "$GPID")
+            d1=$(disk_bytes "$GPID")
             cpu_by_thread "$GPID" >"$W/t1"
             rps=$(awk '/Requests\/sec/ {print $2}' "$W/wrk.txt")
             reqs=$(awk '/requests in/ {print $1}' "$W/wrk.txt")
             us=$(python3 -c "print(f'{($c1 - $c0) / 1000 / $reqs:.2f}')")
+            disk=$(python3 -c "print(round(($d1 - $d0) / $reqs))")
             RES[$key]+="$rps "
             CPU[$key]+="$us "
-            log "round $r crash_window=$key: $rps req/s, $us us CPU/request; by thread: $(cpu_split "$W/t0" "$W/t1" "$reqs")"
+            DISK[$key]+="$disk "
+            log "round $r crash_window=$key: $rps req/s, $us us CPU/request, $disk bytes to disk/request; by thread: $(cpu_split "$W/t0" "$W/t1" "$reqs")"
             kill "$GPID"; wait "$GPID" 2>/dev/null || true
         done
     done
@@ -160,12 +168,12 @@ if [[ "$WHAT" == all || "$WHAT" == journal ]]; then
     pair() { python3 -c "import statistics as s,sys; a,b=[list(map(float,x.split())) for x in sys.argv[1:]]; print(f'{s.median(x/y for x,y in zip(a,b)):.3f}')" "$1" "$2"; }
     ref=${MODE_LIST[-1]}
     echo
-    echo "| crash_window | req/s, median of $ROUNDS (runs) | gateway CPU us/request, median (runs) | ÷ $ref: req/s, CPU (median of per-round ratios) |"
-    echo "|---|---|---|---|"
+    echo "| crash_window | req/s, median of $ROUNDS (runs) | gateway CPU us/request, median (runs) | ÷ $ref: req/s, CPU (median of per-round ratios) | bytes to disk per request, median |"
+    echo "|---|---|---|---|---:|"
     for key in "${KEYS[@]}"; do
         vs="-"
         [[ $key == "$ref" ]] || vs="$(pair "${RES[$key]}" "${RES[$ref]}"), $(pair "${CPU[$key]}" "${CPU[$ref]}")"
-        echo "| $key | $(echo "${RES[$key]}" | med) (${RES[$key]}) | $(echo "${CPU[$key]}" | med) (${CPU[$key]}) | $vs |"
+        echo "| $key | $(echo "${RES[$key]}" | med) (${RES[$key]}) | $(echo "${CPU[$key]}" | med) (${CPU[$key]}) | $vs | $(echo "${DISK[$key]}" | med) |"
     done
     if [[ -n "$BIN2" ]]; then
         echo
