@@ -121,7 +121,7 @@ fn counts(ids: Vec<String>) -> HashMap<String, usize> {
     m
 }
 
-fn kill_under_load(webhook_up: bool) {
+fn kill_under_load(webhook_up: bool, env: &[(&str, &str)]) -> tempfile::TempDir {
     let b = mock(Flavor::Vllm);
     let r = Receiver::start();
     if !webhook_up {
@@ -129,7 +129,7 @@ fn kill_under_load(webhook_up: bool) {
     }
     let crash_window = Duration::from_millis(10);
     let config = config_for(&[b.url()], &hook(&r, "crash_window = \"10ms\""));
-    let gw = Gateway::start(&config);
+    let gw = Gateway::start_in(tempfile::tempdir().expect("tempdir"), &config, env);
     let stop = Arc::new(AtomicBool::new(false));
     let twin = journal_twin(gw.dir.path().join("twin"), stop.clone());
     let threads = load_until(gw.addr, 8, stop.clone());
@@ -188,7 +188,7 @@ fn kill_under_load(webhook_up: bool) {
     }
 
     r.up();
-    let gw = Gateway::start_in(dir, &config, &[]);
+    let gw = Gateway::start_in(dir, &config, env);
     let waited = Instant::now();
     while !want.is_subset(&r.delivered_ids().into_iter().collect()) {
         if waited.elapsed() > Duration::from_secs(90) {
@@ -238,19 +238,36 @@ fn kill_under_load(webhook_up: bool) {
     if !webhook_up {
         assert!(after.values().all(|&n| n == 1), "a record delivered twice after restart");
     }
-    drop(gw);
+    gw.stop_keep_dir()
 }
 
 #[test]
 fn kill9_under_load_with_the_webhook_up() {
     let _one_at_a_time = serial();
-    kill_under_load(true);
+    kill_under_load(true, &[]);
 }
 
 #[test]
 fn kill9_under_load_with_the_webhook_down() {
     let _one_at_a_time = serial();
-    kill_under_load(false);
+    kill_under_load(false, &[]);
+}
+
+/// The same with 16 KiB segments: delivered segment files are recycled many times under load, so
+/// the kill leaves segments written over an earlier segment's frames, which must not be replayed.
+#[test]
+fn kill9_under_load_with_recycled_segment_files() {
+    let _one_at_a_time = serial();
+    let dir = kill_under_load(true, &[("LLMPROXY_JOURNAL_SEGMENT_BYTES", "16384")]);
+    let top = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("journal-")?.split('.').next()?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(top >= 5, "the gateway went through {top} segments: too few to have recycled a file");
 }
 
 fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -281,7 +298,7 @@ fn corrupt_segment_and_torn_tail_are_skipped_counted_and_survived() {
     let victim = &entries[5];
     bytes[victim.pos.off as usize + llmproxy::delivery::journal::frame::HEADER + 10] ^= 0x55;
     let mut torn = Vec::new();
-    llmproxy::delivery::journal::frame::encode(&mut torn, 1, entries[0].json.as_bytes());
+    llmproxy::delivery::journal::frame::encode(&mut torn, victim.pos.seg, 1, entries[0].json.as_bytes());
     bytes.extend_from_slice(&torn[..torn.len() / 2]);
     std::fs::write(&seg, &bytes).unwrap();
 

@@ -330,7 +330,7 @@ fn torn_journal_tail_is_ignored_on_start() {
         .find(|p| p.to_str().unwrap().ends_with(".log"))
         .unwrap();
     let mut torn = Vec::new();
-    journal::frame::encode(&mut torn, 1, rec("torn-garbage").to_json().as_bytes());
+    journal::frame::encode(&mut torn, 1, 1, rec("torn-garbage").to_json().as_bytes());
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
     std::io::Write::write_all(&mut f, &torn[..torn.len() / 2]).unwrap();
     drop(f);

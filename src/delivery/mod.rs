@@ -184,7 +184,7 @@ pub fn start(
     let channels = worker::Channels { rx, overflow: orx, stop: stop_rx };
     let mut sinks = None;
     let thread = if cfg.enabled {
-        let journal = Journal::open(&cfg.spool_dir, journal::DEFAULT_SEGMENT_BYTES).map_err(|e| {
+        let journal = Journal::open(&cfg.spool_dir, journal::segment_bytes()).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("usage_hook.spool_dir {}: cannot open the spool: {e}", cfg.spool_dir.display()),

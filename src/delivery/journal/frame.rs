@@ -1,68 +1,117 @@
-//! The journal's entry framing, without I/O: `magic "LJR1" | u32 len | u32 crc32(ts ‖ payload) |
-//! u64 ts_ms | payload` (little endian). A torn or corrupt frame is detected by its length bound and
-//! checksum; [`resync`] finds the next frame start after garbage. Used on the delivery thread.
+//! The journal's entry framing, without I/O: `magic "LJR2" | u32 len | u32 crc32(seg ‖ ts ‖ payload)
+//! | u64 seg | u64 ts_ms | payload` (little endian). A torn or corrupt frame is detected by its length
+//! bound and checksum; [`resync`] finds the next frame start after garbage.
+//!
+//! `seg` is the number of the segment the frame was written to. Segment files are recycled (see
+//! `write.rs`), so a file holds, after its own frames, whole valid frames of the segment that used it
+//! before: [`decode`] tells those apart ([`Decoded::Stale`]) by their segment number, which no later
+//! segment repeats. Frames of the first format (`"LJR1"`, no segment number, crc32(ts ‖ payload)),
+//! written before files were recycled, are still read; a file holding them is never recycled.
 
 /// Marks the start of every frame (lets a reader skip a corrupt region to the next entry).
-pub const MAGIC: [u8; 4] = *b"LJR1";
+pub const MAGIC: [u8; 4] = *b"LJR2";
+/// The first format's magic (read, never written).
+const MAGIC_V1: [u8; 4] = *b"LJR1";
 /// Bytes before the payload.
-pub const HEADER: usize = 4 + 4 + 4 + 8;
+pub const HEADER: usize = 4 + 4 + 4 + 8 + 8;
+const HEADER_V1: usize = 4 + 4 + 4 + 8;
 /// A usage record is a few hundred bytes; anything longer than this is a corrupt length.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// What [`decode`] found at the start of a buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
-    /// A whole, valid frame of `len` bytes.
+    /// A whole, valid frame of `len` bytes of the segment asked for.
     Entry { ts_ms: u64, payload: &'a [u8], len: usize },
+    /// A whole, valid frame of `len` bytes of an earlier segment that used this file: not an entry.
+    Stale { len: usize },
     /// The buffer ends inside a frame that looks valid so far (read more, or a torn tail at EOF).
     Incomplete,
     /// Not a valid frame here.
     Corrupt,
 }
 
-/// Appends one frame to `out`.
-pub fn encode(out: &mut Vec<u8>, ts_ms: u64, payload: &[u8]) {
+/// Appends one frame of segment `seg` to `out`.
+pub fn encode(out: &mut Vec<u8>, seg: u64, ts_ms: u64, payload: &[u8]) {
+    let seg = seg.to_le_bytes();
     let ts = ts_ms.to_le_bytes();
     let mut h = crc32fast::Hasher::new();
+    h.update(&seg);
     h.update(&ts);
     h.update(payload);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&seg);
     out.extend_from_slice(&ts);
     out.extend_from_slice(payload);
 }
 
-/// Decodes the frame at the start of `buf`.
-pub fn decode(buf: &[u8]) -> Decoded<'_> {
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Decodes the frame at the start of `buf`, read from segment `seg`.
+pub fn decode(buf: &[u8], seg: u64) -> Decoded<'_> {
     let n = buf.len().min(4);
-    if buf[..n] != MAGIC[..n] {
+    let header = if buf[..n] == MAGIC[..n] {
+        HEADER
+    } else if buf[..n] == MAGIC_V1[..n] {
+        HEADER_V1
+    } else {
         return Decoded::Corrupt;
+    };
+    if buf.len() < 4 {
+        return Decoded::Incomplete;
     }
-    if buf.len() < HEADER {
+    // (Up to three bytes, "LJR" matches both magics: Incomplete either way.)
+    if buf.len() < header {
         return Decoded::Incomplete;
     }
     let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
     if len > MAX_PAYLOAD {
         return Decoded::Corrupt;
     }
-    if buf.len() < HEADER + len {
+    if buf.len() < header + len {
         return Decoded::Incomplete;
     }
     let crc = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
-    let mut h = crc32fast::Hasher::new();
-    h.update(&buf[12..HEADER + len]);
-    if h.finalize() != crc {
+    if crc32fast::hash(&buf[12..header + len]) != crc {
         return Decoded::Corrupt;
     }
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&buf[12..20]);
-    Decoded::Entry { ts_ms: u64::from_le_bytes(ts), payload: &buf[HEADER..HEADER + len], len: HEADER + len }
+    let payload = &buf[header..header + len];
+    if header == HEADER_V1 {
+        return Decoded::Entry { ts_ms: u64_at(buf, 12), payload, len: header + len };
+    }
+    if u64_at(buf, 12) != seg {
+        return Decoded::Stale { len: header + len };
+    }
+    Decoded::Entry { ts_ms: u64_at(buf, 20), payload, len: header + len }
+}
+
+/// `buf` starts like a frame of segment `seg` (its magic, and for the current format its segment
+/// number when that much is there), whether or not the frame is whole and valid.
+pub fn starts_as(buf: &[u8], seg: u64) -> bool {
+    if buf.starts_with(&MAGIC_V1) {
+        return true;
+    }
+    buf.starts_with(&MAGIC) && (buf.len() < 20 || u64_at(buf, 12) == seg)
 }
 
 /// Offset of the next possible frame start strictly after position 0, if any.
 pub fn resync(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf.get(1..)?, &MAGIC).map(|i| i + 1)
+    let mut from = 1;
+    loop {
+        let i = from + memchr::memmem::find(buf.get(from..)?, &MAGIC[..3])?;
+        match buf.get(i + 3) {
+            Some(&v) if v == MAGIC[3] || v == MAGIC_V1[3] => return Some(i),
+            Some(_) => from = i + 1,
+            // "LJR" at the very end (a reader of a window keeps its last three bytes for this).
+            None => return None,
+        }
+    }
 }
 
 /// An acknowledgement record in a segment's `.ack` file: `u64 offset | u32 crc32(offset)`.
@@ -91,33 +140,73 @@ mod tests {
     #[test]
     fn round_trip_every_prefix_is_incomplete() {
         let mut buf = Vec::new();
-        encode(&mut buf, 42, br#"{"request_id":"a"}"#);
+        encode(&mut buf, 5, 42, br#"{"request_id":"a"}"#);
         let whole = buf.len();
-        assert_eq!(decode(&buf), Decoded::Entry { ts_ms: 42, payload: br#"{"request_id":"a"}"#, len: whole });
+        assert_eq!(
+            decode(&buf, 5),
+            Decoded::Entry { ts_ms: 42, payload: br#"{"request_id":"a"}"#, len: whole }
+        );
         for cut in 0..whole {
-            assert_eq!(decode(&buf[..cut]), Decoded::Incomplete, "cut at {cut}");
+            assert_eq!(decode(&buf[..cut], 5), Decoded::Incomplete, "cut at {cut}");
         }
     }
 
     #[test]
     fn every_flipped_byte_is_detected() {
         let mut buf = Vec::new();
-        encode(&mut buf, 7, b"payload bytes");
+        encode(&mut buf, 3, 7, b"payload bytes");
         for i in 0..buf.len() {
             let mut b = buf.clone();
             b[i] ^= 0x40;
-            assert!(!matches!(decode(&b), Decoded::Entry { .. }), "flip at {i} went unnoticed");
+            assert!(!matches!(decode(&b, 3), Decoded::Entry { .. }), "flip at {i} went unnoticed");
         }
     }
 
     #[test]
+    fn a_frame_of_another_segment_is_stale_whole() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 3, 7, b"old record");
+        let len = buf.len();
+        assert_eq!(decode(&buf, 4), Decoded::Stale { len });
+        assert_eq!(decode(&buf, 2), Decoded::Stale { len });
+        // A stale frame is still checked: a torn or flipped one is not skipped as whole.
+        buf[HEADER + 2] ^= 1;
+        assert_eq!(decode(&buf, 4), Decoded::Corrupt);
+        assert_eq!(decode(&buf[..len - 1], 4), Decoded::Incomplete);
+    }
+
+    #[test]
+    fn first_format_frames_are_still_read() {
+        // "LJR1" | len | crc32(ts ‖ payload) | ts | payload, as written before segments were recycled.
+        let payload = br#"{"request_id":"v1"}"#;
+        let ts = 9u64.to_le_bytes();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&ts);
+        crc.update(payload);
+        let mut buf = b"LJR1".to_vec();
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc.finalize().to_le_bytes());
+        buf.extend_from_slice(&ts);
+        buf.extend_from_slice(payload);
+        let whole = buf.len();
+        assert_eq!(decode(&buf, 17), Decoded::Entry { ts_ms: 9, payload, len: whole });
+        for cut in 0..whole {
+            assert_eq!(decode(&buf[..cut], 17), Decoded::Incomplete, "cut at {cut}");
+        }
+        buf[whole - 1] ^= 1;
+        assert_eq!(decode(&buf, 17), Decoded::Corrupt);
+    }
+
+    #[test]
     fn resync_finds_the_next_frame_after_garbage() {
-        let mut buf = b"garbage LJR garbage".to_vec();
+        let mut buf = b"garbage LJR garbage LJRx".to_vec();
         let at = buf.len();
-        encode(&mut buf, 1, b"x");
+        encode(&mut buf, 1, 1, b"x");
         assert_eq!(resync(&buf), Some(at));
-        assert!(matches!(decode(&buf[at..]), Decoded::Entry { .. }));
-        assert_eq!(resync(b"LJR1"), None);
+        assert!(matches!(decode(&buf[at..], 1), Decoded::Entry { .. }));
+        assert_eq!(resync(b"LJR2"), None);
+        assert_eq!(resync(b"xLJR"), None, "a magic cut short at the end is not a start yet");
+        assert_eq!(resync(b"xxLJR1"), Some(2), "first-format frames are found too");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! before the frames that overwrite them), so appending does not change the file's size or block
 //! map and an fdatasync has no metadata to commit for it. A zero byte where a frame should start
 //! is therefore the clean end of a segment when only zeros follow; anything else there is a torn or
-//! corrupt region as before ([`scan`]).
+//! corrupt region as before ([`scan`]). Delivered segment files are recycled rather than deleted
+//! (up to [`MAX_SPARES`] kept as `journal-N.spare`): a new segment overwrites one in place, with no
+//! zeros to write, no blocks to allocate and no file to delete; the frames it still holds of its
+//! earlier segment carry that segment's number and are read as stale ([`frame`]).
 
 pub mod frame;
 mod legacy;
@@ -30,11 +33,26 @@ use std::path::{Path, PathBuf};
 
 /// A new segment is started once the current one has reached this size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// The segment size the gateway uses: [`DEFAULT_SEGMENT_BYTES`], or `LLMPROXY_JOURNAL_SEGMENT_BYTES`
+/// (at least 4096; the tests run the binary with small segments so that it recycles files under
+/// load).
+pub fn segment_bytes() -> u64 {
+    let Ok(v) = std::env::var("LLMPROXY_JOURNAL_SEGMENT_BYTES") else { return DEFAULT_SEGMENT_BYTES };
+    match v.parse::<u64>() {
+        Ok(n) if n >= 4096 => n,
+        _ => {
+            log::warn!("LLMPROXY_JOURNAL_SEGMENT_BYTES={v:?} is not a size of at least 4096 bytes; using the default {DEFAULT_SEGMENT_BYTES}");
+            DEFAULT_SEGMENT_BYTES
+        }
+    }
+}
 /// An idle, fully delivered active segment is retired once it is at least this big.
 const RETIRE_IDLE_BYTES: u64 = 1024 * 1024;
 /// The segment being written is zero-filled this far ahead of its data, in steps of this size
 /// (bounded by the segment size): one size change, and one fdatasync writing metadata, per step.
 const PREALLOC_STEP: u64 = 1024 * 1024;
+/// Delivered segment files kept for reuse (`journal-N.spare`, N the segment they held last).
+const MAX_SPARES: usize = 2;
 const LOCK: &str = "lock";
 
 /// Where an entry lives: segment number and byte offset of its frame.
@@ -79,8 +97,11 @@ pub struct Journal {
     /// Bytes of `write_seg` already written to the file.
     committed: u64,
     writer: Option<File>,
-    /// Length of `write_seg`'s file: `committed` plus the zeros written ahead of the data.
+    /// Length of `write_seg`'s file: `committed` plus what lies ahead of the data (zeros written
+    /// ahead, or a recycled file's earlier frames).
     zeroed_end: u64,
+    /// Delivered segment files kept for reuse, by the number of the segment each held last.
+    spares: Vec<u64>,
     /// Zero-filling `write_seg` works (false after a failure, e.g. a full disk: plain appends until
     /// the next segment).
     prealloc: bool,
@@ -121,6 +142,10 @@ impl Journal {
             fs::TryLockError::Error(e) => e,
         })?;
         let ids = list_segments(dir)?;
+        let mut spares = list_ids(dir, ".spare")?;
+        for extra in spares.drain(..spares.len().saturating_sub(MAX_SPARES)) {
+            remove_file(&spare_path(dir, extra));
+        }
         let mut segs = BTreeMap::new();
         let mut corrupt = 0;
         let last = ids.last().copied();
@@ -130,7 +155,7 @@ impl Journal {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
                 Err(e) => return Err(e),
             };
-            let s = scan::segment(&segment_path(dir, id), &acks, Some(id) == last)?;
+            let s = scan::segment(&segment_path(dir, id), id, &acks, Some(id) == last)?;
             corrupt += s.corrupt;
             if s.entries == s.acked {
                 remove_segment(dir, id);
@@ -142,7 +167,8 @@ impl Journal {
             );
         }
         let first = segs.keys().next().copied();
-        let write_seg = last.map_or(1, |l| l + 1);
+        // Above every number a spare's stale frames carry, so none is ever taken for this one's.
+        let write_seg = last.max(spares.last().copied()).map_or(1, |l| l + 1);
         let mut j = Journal {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(1),
@@ -151,6 +177,7 @@ impl Journal {
             committed: 0,
             writer: None,
             zeroed_end: 0,
+            spares,
             prealloc: true,
             prealloc_failures: 0,
             prealloc_episode: false,
@@ -222,7 +249,7 @@ impl Journal {
     /// caller keeps the entry, so [`Journal::refill`] must not hand it out again.
     pub fn append(&mut self, ts_ms: u64, json: &str, in_memory: bool) -> Pos {
         let pos = self.end();
-        frame::encode(&mut self.buf, ts_ms, json.as_bytes());
+        frame::encode(&mut self.buf, self.write_seg, ts_ms, json.as_bytes());
         self.segs.entry(self.write_seg).or_default().entries += 1;
         if in_memory {
             if self.load == pos {
@@ -255,7 +282,9 @@ impl Journal {
                 continue;
             }
             let window = self.reader.window(&self.dir, self.load, limit)?;
-            match frame::decode(window) {
+            match frame::decode(window, self.load.seg) {
+                // Only where a crash mixed this segment's frames with the file's earlier ones.
+                Decoded::Stale { len } => self.load.off += len as u64,
                 Decoded::Entry { ts_ms, payload, len } => {
                     let pos = self.load;
                     self.load.off += len as u64;
@@ -310,7 +339,8 @@ impl Journal {
         if self.load.off >= limit {
             return None;
         }
-        match self.reader.window(&self.dir, self.load, limit).ok().map(frame::decode) {
+        let seg = self.load.seg;
+        match self.reader.window(&self.dir, self.load, limit).ok().map(|w| frame::decode(w, seg)) {
             Some(Decoded::Entry { ts_ms, .. }) => Some(ts_ms),
             _ => None,
         }
@@ -339,12 +369,21 @@ fn ack_path(dir: &Path, seg: u64) -> PathBuf {
     dir.join(format!("journal-{seg:020}.ack"))
 }
 
+pub(crate) fn spare_path(dir: &Path, seg: u64) -> PathBuf {
+    dir.join(format!("journal-{seg:020}.spare"))
+}
+
 fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    list_ids(dir, ".log")
+}
+
+/// Numbers N of the `journal-N<suffix>` files in `dir`, ascending.
+fn list_ids(dir: &Path, suffix: &str) -> io::Result<Vec<u64>> {
     let mut v = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_prefix("journal-").and_then(|s| s.strip_suffix(".log")) {
+        if let Some(id) = name.strip_prefix("journal-").and_then(|s| s.strip_suffix(suffix)) {
             if let Ok(id) = id.parse::<u64>() {
                 v.push(id);
             }
@@ -354,12 +393,17 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(v)
 }
 
+/// Deletes a delivered segment: its entries first, then its acknowledgements (the other order could
+/// leave, after a crash, entries without their acknowledgements, which would be delivered again).
 fn remove_segment(dir: &Path, seg: u64) {
-    for path in [segment_path(dir, seg), ack_path(dir, seg)] {
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("journal: cannot delete delivered segment {}: {e}", path.display());
-            }
+    remove_file(&segment_path(dir, seg));
+    remove_file(&ack_path(dir, seg));
+}
+
+fn remove_file(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("journal: cannot delete delivered segment {}: {e}", path.display());
         }
     }
 }

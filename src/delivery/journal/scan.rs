@@ -4,7 +4,8 @@
 //! A segment may end in zeros its writer put ahead of the data (see `write.rs`) and a crash left
 //! there: where no frame decodes and only zero bytes follow, the segment ends cleanly (not counted).
 //! A frame cut by the zeros (its start written, its end not) is a torn entry as before: its bytes
-//! are not all zero.
+//! are not all zero. A recycled segment file may instead hold, after the data, frames of the
+//! segment that used the file before: stale, stepped over and not counted ([`frame::Decoded::Stale`]).
 
 use super::frame::{self, Decoded};
 use super::{Loaded, Pos};
@@ -111,54 +112,68 @@ struct Walked {
     valid_end: u64,
     /// The segment ends in a torn or corrupt region (after `valid_end`).
     torn: bool,
-    /// Where the segment's data ends: the start of its zero-filled tail, or its length.
-    data_end: u64,
 }
 
-/// Walks every frame of a segment. `visit` gets each valid one.
-fn walk(bytes: &[u8], mut visit: impl FnMut(u64, u64, &[u8])) -> Walked {
+/// Walks every frame of segment `seg`'s file. `visit` gets each valid one. Frames of the segment
+/// that used the file before ([`Decoded::Stale`]) are stepped over whole and not counted.
+///
+/// Where the data ends, a recycled file holds the rest of an earlier frame that the last group
+/// partly overwrote, then that segment's whole frames: not a frame start, but not corruption either.
+/// So a corrupt region after the last valid frame is a torn tail only if it starts like a frame of
+/// this segment, or if no stale frame follows it; a corrupt region with a valid frame of this
+/// segment after it is counted as corrupt, as before. (A torn frame whose start never reached the
+/// disk looks like the rest of an earlier frame: it is lost uncounted, as it was never synced.)
+fn walk(bytes: &[u8], seg: u64, mut visit: impl FnMut(u64, u64, &[u8])) -> Walked {
     let mut off = 0usize;
-    let mut w = Walked { corrupt: 0, valid_end: 0, torn: false, data_end: bytes.len() as u64 };
+    let mut w = Walked { corrupt: 0, valid_end: 0, torn: false };
+    // A corrupt region not (yet) followed by a frame of this segment: does it start like one, and
+    // has a stale frame followed it?
+    let mut region: Option<(bool, bool)> = None;
     while off < bytes.len() {
-        match frame::decode(&bytes[off..]) {
+        match frame::decode(&bytes[off..], seg) {
             Decoded::Entry { ts_ms, payload, len } => {
                 visit(off as u64, ts_ms, payload);
                 off += len;
                 w.valid_end = off as u64;
+                if region.take().is_some() {
+                    w.corrupt += 1;
+                }
             }
-            _ if bytes[off..].iter().all(|&b| b == 0) => {
-                // The zeros written ahead of the data, never overwritten: the clean end.
-                w.data_end = off as u64;
-                break;
+            Decoded::Stale { len } => {
+                off += len;
+                if let Some((_, stale_after)) = region.as_mut() {
+                    *stale_after = true;
+                }
             }
+            // The zeros written ahead of the data, never overwritten.
+            _ if bytes[off..].iter().all(|&b| b == 0) => break,
             Decoded::Incomplete => {
                 w.torn = true;
-                break;
+                return w;
             }
-            Decoded::Corrupt => match frame::resync(&bytes[off..]) {
-                Some(i) => {
-                    w.corrupt += 1;
-                    off += i;
+            Decoded::Corrupt => {
+                if region.is_none() {
+                    region = Some((frame::starts_as(&bytes[off..], seg), false));
                 }
-                // Garbage up to the end (or a frame cut short by the zeros after it): a torn tail,
-                // counted once by the caller.
-                None => {
-                    w.torn = true;
-                    break;
+                match frame::resync(&bytes[off..]) {
+                    Some(i) => off += i,
+                    // Garbage up to the end (or a frame cut short by the zeros after it).
+                    None => break,
                 }
-            },
+            }
         }
     }
+    w.torn = region.is_some_and(|(own_start, stale_after)| own_start || !stale_after);
     w
 }
 
-/// Recovery scan of one segment at open. The last segment (the one a crash may have torn) is cut
+/// Recovery scan of segment `seg` at open. The last segment (the one a crash may have torn) is cut
 /// back to its last valid frame.
-pub(super) fn segment(path: &Path, acks: &HashSet<u64>, last: bool) -> io::Result<Scanned> {
+pub(super) fn segment(path: &Path, seg: u64, acks: &HashSet<u64>, last: bool) -> io::Result<Scanned> {
     let bytes = std::fs::read(path)?;
     let mut entries = 0;
     let mut acked = 0;
-    let Walked { mut corrupt, valid_end, torn, data_end } = walk(&bytes, |off, _, payload| {
+    let Walked { mut corrupt, valid_end, torn } = walk(&bytes, seg, |off, _, payload| {
         if serde_json::from_slice::<IdOnly>(payload).is_ok() {
             entries += 1;
             if acks.contains(&off) {
@@ -166,8 +181,9 @@ pub(super) fn segment(path: &Path, acks: &HashSet<u64>, last: bool) -> io::Resul
             }
         }
     });
-    // Bytes readable: the zero-filled tail is not (refill stops before it).
-    let mut len = data_end;
+    // Bytes readable: the zeros and stale frames after the data are not (refill stops before them);
+    // a torn or corrupt tail is, up to the file's end (refill skips it).
+    let mut len = if torn { bytes.len() as u64 } else { valid_end };
     if torn && valid_end < len {
         corrupt += 1;
         log::warn!(
@@ -191,7 +207,7 @@ pub(super) fn segment(path: &Path, acks: &HashSet<u64>, last: bool) -> io::Resul
 /// Undelivered entries of one segment (read-only; for [`super::read_pending`]).
 pub(super) fn collect(path: &Path, seg: u64, acks: &HashSet<u64>, out: &mut Vec<Loaded>) -> io::Result<()> {
     let bytes = std::fs::read(path)?;
-    walk(&bytes, |off, ts, payload| {
+    walk(&bytes, seg, |off, ts, payload| {
         if !acks.contains(&off) {
             if let Some(l) = to_loaded(Pos { seg, off }, ts, payload) {
                 out.push(l);

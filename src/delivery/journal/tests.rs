@@ -87,7 +87,7 @@ fn torn_tail_is_cut_and_counted() {
     let mut bytes = fs::read(&path).unwrap();
     let whole = bytes.len();
     let mut extra = Vec::new();
-    frame::encode(&mut extra, 9, rec("torn").as_bytes());
+    frame::encode(&mut extra, seg, 9, rec("torn").as_bytes());
     bytes.extend_from_slice(&extra[..extra.len() - 5]);
     fs::write(&path, &bytes).unwrap();
     let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
@@ -183,11 +183,236 @@ fn restart_after_a_crash_appends_past_the_zeros_and_loses_nothing() {
     let mut bytes = fs::read(&path).unwrap();
     let at = bytes.len();
     bytes.extend_from_slice(&[0; 100]);
-    frame::encode(&mut bytes, 1, rec("after-gap").as_bytes());
+    frame::encode(&mut bytes, seg, 1, rec("after-gap").as_bytes());
     fs::write(&path, &bytes).unwrap();
     let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(j.corrupt, 1, "the zero gap before a frame is corrupt, at {at}");
     assert!(load_all(&mut j).iter().any(|l| l.request_id == "after-gap"));
+}
+
+fn ino(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap())
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    names(dir).into_iter().filter(|n| n.ends_with(suffix)).collect()
+}
+
+/// Appends (and commits one at a time) until the journal moves on to a new segment; every entry is
+/// acknowledged. Returns the new segment's number.
+fn fill_segment_and_deliver(j: &mut Journal, tag: &str) -> u64 {
+    let start = j.end().seg;
+    let mut i = 0;
+    while j.end().seg == start {
+        let p = j.append(i, &rec(&format!("{tag}-{i}")), true);
+        j.commit().unwrap();
+        j.ack(p);
+        i += 1;
+    }
+    j.commit().unwrap();
+    j.end().seg
+}
+
+#[test]
+fn delivered_segment_files_are_recycled_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(dir.path(), 1000).unwrap();
+    for round in 0..3 {
+        fill_segment_and_deliver(&mut j, &format!("a{round}"));
+    }
+    // One at a time: each segment's file becomes the spare that the segment after the next takes.
+    let spares = files_ending(dir.path(), ".spare");
+    assert_eq!(spares.len(), 1, "a delivered file kept for reuse: {:?}", names(dir.path()));
+    assert!(files_ending(dir.path(), ".ack").is_empty(), "a spare keeps no acknowledgements");
+    let spare_inodes: Vec<u64> = spares.iter().map(|n| ino(&dir.path().join(n))).collect();
+    // The next segment is a spare renamed: no new file, no zeros (its earlier frames follow the data).
+    let p = j.append(1, &rec("next"), true);
+    j.commit().unwrap();
+    let path = segment_path(dir.path(), p.seg);
+    assert!(spare_inodes.contains(&ino(&path)), "segment {} reuses a spare's file", p.seg);
+    assert!(files_ending(dir.path(), ".spare").is_empty());
+    let file = fs::read(&path).unwrap();
+    assert!(file.len() as u64 >= 1000 && file[j.committed as usize..].iter().any(|&b| b != 0));
+    // Many segments later the directory still holds the same few files.
+    for round in 0..20 {
+        fill_segment_and_deliver(&mut j, &format!("b{round}"));
+    }
+    assert!(files_ending(dir.path(), ".log").len() <= 2, "{:?}", names(dir.path()));
+    assert!(files_ending(dir.path(), ".spare").len() <= MAX_SPARES, "{:?}", names(dir.path()));
+    drop(j);
+    let mut j = Journal::open(dir.path(), 1000).unwrap();
+    assert_eq!((j.pending(), j.corrupt), (1, 0), "only 'next' is undelivered");
+    let ids: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(ids, vec!["next"]);
+}
+
+#[test]
+fn a_backlog_delivered_at_once_keeps_at_most_the_spare_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(dir.path(), 1000).unwrap();
+    let mut held = Vec::new();
+    while j.end().seg < 6 {
+        held.push(j.append(1, &rec(&format!("r{}", held.len())), true));
+        j.commit().unwrap();
+    }
+    assert_eq!(files_ending(dir.path(), ".log").len(), 5);
+    for p in held {
+        j.ack(p);
+    }
+    j.commit().unwrap();
+    assert_eq!(files_ending(dir.path(), ".spare").len(), MAX_SPARES, "{:?}", names(dir.path()));
+    assert!(files_ending(dir.path(), ".log").is_empty() && files_ending(dir.path(), ".ack").is_empty());
+}
+
+/// A recycled segment as a crash (`kill -9`: the page cache holds every write) leaves it: its own
+/// frames, then its file's earlier segment's. Returns the segment, the crashed file, the spare's old
+/// bytes, and the ids written to it.
+fn crashed_recycled_segment(dir: &Path) -> (u64, Vec<u8>, Vec<u8>, Vec<String>) {
+    let mut j = Journal::open(dir, 1000).unwrap();
+    fill_segment_and_deliver(&mut j, "old1");
+    fill_segment_and_deliver(&mut j, "old2");
+    let spare = files_ending(dir, ".spare").pop().expect("a spare");
+    let old = fs::read(dir.join(&spare)).unwrap();
+    let ids: Vec<String> = (0..3).map(|i| format!("new-{i}")).collect();
+    let mut seg = 0;
+    for id in &ids {
+        seg = j.append(1, &rec(id), true).seg;
+        j.commit().unwrap();
+    }
+    let file = crashed_copy(&j, seg);
+    assert!(file.len() > j.committed as usize + 500, "the earlier frames are still there");
+    drop(j);
+    (seg, file, old, ids)
+}
+
+#[test]
+fn a_recycled_segment_replays_its_own_entries_after_a_crash_not_the_stale_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, file, _, ids) = crashed_recycled_segment(dir.path());
+    let path = segment_path(dir.path(), seg);
+    fs::write(&path, &file).unwrap();
+    let mut j = Journal::open(dir.path(), 1000).unwrap();
+    assert_eq!(j.corrupt, 0, "stale frames are not corruption");
+    assert_eq!(j.pending(), 3);
+    let got: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(got, ids);
+    let pending: Vec<String> = read_pending(dir.path()).unwrap().into_iter().map(|l| l.request_id).collect();
+    assert_eq!(pending, ids);
+}
+
+#[test]
+fn a_recycled_segment_torn_over_stale_frames_loses_only_the_torn_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, mut file, old, ids) = crashed_recycled_segment(dir.path());
+    // Power loss: the last frame's second half never reached the disk, the file's old bytes are there.
+    let last = {
+        let mut off = 0;
+        let mut starts = Vec::new();
+        while let frame::Decoded::Entry { len, .. } = frame::decode(&file[off..], seg) {
+            starts.push(off);
+            off += len;
+        }
+        assert_eq!(starts.len(), 3);
+        (starts[2], off)
+    };
+    let cut = last.0 + (last.1 - last.0) / 2;
+    file[cut..last.1].copy_from_slice(&old[cut..last.1]);
+    let path = segment_path(dir.path(), seg);
+    fs::write(&path, &file).unwrap();
+    let mut j = Journal::open(dir.path(), 1000).unwrap();
+    assert_eq!(j.corrupt, 1, "the torn entry is counted once");
+    assert_eq!(fs::metadata(&path).unwrap().len(), last.0 as u64, "cut back to the last whole entry");
+    let got: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(got, ids[..2]);
+}
+
+#[test]
+fn a_recycled_segment_torn_at_every_byte_replays_a_prefix_and_never_a_stale_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, file, old, ids) = crashed_recycled_segment(dir.path());
+    let mut end = 0;
+    let mut ends = Vec::new();
+    while let frame::Decoded::Entry { len, .. } = frame::decode(&file[end..], seg) {
+        end += len;
+        ends.push(end);
+    }
+    let path = segment_path(dir.path(), seg);
+    for cut in 0..=end {
+        // Power loss: what the group wrote from `cut` on never reached the disk.
+        let mut torn = file.clone();
+        torn[cut..end].copy_from_slice(&old[cut..end]);
+        let scratch = tempfile::tempdir().unwrap();
+        fs::write(scratch.path().join(path.file_name().unwrap()), &torn).unwrap();
+        let mut j = Journal::open(scratch.path(), 1000).unwrap();
+        let got: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+        assert!(ids.starts_with(&got), "cut at {cut}: {got:?} is not a prefix of {ids:?}");
+        let whole = ends.iter().filter(|&&e| e <= cut).count();
+        assert_eq!(got.len(), whole, "cut at {cut}: every entry written whole before it is replayed");
+        assert!(j.corrupt <= 1, "cut at {cut}: {} corrupt", j.corrupt);
+        if cut == end {
+            assert_eq!((got.len(), j.corrupt), (3, 0), "nothing lost: a clean end");
+        }
+    }
+}
+
+#[test]
+fn numbering_after_a_restart_stays_above_the_spares_stale_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut j = Journal::open(dir.path(), 1000).unwrap();
+        for round in 0..4 {
+            fill_segment_and_deliver(&mut j, &format!("old{round}"));
+        }
+        assert!(files_ending(dir.path(), ".log").is_empty(), "{:?}", names(dir.path()));
+    }
+    // Every segment delivered and gone: only spares, holding frames numbered up to the last one.
+    let top = list_ids(dir.path(), ".spare").unwrap().pop().expect("a spare");
+    let fresh = {
+        let mut j = Journal::open(dir.path(), 1000).unwrap();
+        assert!(j.write_seg > top, "segment {} must not repeat a spare's {top}", j.write_seg);
+        let p = j.append(1, &rec("fresh"), true);
+        j.commit().unwrap();
+        let file = crashed_copy(&j, p.seg);
+        drop(j);
+        fs::write(segment_path(dir.path(), p.seg), &file).unwrap();
+        p
+    };
+    let mut j = Journal::open(dir.path(), 1000).unwrap();
+    assert_eq!((j.pending(), j.corrupt), (1, 0));
+    let got: Vec<Pos> = load_all(&mut j).into_iter().map(|l| l.pos).collect();
+    assert_eq!(got, vec![fresh]);
+}
+
+#[test]
+fn a_segment_of_the_first_frame_format_is_read_and_then_deleted_not_recycled() {
+    let dir = tempfile::tempdir().unwrap();
+    // Written by a release before recycling: "LJR1" frames (no segment number).
+    let mut bytes = Vec::new();
+    for i in 0..3u64 {
+        let payload = rec(&format!("v1-{i}"));
+        let ts = i.to_le_bytes();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&ts);
+        crc.update(payload.as_bytes());
+        bytes.extend_from_slice(b"LJR1");
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc.finalize().to_le_bytes());
+        bytes.extend_from_slice(&ts);
+        bytes.extend_from_slice(payload.as_bytes());
+    }
+    fs::write(segment_path(dir.path(), 7), &bytes).unwrap();
+    let mut j = Journal::open(dir.path(), 1000).unwrap();
+    assert_eq!((j.pending(), j.corrupt), (3, 0));
+    let got = load_all(&mut j);
+    let ids: Vec<&str> = got.iter().map(|l| l.request_id.as_str()).collect();
+    assert_eq!(ids, vec!["v1-0", "v1-1", "v1-2"]);
+    for l in &got {
+        j.ack(l.pos);
+    }
+    j.append(1, &rec("v2"), true);
+    j.commit().unwrap();
+    assert!(!names(dir.path()).iter().any(|n| n.contains("00000000000000000007")), "{:?}", names(dir.path()));
+    assert!(files_ending(dir.path(), ".spare").is_empty(), "an old-format file is not kept for reuse");
 }
 
 #[test]
