@@ -146,9 +146,17 @@ impl Journal {
         for extra in spares.drain(..spares.len().saturating_sub(MAX_SPARES)) {
             remove_file(&spare_path(dir, extra));
         }
+        // Acknowledgements whose segment is gone (a crash between the two steps of deleting or
+        // recycling it): not needed, and a new segment of that number must not inherit them.
+        let orphan_acks: Vec<u64> =
+            list_ids(dir, ".ack")?.into_iter().filter(|id| ids.binary_search(id).is_err()).collect();
+        for &id in &orphan_acks {
+            remove_file(&ack_path(dir, id));
+        }
         let mut segs = BTreeMap::new();
         let mut corrupt = 0;
         let last = ids.last().copied();
+        let above = last.max(spares.last().copied()).max(orphan_acks.last().copied());
         for id in ids {
             let acks: HashSet<u64> = match fs::read(ack_path(dir, id)) {
                 Ok(b) => frame::decode_acks(&b).collect(),
@@ -167,8 +175,9 @@ impl Journal {
             );
         }
         let first = segs.keys().next().copied();
-        // Above every number a spare's stale frames carry, so none is ever taken for this one's.
-        let write_seg = last.max(spares.last().copied()).map_or(1, |l| l + 1);
+        // Above every number a spare's stale frames carry (so none is ever taken for this one's), and
+        // every number an orphaned `.ack` file had.
+        let write_seg = above.map_or(1, |l| l + 1);
         let mut j = Journal {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(1),

@@ -384,6 +384,32 @@ fn numbering_after_a_restart_stays_above_the_spares_stale_frames() {
 }
 
 #[test]
+fn an_orphaned_ack_file_is_removed_and_its_number_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = {
+        let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+        let p = j.append(1, &rec("a"), true);
+        j.commit().unwrap();
+        j.ack(p);
+        j.commit().unwrap();
+        p
+    };
+    // A crash between deleting segment 1's entries and its acknowledgements.
+    assert!(fs::metadata(ack_path(dir.path(), p.seg)).is_ok());
+    fs::remove_file(segment_path(dir.path(), p.seg)).unwrap();
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert!(fs::metadata(ack_path(dir.path(), p.seg)).is_err(), "{:?}", names(dir.path()));
+    // The next record lands at the same offset of a new number, and is not taken as delivered.
+    let q = j.append(1, &rec("b"), true);
+    assert!(q.seg > p.seg && q.off == p.off);
+    j.commit().unwrap();
+    drop(j);
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(j.pending(), 1);
+    assert_eq!(load_all(&mut j).into_iter().map(|l| l.request_id).collect::<Vec<_>>(), vec!["b"]);
+}
+
+#[test]
 fn a_segment_of_the_first_frame_format_is_read_and_then_deleted_not_recycled() {
     let dir = tempfile::tempdir().unwrap();
     // Written by a release before recycling: "LJR1" frames (no segment number).
