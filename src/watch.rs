@@ -121,6 +121,14 @@ impl<'a> Armed<'a> {
         Armed { watch, sock, state, left: false }
     }
 
+    /// Prefetches the boxed readiness future, which the next `within` polls first (see
+    /// `warm::prefetch_val`).
+    pub fn prefetch(&self) {
+        if let State::Polling(p) = &self.state {
+            crate::warm::prefetch_val(&**p);
+        }
+    }
+
     /// Whether the client went away during a `within` that read on (see there).
     pub fn client_left(&self) -> bool {
         self.left
