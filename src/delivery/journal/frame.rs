@@ -15,6 +15,8 @@ const MAGIC_V1: [u8; 4] = *b"LJR1";
 /// Bytes before the payload.
 pub const HEADER: usize = 4 + 4 + 4 + 8 + 8;
 const HEADER_V1: usize = 4 + 4 + 4 + 8;
+/// Offset of a current-format frame's segment number (after magic, length and checksum).
+const SEG_AT: usize = 12;
 /// A usage record is a few hundred bytes; anything longer than this is a corrupt length.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
@@ -63,10 +65,7 @@ pub fn decode(buf: &[u8], seg: u64) -> Decoded<'_> {
     } else {
         return Decoded::Corrupt;
     };
-    if buf.len() < 4 {
-        return Decoded::Incomplete;
-    }
-    // (Up to three bytes, "LJR" matches both magics: Incomplete either way.)
+    // (Fewer than four bytes matching both magics: Incomplete either way.)
     if buf.len() < header {
         return Decoded::Incomplete;
     }
@@ -85,10 +84,10 @@ pub fn decode(buf: &[u8], seg: u64) -> Decoded<'_> {
     if header == HEADER_V1 {
         return Decoded::Entry { ts_ms: u64_at(buf, 12), payload, len: header + len };
     }
-    if u64_at(buf, 12) != seg {
+    if u64_at(buf, SEG_AT) != seg {
         return Decoded::Stale { len: header + len };
     }
-    Decoded::Entry { ts_ms: u64_at(buf, 20), payload, len: header + len }
+    Decoded::Entry { ts_ms: u64_at(buf, SEG_AT + 8), payload, len: header + len }
 }
 
 /// `buf` starts like a frame of segment `seg` (its magic, and for the current format its segment
@@ -97,7 +96,7 @@ pub fn starts_as(buf: &[u8], seg: u64) -> bool {
     if buf.starts_with(&MAGIC_V1) {
         return true;
     }
-    buf.starts_with(&MAGIC) && (buf.len() < 20 || u64_at(buf, 12) == seg)
+    buf.starts_with(&MAGIC) && (buf.len() < SEG_AT + 8 || u64_at(buf, SEG_AT) == seg)
 }
 
 /// Offset of the next possible frame start strictly after position 0, if any.
