@@ -198,28 +198,27 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
     names(dir).into_iter().filter(|n| n.ends_with(suffix)).collect()
 }
 
-/// Appends (and commits one at a time) until the journal moves on to a new segment; every entry is
-/// acknowledged. Returns the new segment's number.
-fn fill_segment_and_deliver(j: &mut Journal, tag: &str) -> u64 {
-    let start = j.end().seg;
-    let mut i = 0;
-    while j.end().seg == start {
-        let p = j.append(i, &rec(&format!("{tag}-{i}")), true);
+/// Fills and delivers `n` segments: appends (committing one at a time, each entry acknowledged)
+/// until the journal moves on to a new segment, `n` times. Entries are tagged `tag`.
+fn deliver_segments(j: &mut Journal, n: usize, tag: &str) {
+    for round in 0..n {
+        let start = j.end().seg;
+        let mut i = 0;
+        while j.end().seg == start {
+            let p = j.append(i, &rec(&format!("{tag}{round}-{i}")), true);
+            j.commit().unwrap();
+            j.ack(p);
+            i += 1;
+        }
         j.commit().unwrap();
-        j.ack(p);
-        i += 1;
     }
-    j.commit().unwrap();
-    j.end().seg
 }
 
 #[test]
 fn delivered_segment_files_are_recycled_not_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let mut j = Journal::open(dir.path(), 1000).unwrap();
-    for round in 0..3 {
-        fill_segment_and_deliver(&mut j, &format!("a{round}"));
-    }
+    deliver_segments(&mut j, 3, "a");
     // One at a time: each segment's file becomes the spare that the segment after the next takes.
     let spares = files_ending(dir.path(), ".spare");
     assert_eq!(spares.len(), 1, "a delivered file kept for reuse: {:?}", names(dir.path()));
@@ -234,9 +233,7 @@ fn delivered_segment_files_are_recycled_not_deleted() {
     let file = fs::read(&path).unwrap();
     assert!(file.len() as u64 >= 1000 && file[j.committed as usize..].iter().any(|&b| b != 0));
     // Many segments later the directory still holds the same few files.
-    for round in 0..20 {
-        fill_segment_and_deliver(&mut j, &format!("b{round}"));
-    }
+    deliver_segments(&mut j, 20, "b");
     assert!(files_ending(dir.path(), ".log").len() <= 2, "{:?}", names(dir.path()));
     assert!(files_ending(dir.path(), ".spare").len() <= MAX_SPARES, "{:?}", names(dir.path()));
     drop(j);
@@ -269,8 +266,7 @@ fn a_backlog_delivered_at_once_keeps_at_most_the_spare_limit() {
 /// bytes, and the ids written to it.
 fn crashed_recycled_segment(dir: &Path) -> (u64, Vec<u8>, Vec<u8>, Vec<String>) {
     let mut j = Journal::open(dir, 1000).unwrap();
-    fill_segment_and_deliver(&mut j, "old1");
-    fill_segment_and_deliver(&mut j, "old2");
+    deliver_segments(&mut j, 2, "old");
     let spare = files_ending(dir, ".spare").pop().expect("a spare");
     let old = fs::read(dir.join(&spare)).unwrap();
     let ids: Vec<String> = (0..3).map(|i| format!("new-{i}")).collect();
@@ -360,9 +356,7 @@ fn numbering_after_a_restart_stays_above_the_spares_stale_frames() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut j = Journal::open(dir.path(), 1000).unwrap();
-        for round in 0..4 {
-            fill_segment_and_deliver(&mut j, &format!("old{round}"));
-        }
+        deliver_segments(&mut j, 4, "old");
         assert!(files_ending(dir.path(), ".log").is_empty(), "{:?}", names(dir.path()));
     }
     // Every segment delivered and gone: only spares, holding frames numbered up to the last one.
