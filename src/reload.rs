@@ -97,6 +97,23 @@ impl Reloaded {
     }
 }
 
+/// Counts a refused reload and logs why as one record (header and problems in one write), so a
+/// reader of the log never sees the header without its problems.
+fn refused(path: &Path, problems: &[String], stats: &ReloadStats) {
+    stats.error.fetch_add(1, Relaxed);
+    let n = problems.len();
+    let mut msg = format!(
+        "reload of {} failed; the running config stays in use ({n} problem{}):",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        msg.push_str("\n  ");
+        msg.push_str(p);
+    }
+    log::error!("{msg}");
+}
+
 /// Reloads `path` into `snapshots`; returns the new config and what the other threads' reload
 /// hooks need, or None when nothing changed. Counts the result in
 /// `llmproxy_config_reloads_total`.
@@ -105,16 +122,7 @@ pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Opt
     let mut next = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            stats.error.fetch_add(1, Relaxed);
-            log::error!(
-                "reload of {} failed; the running config stays in use ({} problem{}):",
-                path.display(),
-                e.problems.len(),
-                if e.problems.len() == 1 { "" } else { "s" }
-            );
-            for p in &e.problems {
-                log::error!("  {p}");
-            }
+            refused(path, &e.problems, stats);
             return None;
         }
     };
@@ -126,9 +134,7 @@ pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Opt
         match crate::delivery::sink::maker(&next.usage_hook) {
             Ok(m) => Some(m),
             Err(e) => {
-                stats.error.fetch_add(1, Relaxed);
-                log::error!("reload of {} failed; the running config stays in use:", path.display());
-                log::error!("  {e}");
+                refused(path, &[e], stats);
                 return None;
             }
         }
@@ -145,11 +151,7 @@ pub fn reload(path: &Path, snapshots: &SnapshotCell, stats: &ReloadStats) -> Opt
             Some(Reloaded { config: next, sink, generation })
         }
         Err(problems) => {
-            stats.error.fetch_add(1, Relaxed);
-            log::error!("reload of {} failed; the running config stays in use:", path.display());
-            for p in &problems {
-                log::error!("  {p}");
-            }
+            refused(path, &problems, stats);
             None
         }
     }
