@@ -49,6 +49,8 @@ struct Counters {
 struct Samples {
     ttft: Vec<u32>,
     gap: Vec<u32>,
+    /// Each stream's request start and its time to first event, for the per-stream list.
+    firsts: Vec<(Instant, u32)>,
 }
 
 fn usage() -> ! {
@@ -211,7 +213,9 @@ async fn one_stream(
             }
             events += 1;
             if first {
-                s.ttft.push(now.duration_since(t0).as_micros().min(u32::MAX as u128) as u32);
+                let us = now.duration_since(t0).as_micros().min(u32::MAX as u128) as u32;
+                s.ttft.push(us);
+                s.firsts.push((t0, us));
                 first = false;
                 last = now;
                 if !*counted_ready {
@@ -293,6 +297,13 @@ fn stats(v: &mut [u32]) -> serde_json::Value {
     })
 }
 
+fn firsts(v: &mut [(Instant, u32)], started: Instant) -> serde_json::Value {
+    v.sort_unstable_by_key(|&(t, _)| t);
+    v.iter()
+        .map(|&(t, us)| serde_json::json!([t.saturating_duration_since(started).as_millis() as u64, us]))
+        .collect()
+}
+
 fn main() {
     let o = Arc::new(parse_args());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -309,6 +320,7 @@ fn main() {
         for t in tasks {
             if let Ok(s) = t.await {
                 all.ttft.extend(s.ttft);
+                all.firsts.extend(s.firsts);
                 all.gap.extend(s.gap);
             }
         }
@@ -332,6 +344,8 @@ fn main() {
         "max_streaming": c.streaming.load(Ordering::Relaxed),
         "ttft_us": stats(&mut all.ttft),
         "gap_us": stats(&mut all.gap),
+        // Which streams were slow to start, and when: [ms after the run started, µs to first event].
+        "first_event_by_start": firsts(&mut all.firsts, started),
     });
     eprintln!(
         "sse-load: {} streams ok in {:.1}s, errors {}, ttft p50 {}us p99 {}us, gap p50 {}us p99 {}us",
