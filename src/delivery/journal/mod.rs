@@ -409,10 +409,12 @@ fn remove_segment(dir: &Path, seg: u64) {
     remove_file(&ack_path(dir, seg));
 }
 
+/// Deletes a file the journal no longer needs (a delivered segment's, an extra spare, an orphaned
+/// `.ack`); a failure is logged, a file already gone is not.
 fn remove_file(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
-            log::warn!("journal: cannot delete delivered segment {}: {e}", path.display());
+            log::warn!("journal: cannot delete {}: {e}", path.display());
         }
     }
 }
