@@ -114,6 +114,14 @@ struct Walked {
     torn: bool,
 }
 
+/// A corrupt region found by [`walk`] after the last frame of the segment so far.
+struct Region {
+    /// It starts like a frame of this segment (a torn frame of its own).
+    own_start: bool,
+    /// A stale frame (the file's earlier segment) follows it: the rest of an overwritten old frame.
+    stale_after: bool,
+}
+
 /// Walks every frame of segment `seg`'s file. `visit` gets each valid one. Frames of the segment
 /// that used the file before ([`Decoded::Stale`]) are stepped over whole and not counted.
 ///
@@ -126,9 +134,8 @@ struct Walked {
 fn walk(bytes: &[u8], seg: u64, mut visit: impl FnMut(u64, u64, &[u8])) -> Walked {
     let mut off = 0usize;
     let mut w = Walked { corrupt: 0, valid_end: 0, torn: false };
-    // A corrupt region not (yet) followed by a frame of this segment: does it start like one, and
-    // has a stale frame followed it?
-    let mut region: Option<(bool, bool)> = None;
+    // A corrupt region not (yet) followed by a frame of this segment.
+    let mut region: Option<Region> = None;
     while off < bytes.len() {
         match frame::decode(&bytes[off..], seg) {
             Decoded::Entry { ts_ms, payload, len } => {
@@ -141,8 +148,8 @@ fn walk(bytes: &[u8], seg: u64, mut visit: impl FnMut(u64, u64, &[u8])) -> Walke
             }
             Decoded::Stale { len } => {
                 off += len;
-                if let Some((_, stale_after)) = region.as_mut() {
-                    *stale_after = true;
+                if let Some(r) = region.as_mut() {
+                    r.stale_after = true;
                 }
             }
             // The zeros written ahead of the data, never overwritten.
@@ -153,7 +160,8 @@ fn walk(bytes: &[u8], seg: u64, mut visit: impl FnMut(u64, u64, &[u8])) -> Walke
             }
             Decoded::Corrupt => {
                 if region.is_none() {
-                    region = Some((frame::starts_as(&bytes[off..], seg), false));
+                    region =
+                        Some(Region { own_start: frame::starts_as(&bytes[off..], seg), stale_after: false });
                 }
                 match frame::resync(&bytes[off..]) {
                     Some(i) => off += i,
@@ -163,7 +171,7 @@ fn walk(bytes: &[u8], seg: u64, mut visit: impl FnMut(u64, u64, &[u8])) -> Walke
             }
         }
     }
-    w.torn = region.is_some_and(|(own_start, stale_after)| own_start || !stale_after);
+    w.torn = region.is_some_and(|r| r.own_start || !r.stale_after);
     w
 }
 
