@@ -49,6 +49,21 @@ pub fn encode(out: &mut Vec<u8>, seg: u64, ts_ms: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends one frame of the first format ("LJR1", no segment number), as releases before recycled
+/// segment files wrote them: for the tests that read such files.
+#[cfg(test)]
+pub(crate) fn encode_v1(out: &mut Vec<u8>, ts_ms: u64, payload: &[u8]) {
+    let ts = ts_ms.to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&ts);
+    h.update(payload);
+    out.extend_from_slice(&MAGIC_V1);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&ts);
+    out.extend_from_slice(payload);
+}
+
 fn u64_at(buf: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&buf[at..at + 8]);
@@ -178,15 +193,9 @@ mod tests {
     fn first_format_frames_are_still_read() {
         // "LJR1" | len | crc32(ts ‖ payload) | ts | payload, as written before segments were recycled.
         let payload = br#"{"request_id":"v1"}"#;
-        let ts = 9u64.to_le_bytes();
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&ts);
-        crc.update(payload);
-        let mut buf = b"LJR1".to_vec();
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&crc.finalize().to_le_bytes());
-        buf.extend_from_slice(&ts);
-        buf.extend_from_slice(payload);
+        let mut buf = Vec::new();
+        encode_v1(&mut buf, 9, payload);
+        assert!(buf.starts_with(b"LJR1") && buf.len() == HEADER_V1 + payload.len());
         let whole = buf.len();
         assert_eq!(decode(&buf, 17), Decoded::Entry { ts_ms: 9, payload, len: whole });
         for cut in 0..whole {

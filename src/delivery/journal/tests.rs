@@ -409,16 +409,7 @@ fn a_segment_of_the_first_frame_format_is_read_and_then_deleted_not_recycled() {
     // Written by a release before recycling: "LJR1" frames (no segment number).
     let mut bytes = Vec::new();
     for i in 0..3u64 {
-        let payload = rec(&format!("v1-{i}"));
-        let ts = i.to_le_bytes();
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&ts);
-        crc.update(payload.as_bytes());
-        bytes.extend_from_slice(b"LJR1");
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc.finalize().to_le_bytes());
-        bytes.extend_from_slice(&ts);
-        bytes.extend_from_slice(payload.as_bytes());
+        frame::encode_v1(&mut bytes, i, rec(&format!("v1-{i}")).as_bytes());
     }
     fs::write(segment_path(dir.path(), 7), &bytes).unwrap();
     let mut j = Journal::open(dir.path(), 1000).unwrap();
