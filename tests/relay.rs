@@ -109,7 +109,7 @@ fn every_split_position_gives_identical_output() {
         let mut reply = Reply::new(200, "text/event-stream", &body, framing);
         let wire = reply.wire_body();
         for at in 1..wire.len() {
-            reply.split_at = Some(at);
+            reply.splits = vec![at];
             rep.set(reply.clone());
             let r = c.request(&post("/v1/chat/completions", STREAM_USAGE, ""));
             assert!(r.body == body, "{framing:?} split at {at}: got {}", show(&r.body));
@@ -121,6 +121,58 @@ fn every_split_position_gives_identical_output() {
         }
     }
     eprintln!("split positions checked in {:?}", t0.elapsed());
+}
+
+/// Where each chunk's payload starts and ends in a chunked wire body: (payload offset, wire start,
+/// wire end) per chunk.
+fn chunk_spans(wire: &[u8]) -> Vec<(usize, usize, usize)> {
+    let (mut out, mut at, mut payload) = (Vec::new(), 0, 0);
+    while let Some(eol) = wire[at..].windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&wire[at..at + eol]).unwrap(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        let start = at + eol + 2;
+        out.push((payload, start, start + size));
+        payload += size;
+        at = start + size + 2;
+    }
+    out
+}
+
+/// A blank line whose two newlines arrive in different chunks, with a read in between that holds
+/// only the chunked framing (the first chunk's CRLF and the next one's size line): the relay feeds
+/// the SSE scanner an empty payload there, which must not make it forget the first newline. Found
+/// by the fuzzer (`fuzz/fuzz_targets/sse_split.rs`): the event ran on into the next one, and the
+/// usage-only event the gateway injected reached a client that had not asked for it.
+#[test]
+fn a_read_of_only_chunk_framing_between_a_blank_lines_newlines() {
+    let Some(dir) = common::replay::fixtures_dir() else { return };
+    let body = std::fs::read(dir.join("vllm/chat_stream_usage.sse")).expect("fixture");
+    let stripped = without_usage_only(&body);
+    let rep = Replay::start(Reply::new(200, "text/event-stream", &body, Framing::ChunkedPerEvent));
+    let gw = Gateway::start(&config_for(&[rep.url()], ""));
+    let mut c = connect(gw.addr);
+    let mut checked = 0;
+    for n in 2..=64 {
+        let mut reply = Reply::new(200, "text/event-stream", &body, Framing::ChunkedEvery(n));
+        let wire = reply.wire_body();
+        let spans = chunk_spans(&wire);
+        for pair in spans.windows(2) {
+            let ((_, _, end), (next, start, _)) = (pair[0], pair[1]);
+            if body[next - 1] != b'\n' || body[next] != b'\n' {
+                continue;
+            }
+            // Reads: ... "\n" | "\r\n<size>\r\n" | "\n" ...
+            reply.splits = vec![end, start];
+            rep.set(reply.clone());
+            let r = c.request(&post("/v1/chat/completions", STREAM_PLAIN, ""));
+            assert!(r.body == stripped, "chunks of {n}, blank line at {next}: got {}", show(&r.body));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} blank lines fell on a chunk boundary");
+    eprintln!("{checked} blank lines split around a framing-only read");
 }
 
 #[test]

@@ -87,6 +87,11 @@ impl SseScanner {
     /// place; the returned `Feed` says what to send. Bytes are passed on as soon as they cannot be
     /// part of something to cut: only a partial event that could still be cut (or spliced) is held.
     pub fn feed(&mut self, data: &mut [u8]) -> Feed {
+        if data.is_empty() {
+            // A read that brought only chunked framing: nothing changes (the line-ending progress
+            // in `tail` must survive it, or a blank line split around it is missed).
+            return Feed { release: false, forward: 0 };
+        }
         let mut release = false;
         let mut r = 0; // start of the current event's bytes within data
         let mut w = 0; // end of the bytes kept so far

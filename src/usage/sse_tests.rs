@@ -81,6 +81,10 @@ fn check_every_split(input: &[u8], want: Option<Usage>, name: &str) {
         let (out, usage) = run(input, &[k], true);
         assert_eq!(usage, want, "{name}: usage (strip) with split at {k}");
         assert_eq!(out, stripped, "{name}: stripped output with split at {k}");
+        // A read that brought only chunked framing feeds nothing between the two halves.
+        let (out, usage) = run(input, &[k, k], true);
+        assert_eq!(usage, want, "{name}: usage (strip) with an empty read at {k}");
+        assert_eq!(out, stripped, "{name}: stripped output with an empty read at {k}");
     }
     // Byte by byte, and in three pieces around every position.
     let all: Vec<usize> = (1..input.len()).collect();
@@ -277,6 +281,8 @@ fn check_cutting_every_split(input: &[u8], name: &str) {
         assert_eq!(s.usage(), want, "{name}: usage with split at {k}");
         assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want_out), "{name}: split at {k}");
         assert!(!String::from_utf8_lossy(&out).contains("\"usage\":{"), "{name}: split at {k}");
+        let (out, s) = run_cut(input, &[k, k], cut);
+        assert_eq!((out, s.usage()), (want_out.clone(), want), "{name}: an empty read at {k}");
     }
     let all: Vec<usize> = (1..input.len()).collect();
     let (out, s) = run_cut(input, &all, cut);

@@ -25,8 +25,9 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub framing: Framing,
-    /// Write the body's wire bytes in two pieces split here (flush + 1 ms pause in between).
-    pub split_at: Option<usize>,
+    /// Write the body's wire bytes in pieces split at these offsets (ascending; a flush and a 1 ms
+    /// pause between pieces, so the gateway reads each on its own).
+    pub splits: Vec<usize>,
 }
 
 impl Reply {
@@ -36,7 +37,7 @@ impl Reply {
             headers: vec![("Content-Type".into(), content_type.into())],
             body: body.to_vec(),
             framing,
-            split_at: None,
+            splits: Vec::new(),
         }
     }
 
@@ -129,10 +130,6 @@ impl Replay {
         *self.reply.lock().unwrap() = reply;
     }
 
-    pub fn set_split(&self, at: Option<usize>) {
-        self.reply.lock().unwrap().split_at = at;
-    }
-
     /// Proxied requests received (health checks excluded).
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
@@ -176,20 +173,18 @@ fn serve(stream: TcpStream, reply: Arc<Mutex<Reply>>, seen: Arc<Mutex<Vec<Seen>>
         let rep = reply.lock().unwrap().clone();
         let head = rep.head();
         let wire = rep.wire_body();
-        let ok = match rep.split_at {
-            Some(at) if at > 0 && at < wire.len() => {
-                let mut first = head.clone();
-                first.extend_from_slice(&wire[..at]);
-                let a = out.write_all(&first).and_then(|_| out.flush());
-                std::thread::sleep(Duration::from_millis(1));
-                a.and_then(|_| out.write_all(&wire[at..]))
-            }
-            _ => {
-                let mut all = head;
-                all.extend_from_slice(&wire);
-                out.write_all(&all)
-            }
-        };
+        let mut all = head;
+        let mut from = 0;
+        let mut ok = Ok(());
+        for &at in rep.splits.iter().filter(|&&at| at > 0 && at < wire.len()) {
+            all.extend_from_slice(&wire[from..at.max(from)]);
+            ok = ok.and_then(|_| out.write_all(&all)).and_then(|_| out.flush());
+            all.clear();
+            from = at.max(from);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        all.extend_from_slice(&wire[from..]);
+        let ok = ok.and_then(|_| out.write_all(&all));
         if ok.is_err() || rep.framing == Framing::Close {
             let _ = out.shutdown(std::net::Shutdown::Both);
             return;
