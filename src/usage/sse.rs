@@ -332,11 +332,9 @@ fn choices_of(ev: &[u8]) -> Choices {
 }
 
 /// A partial event could still turn out to be a usage-only one unless it already shows a non-empty
-/// `choices` array or is a comment.
+/// `choices` array. (An event that opens with a comment line is no exception: `inspect_event` cuts
+/// it whole when a usage-only data line follows, so it is held like any other.)
 fn could_be_usage_only(partial: &[u8]) -> bool {
-    if partial.first() == Some(&b':') {
-        return false;
-    }
     match find_choices_key(partial) {
         None => true,
         Some(c) => {

@@ -18,19 +18,7 @@ fn fixtures_dir() -> PathBuf {
 
 /// Feeds `input` in the given pieces; returns (what the client got, usage).
 fn run(input: &[u8], cuts: &[usize], strip: bool) -> (Vec<u8>, Option<Usage>) {
-    let mut s = SseScanner::new(strip);
-    let mut out = Vec::new();
-    let mut prev = 0;
-    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-        let mut piece = input[prev..c].to_vec();
-        let f = s.feed(&mut piece);
-        if f.release {
-            out.extend_from_slice(s.released());
-        }
-        out.extend_from_slice(&piece[..f.forward]);
-        prev = c;
-    }
-    out.extend_from_slice(s.finish());
+    let (out, s) = run_cut(input, cuts, Cutting { usage_only: strip, ..Cutting::default() });
     (out, s.usage())
 }
 
@@ -166,6 +154,14 @@ fn cumulative_usage_is_never_summed() {
 fn crlf_comments_and_multiline_data() {
     let s = b": keep-alive\r\n\r\nevent: message\r\ndata: {\"choices\":[{\"index\":0,\r\ndata: \"delta\":{}}]}\r\n\r\n:\r\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\r\n\r\ndata: [DONE]\r\n\r\n";
     check_every_split(s, u(1, 2, 3), "crlf");
+}
+
+/// A usage-only event whose first line is a comment is cut whole at every split, as it is when
+/// it arrives in one read (found by the fuzzer: a split inside the comment used to forward it).
+#[test]
+fn a_usage_only_event_opening_with_a_comment_is_cut_at_every_split() {
+    let s = b": keep-alive\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n: note\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n";
+    check_every_split(s, u(3, 1, 4), "comment first");
 }
 
 #[test]
