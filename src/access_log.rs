@@ -4,6 +4,7 @@
 //! and writes the lines to stderr or a file, which it reopens on SIGHUP (for logrotate).
 
 use crate::config::AccessLogConfig;
+use crate::json::push_opt_str;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -179,42 +180,20 @@ fn open(cfg: &AccessLogConfig) -> io::Result<Box<dyn Write + Send>> {
     Ok(Box::new(io::BufWriter::with_capacity(64 * 1024, f)))
 }
 
-fn json_str(out: &mut String, v: Option<&str>) {
-    let Some(s) = v else {
-        out.push_str("null");
-        return;
-    };
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 /// One JSON line, fields in the contract's order.
 pub fn format(e: &Entry, out: &mut String) {
     out.push_str("{\"time\":");
-    json_str(out, Some(&crate::usage::record::rfc3339_now(e.time)));
+    push_opt_str(out, Some(&crate::usage::record::rfc3339_now(e.time)));
     out.push_str(",\"request_id\":");
-    json_str(out, Some(&e.request_id));
+    push_opt_str(out, Some(&e.request_id));
     out.push_str(",\"client_request_id\":");
-    json_str(out, e.client_request_id.as_deref());
+    push_opt_str(out, e.client_request_id.as_deref());
     out.push_str(",\"client_addr\":");
-    json_str(out, e.client_addr.map(|a| a.to_string()).as_deref());
+    push_opt_str(out, e.client_addr.map(|a| a.to_string()).as_deref());
     out.push_str(",\"method\":");
-    json_str(out, Some(e.method));
+    push_opt_str(out, Some(e.method));
     out.push_str(",\"path\":");
-    json_str(out, Some(&e.path));
+    push_opt_str(out, Some(&e.path));
     let _ = write!(
         out,
         ",\"status\":{},\"bytes_out\":{},\"duration_ms\":{}",
@@ -227,15 +206,15 @@ pub fn format(e: &Entry, out: &mut String) {
         None => out.push_str(",\"ttft_ms\":null"),
     }
     out.push_str(",\"backend_url\":");
-    json_str(out, e.backend_url.as_deref());
+    push_opt_str(out, e.backend_url.as_deref());
     out.push_str(",\"model\":");
-    json_str(out, e.model.as_deref());
+    push_opt_str(out, e.model.as_deref());
     out.push_str(",\"user_id\":");
-    json_str(out, e.user_id.as_deref());
+    push_opt_str(out, e.user_id.as_deref());
     let _ =
         write!(out, ",\"prompt_tokens\":{},\"completion_tokens\":{}", e.prompt_tokens, e.completion_tokens);
     out.push_str(",\"error\":");
-    json_str(out, e.error);
+    push_opt_str(out, e.error);
     out.push_str("}\n");
 }
 

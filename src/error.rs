@@ -161,7 +161,7 @@ impl GatewayError {
     ) {
         let mut body = Vec::with_capacity(160);
         body.extend_from_slice(b"{\"error\":{\"message\":");
-        json_string(&mut body, self.message());
+        crate::json::write_str(&mut body, self.message());
         body.extend_from_slice(b",\"type\":\"");
         body.extend_from_slice(self.kind().as_bytes());
         body.extend_from_slice(b"\",\"code\":\"");
@@ -187,12 +187,6 @@ impl GatewayError {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
     }
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn json_string(out: &mut Vec<u8>, s: &str) {
-    // serde_json escapes exactly as JSON requires; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod health;
 pub mod http1;
 pub mod ids;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod mock;

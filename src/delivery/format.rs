@@ -4,6 +4,7 @@
 
 use super::Entry;
 use crate::config::RecordFormat;
+use crate::json::write_str;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -91,23 +92,16 @@ fn cloudevent(out: &mut Vec<u8>, source: &str, e: &Entry) {
     let subject = f.as_ref().and_then(|f| f.user_id.as_deref()).unwrap_or("anonymous");
     let time = f.as_ref().and_then(|f| f.timestamp.as_deref()).unwrap_or("");
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-    json_str(out, &e.request_id);
+    write_str(out, &e.request_id);
     out.extend_from_slice(b",\"source\":");
-    json_str(out, source);
+    write_str(out, source);
     out.extend_from_slice(b",\"type\":\"llm.usage\",\"subject\":");
-    json_str(out, subject);
+    write_str(out, subject);
     out.extend_from_slice(b",\"time\":");
-    json_str(out, time);
+    write_str(out, time);
     out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"data\":");
     out.extend_from_slice(e.json.as_bytes());
     out.push(b'}');
-}
-
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json never fails on a &str.
-    if serde_json::to_writer(&mut *out, s).is_err() {
-        out.extend_from_slice(b"\"\"");
-    }
 }
 
 /// This machine's host name (for the CloudEvents `source`), "localhost" if unknown.

@@ -1,6 +1,7 @@
 //! The usage record of CONTRACT section 5: one per proxied request, built on the core thread when the
 //! request ends and handed to the webhook thread, which serializes and delivers it.
 
+use crate::json::{push_opt_str, push_str};
 use serde::{Deserialize, Serialize};
 
 /// How a proxied request ended, as billed.
@@ -161,53 +162,6 @@ fn push_opt_u64(o: &mut String, v: Option<u64>) {
     }
 }
 
-fn push_opt_str(o: &mut String, v: Option<&str>) {
-    match v {
-        Some(s) => push_str(o, s),
-        None => o.push_str("null"),
-    }
-}
-
-/// A JSON string with serde_json's escapes: the two-character ones, `\u00xx` for other controls.
-fn push_str(o: &mut String, s: &str) {
-    o.push('"');
-    // Fast path (ids, models, URLs, times): nothing to escape. A fold without early exit, so that
-    // it vectorizes (a per-byte `any` was a tenth of the webhook thread's time).
-    let plain = !s.as_bytes().iter().fold(false, |a, &c| a | (c < 0x20) | (c == b'"') | (c == b'\\'));
-    if plain {
-        o.push_str(s);
-        o.push('"');
-        return;
-    }
-    let mut from = 0;
-    for (i, &c) in s.as_bytes().iter().enumerate() {
-        let short = match c {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        // Escaped bytes are ASCII, so `i` and `i + 1` are char boundaries.
-        o.push_str(&s[from..i]);
-        from = i + 1;
-        if short.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            o.push_str("\\u00");
-            o.push(HEX[usize::from(c >> 4)] as char);
-            o.push(HEX[usize::from(c & 0xf)] as char);
-        } else {
-            o.push_str(short);
-        }
-    }
-    o.push_str(&s[from..]);
-    o.push('"');
-}
-
 /// RFC 3339 UTC timestamp with second precision, e.g. `2026-01-14T10:30:00Z`.
 pub fn rfc3339_now(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -260,18 +214,7 @@ mod tests {
 
     #[test]
     fn hand_written_json_is_serde_json_byte_for_byte() {
-        let mut every_ascii = String::new();
-        for c in 0u8..0x80 {
-            every_ascii.push(c as char);
-        }
-        let strings = [
-            "",
-            "plain",
-            "qu\"ote\\back",
-            "line\nfeed\ttab\r\u{8}\u{c}\u{1}\u{1f}\u{7f}",
-            "ünï😀\"x",
-            &every_ascii,
-        ];
+        let strings = crate::json::awkward_strings();
         for (i, s) in strings.iter().enumerate() {
             for missing in [false, true] {
                 let r = UsageRecord {
