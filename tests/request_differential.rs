@@ -9,8 +9,8 @@
 //! floats and strings, key case variants, and damaged bytes. `REQUEST_PROPTEST_CASES` and
 //! `REQUEST_PROPTEST_SEED` widen or move the search; a failure prints the seed and the body.
 
-use llmproxy::request::{scan, RequestInfo};
-use serde_json::Value;
+mod request_reference;
+use request_reference::{check_body, Verdict};
 
 struct Rng(u64);
 
@@ -30,112 +30,6 @@ impl Rng {
     }
     fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[self.below(v.len())]
-    }
-}
-
-// ---------------------------------------------------------------- the reference reading
-
-/// pydantic v2 lax `bool` (Python mode, on json.loads output): bools, the ints 0/1, the floats
-/// 0.0/1.0, and the strings 0/off/f/false/n/no and 1/on/t/true/y/yes in any letter case.
-fn lax_bool(v: &Value) -> Result<Option<bool>, ()> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Bool(b) => Ok(Some(*b)),
-        Value::Number(n) if n.is_f64() => match n.as_f64() {
-            Some(0.0) => Ok(Some(false)),
-            Some(1.0) => Ok(Some(true)),
-            _ => Err(()),
-        },
-        Value::Number(n) => match n.as_i64() {
-            Some(0) => Ok(Some(false)),
-            Some(1) => Ok(Some(true)),
-            _ => Err(()),
-        },
-        Value::String(s) => match s.to_ascii_lowercase().as_str() {
-            "0" | "off" | "f" | "false" | "n" | "no" => Ok(Some(false)),
-            "1" | "on" | "t" | "true" | "y" | "yes" => Ok(Some(true)),
-            _ => Err(()),
-        },
-        _ => Err(()),
-    }
-}
-
-/// pydantic v2 lax `int`: ints, bools, floats without a fractional part, numeric strings. (Values
-/// a u64 cannot hold, negative ones included, are out of the gateway's range: reported as Err.)
-fn lax_int(v: &Value) -> Result<Option<u64>, ()> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Bool(b) => Ok(Some(u64::from(*b))),
-        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
-            (Some(u), _) => Ok(Some(u)),
-            (None, Some(f)) if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) => Ok(Some(f as u64)),
-            _ => Err(()),
-        },
-        Value::String(s) => s.trim().parse().map(Some).map_err(|_| ()),
-        _ => Err(()),
-    }
-}
-
-/// pydantic v2 lax `str`: strings only (numbers are not coerced by default).
-fn lax_str(v: &Value) -> Result<Option<String>, ()> {
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        _ => Err(()),
-    }
-}
-
-/// What vLLM reads from the body: Err(field) when pydantic refuses the named field.
-#[derive(Debug, PartialEq)]
-struct Reading {
-    stream: Option<bool>,
-    model: Option<String>,
-    user: Option<String>,
-    include_usage: bool,
-    continuous_usage_stats: bool,
-    max_output_tokens: Option<u64>,
-    n: Option<u64>,
-}
-
-fn reference(v: &Value) -> Result<Reading, &'static str> {
-    let o = v.as_object().ok_or("body")?;
-    let f = |k: &str| o.get(k).unwrap_or(&Value::Null);
-    let mut r = Reading {
-        stream: lax_bool(f("stream")).map_err(|_| "stream")?,
-        model: lax_str(f("model")).map_err(|_| "model")?,
-        user: lax_str(f("user")).map_err(|_| "user")?,
-        include_usage: false,
-        continuous_usage_stats: false,
-        max_output_tokens: None,
-        n: lax_int(f("n")).map_err(|_| "n")?,
-    };
-    for k in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
-        if let Some(m) = lax_int(f(k)).map_err(|_| k)? {
-            r.max_output_tokens = Some(r.max_output_tokens.map_or(m, |x| x.max(m)));
-        }
-    }
-    match f("stream_options") {
-        Value::Null => {}
-        Value::Object(so) => {
-            let g = |k: &str| so.get(k).unwrap_or(&Value::Null);
-            r.include_usage = lax_bool(g("include_usage")).map_err(|_| "include_usage")? == Some(true);
-            r.continuous_usage_stats =
-                lax_bool(g("continuous_usage_stats")).map_err(|_| "continuous_usage_stats")? == Some(true);
-        }
-        _ => return Err("stream_options"),
-    }
-    Ok(r)
-}
-
-fn walk_reading(i: &RequestInfo) -> Reading {
-    Reading {
-        stream: i.stream,
-        model: i.model.clone(),
-        user: i.user.clone(),
-        include_usage: i.include_usage,
-        continuous_usage_stats: i.continuous_usage_stats,
-        max_output_tokens: i.max_output_tokens,
-        n: i.n,
     }
 }
 
@@ -403,48 +297,10 @@ fn check(seed: u64, cases: u64) -> Result<(), String> {
     let (mut read, mut refused) = (0u64, 0u64);
     for case in 0..cases {
         let (b, canonical) = body(&mut r);
-        let text = String::from_utf8_lossy(&b);
-        let walk = scan(&b);
-        match serde_json::from_slice::<Value>(&b) {
-            // Not JSON to serde_json either: no backend reads it; the walk only must not panic.
-            Err(_) => {}
-            Ok(v) => match (&walk, reference(&v)) {
-                (Ok(i), Ok(want)) => {
-                    let got = walk_reading(i);
-                    if got != want {
-                        return Err(format!(
-                            "case {case}: read differently\nbody: {text}\nwalk: {got:?}\nreference: {want:?}"
-                        ));
-                    }
-                    read += 1;
-                }
-                (Ok(i), Err(field)) => {
-                    return Err(format!(
-                    "case {case}: the walk read a body pydantic refuses ({field})\nbody: {text}\nwalk: {i:?}"
-                ))
-                }
-                (Err(e), _) if canonical => {
-                    return Err(format!(
-                        "case {case}: refused a body spelled the agreed way: {}\nbody: {text}",
-                        e.0
-                    ))
-                }
-                (Err(_), _) => refused += 1,
-            },
-        }
-        if let Ok(i) = &walk {
-            // An edit always yields JSON that reads as asked.
-            if let (Some(e), Ok(_)) = (i.usage_edit(true, true), serde_json::from_slice::<Value>(&b)) {
-                let mut out = Vec::new();
-                e.apply_into(&b, &mut out);
-                let v: Value = serde_json::from_slice(&out)
-                    .map_err(|er| format!("case {case}: edit broke the JSON ({er})\nbody: {text}"))?;
-                let again = reference(&v)
-                    .map_err(|f| format!("case {case}: edited body refused ({f})\nbody: {text}"))?;
-                if !(again.include_usage && again.continuous_usage_stats) {
-                    return Err(format!("case {case}: edit did not take\nbody: {text}"));
-                }
-            }
+        match check_body(&b, canonical).map_err(|e| format!("case {case}: {e}"))? {
+            Verdict::Read => read += 1,
+            Verdict::Refused => refused += 1,
+            Verdict::NotJson => {}
         }
     }
     eprintln!("seed {seed}: {cases} bodies, {read} read identically, {refused} refused, the rest not JSON");
