@@ -4,7 +4,7 @@
 //! and writes the lines to stderr or a file, which it reopens on SIGHUP (for logrotate).
 
 use crate::config::AccessLogConfig;
-use crate::json::push_opt_str;
+use crate::json::{push_opt_str, push_str};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -183,17 +183,17 @@ fn open(cfg: &AccessLogConfig) -> io::Result<Box<dyn Write + Send>> {
 /// One JSON line, fields in the contract's order.
 pub fn format(e: &Entry, out: &mut String) {
     out.push_str("{\"time\":");
-    push_opt_str(out, Some(&crate::usage::record::rfc3339_now(e.time)));
+    push_str(out, &crate::usage::record::rfc3339_now(e.time));
     out.push_str(",\"request_id\":");
-    push_opt_str(out, Some(&e.request_id));
+    push_str(out, &e.request_id);
     out.push_str(",\"client_request_id\":");
     push_opt_str(out, e.client_request_id.as_deref());
     out.push_str(",\"client_addr\":");
     push_opt_str(out, e.client_addr.map(|a| a.to_string()).as_deref());
     out.push_str(",\"method\":");
-    push_opt_str(out, Some(e.method));
+    push_str(out, e.method);
     out.push_str(",\"path\":");
-    push_opt_str(out, Some(&e.path));
+    push_str(out, &e.path);
     let _ = write!(
         out,
         ",\"status\":{},\"bytes_out\":{},\"duration_ms\":{}",
