@@ -21,6 +21,14 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     escape(s, |piece| out.extend_from_slice(piece.as_bytes()));
 }
 
+/// serde_json's escape of each control character: the two-character ones, else `\u00xx`.
+const CONTROL: [&str; 32] = [
+    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b", "\\t",
+    "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012", "\\u0013",
+    "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c",
+    "\\u001d", "\\u001e", "\\u001f",
+];
+
 /// `s` quoted and escaped, handed to `emit` piece by piece.
 #[inline(always)]
 fn escape(s: &str, mut emit: impl FnMut(&str)) {
@@ -33,30 +41,18 @@ fn escape(s: &str, mut emit: impl FnMut(&str)) {
         emit("\"");
         return;
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut from = 0;
     for (i, &c) in s.as_bytes().iter().enumerate() {
-        let short = match c {
+        let escaped = match c {
             b'"' => "\\\"",
             b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
+            0..=0x1f => CONTROL[usize::from(c)],
             _ => continue,
         };
         // Escaped bytes are ASCII, so `i` and `i + 1` are char boundaries.
         emit(&s[from..i]);
+        emit(escaped);
         from = i + 1;
-        if short.is_empty() {
-            let u = [b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]];
-            // Six ASCII bytes.
-            emit(std::str::from_utf8(&u).unwrap_or("\\u0000"));
-        } else {
-            emit(short);
-        }
     }
     emit(&s[from..]);
     emit("\"");
