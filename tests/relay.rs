@@ -123,23 +123,6 @@ fn every_split_position_gives_identical_output() {
     eprintln!("split positions checked in {:?}", t0.elapsed());
 }
 
-/// Where each chunk's payload starts and ends in a chunked wire body: (payload offset, wire start,
-/// wire end) per chunk.
-fn chunk_spans(wire: &[u8]) -> Vec<(usize, usize, usize)> {
-    let (mut out, mut at, mut payload) = (Vec::new(), 0, 0);
-    while let Some(eol) = wire[at..].windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&wire[at..at + eol]).unwrap(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        let start = at + eol + 2;
-        out.push((payload, start, start + size));
-        payload += size;
-        at = start + size + 2;
-    }
-    out
-}
-
 /// A blank line whose two newlines arrive in different chunks, with a read in between that holds
 /// only the chunked framing (the first chunk's CRLF and the next one's size line): the relay feeds
 /// the SSE scanner an empty payload there, which must not make it forget the first newline. Found
@@ -156,8 +139,7 @@ fn a_read_of_only_chunk_framing_between_a_blank_lines_newlines() {
     let mut checked = 0;
     for n in 2..=64 {
         let mut reply = Reply::new(200, "text/event-stream", &body, Framing::ChunkedEvery(n));
-        let wire = reply.wire_body();
-        let spans = chunk_spans(&wire);
+        let (_, spans) = reply.wire_and_chunks();
         for pair in spans.windows(2) {
             let ((_, _, end), (next, start, _)) = (pair[0], pair[1]);
             if body[next - 1] != b'\n' || body[next] != b'\n' {

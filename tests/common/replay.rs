@@ -43,19 +43,27 @@ impl Reply {
 
     /// The body as it goes on the wire for this framing.
     pub fn wire_body(&self) -> Vec<u8> {
+        self.wire_and_chunks().0
+    }
+
+    /// The wire body, and where each chunk's payload lies in it: (payload offset, wire start, wire
+    /// end) per chunk (none unless chunked).
+    pub fn wire_and_chunks(&self) -> (Vec<u8>, Vec<(usize, usize, usize)>) {
         let pieces: Vec<&[u8]> = match self.framing {
-            Framing::Length | Framing::Close => return self.body.clone(),
+            Framing::Length | Framing::Close => return (self.body.clone(), Vec::new()),
             Framing::ChunkedPerEvent => split_events(&self.body),
             Framing::ChunkedEvery(n) => self.body.chunks(n.max(1)).collect(),
         };
-        let mut out = Vec::new();
+        let (mut out, mut spans, mut payload) = (Vec::new(), Vec::new(), 0);
         for p in pieces.iter().filter(|p| !p.is_empty()) {
             out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+            spans.push((payload, out.len(), out.len() + p.len()));
+            payload += p.len();
             out.extend_from_slice(p);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"0\r\n\r\n");
-        out
+        (out, spans)
     }
 
     fn head(&self) -> Vec<u8> {
