@@ -97,7 +97,7 @@ impl SseScanner {
         let mut w = 0; // end of the bytes kept so far
         let mut pos = 0; // where to look for the next newline
         let mut tail = self.tail;
-        while let Some(end) = find_event_end(data, pos, tail) {
+        while let Some((end, one_line)) = find_event_end(data, pos, tail) {
             // The spans of data[r..end] to keep (second one empty unless spliced).
             let mut keep = (r, end, end, end);
             if self.partial_total > 0 {
@@ -126,7 +126,7 @@ impl SseScanner {
                 self.partial_total = 0;
                 self.held = 0;
             } else {
-                match self.inspect_event(&data[r..end]) {
+                match self.inspect_event(&data[r..end], one_line) {
                     Action::Keep => {}
                     Action::Cut => keep = (r, r, end, end),
                     Action::Splice(a, b) => keep = (r, r + a, r + b, end),
@@ -245,19 +245,20 @@ impl SseScanner {
             return Action::Keep;
         }
         let ev = std::mem::take(&mut self.partial);
-        let action = self.inspect_event(&ev);
+        let action = self.inspect_event(&ev, false);
         self.partial = ev;
         action
     }
 
-    /// Records what one complete event says; returns what to do with it.
-    fn inspect_event(&mut self, ev: &[u8]) -> Action {
+    /// Records what one complete event says; returns what to do with it. `one_line`: no line
+    /// ended in it before its blank line (false when unknown).
+    fn inspect_event(&mut self, ev: &[u8], one_line: bool) -> Action {
         self.events += 1;
         if !self.error && event::is_error(ev) {
             self.error = true;
         }
         // One pass over the event for every key read here (issue 9's cost: a memmem search per key).
-        let keys = event::scan_keys(ev);
+        let keys = event::scan_keys(ev, one_line);
         self.finished |= keys.finish;
         if keys.content && !self.tracker.has_report() {
             self.content_events += 1;
@@ -268,6 +269,10 @@ impl SseScanner {
         let mut choices = Choices::Absent;
         let tracker = &mut self.tracker;
         for_each_report_from(ev, first, |key, end, r| {
+            // The first key was found on a data line by `scan_keys`; later ones are checked here.
+            if key != first && !event::in_data_line(ev, key) {
+                return;
+            }
             if found.is_none() {
                 found = Some((key, end));
                 choices = choices_of(ev);
@@ -351,25 +356,27 @@ fn could_be_usage_only(partial: &[u8]) -> bool {
     }
 }
 
-/// End (exclusive) of the first event ending in `data[pos..]`: a blank line. `tail` carries a line
-/// ending begun in the previous chunk (1: `\n` seen, 2: `\n\r` seen) when `pos` is the chunk start.
-fn find_event_end(data: &[u8], pos: usize, tail: u8) -> Option<usize> {
+/// End (exclusive) of the first event ending in `data[pos..]`: a blank line; and whether no line
+/// ended before it there (the event is one line; false when its start came in an earlier chunk).
+/// `tail` carries a line ending begun in the previous chunk (1: `\n` seen, 2: `\n\r` seen) when
+/// `pos` is the chunk start.
+fn find_event_end(data: &[u8], pos: usize, tail: u8) -> Option<(usize, bool)> {
     if tail == 1 && pos == 0 {
         match data.first() {
-            Some(b'\n') => return Some(1),
-            Some(b'\r') if data.get(1) == Some(&b'\n') => return Some(2),
+            Some(b'\n') => return Some((1, false)),
+            Some(b'\r') if data.get(1) == Some(&b'\n') => return Some((2, false)),
             _ => {}
         }
     }
     if tail == 2 && pos == 0 && data.first() == Some(&b'\n') {
-        return Some(1);
+        return Some((1, false));
     }
     let mut i = pos;
     while let Some(k) = memchr::memchr(b'\n', &data[i..]) {
         let nl = i + k;
         match data.get(nl + 1) {
-            Some(b'\n') => return Some(nl + 2),
-            Some(b'\r') if data.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            Some(b'\n') => return Some((nl + 2, i == pos)),
+            Some(b'\r') if data.get(nl + 2) == Some(&b'\n') => return Some((nl + 3, i == pos)),
             _ => i = nl + 1,
         }
     }

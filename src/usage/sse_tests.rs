@@ -164,6 +164,17 @@ fn a_usage_only_event_opening_with_a_comment_is_cut_at_every_split() {
     check_every_split(s, u(3, 1, 4), "comment first");
 }
 
+/// Usage, content and finish are read from data lines only, as a client reads the event: key-like
+/// text on a comment, `event:` or `id:` line counts for nothing, at every split.
+#[test]
+fn keys_on_lines_other_than_data_are_not_read() {
+    let s = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n: {\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":50,\"total_tokens\":100}}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n: {\"usage\":{\"prompt_tokens\":99,\"completion_tokens\":99,\"total_tokens\":198}}\n\nevent: {\"usage\":{\"prompt_tokens\":98,\"completion_tokens\":1,\"total_tokens\":99}}\ndata: {}\n\nid: \"usage\":{\"prompt_tokens\":97}\r\ndata: {}\r\n\r\ndata: [DONE]\n\n";
+    check_every_split(s, u(3, 1, 4), "keys on other lines");
+    let s = b": {\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}]}\nevent: \"text\":\"y\"\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"}}]}\n\n";
+    let (_, sc) = run_cut(s, &[], Cutting::default());
+    assert_eq!((sc.content_events(), sc.finished(), sc.usage()), (0, false, None));
+}
+
 #[test]
 fn anthropic_usage_is_split_across_events() {
     let s = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
