@@ -44,6 +44,8 @@ for t in "${targets[@]}"; do mkdir -p "fuzz/corpus/$t"; done
 printf '\x00\x005\r\nhello\r\n3;x=y\r\nabc\r\n0\r\nTrailer: t\r\n\r\n' >fuzz/corpus/chunked_split/seed-1
 printf '\x00POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: 2\r\nX-User-Id: u\r\n\r\n{}' >fuzz/corpus/http1_heads/seed-req
 printf '\x01HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n' >fuzz/corpus/http1_heads/seed-resp
+printf '\x00\x00HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x\r\nok\r\n0\r\nT: 1\r\n\r\n' >fuzz/corpus/webhook_answer/seed-1
+printf '\x00\x00HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok' >fuzz/corpus/webhook_answer/seed-2
 printf '\x00{"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"hi \\u00e9"}],"max_tokens":5,"n":2,"user":"u"}' >fuzz/corpus/request_body/seed-1
 printf '\x02{"stream":true,"model":"m"}' >fuzz/corpus/request_body/seed-2
 [ -f config.example.toml ] && cp config.example.toml fuzz/corpus/config_text/seed-example

@@ -7,6 +7,7 @@
 //! reused connection that finds it closed before any answer byte is sent once more on a new one.
 //! `https://` goes through rustls (ring provider), see [`super::tls`].
 
+use crate::chunked::ChunkedDecoder;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -93,68 +94,8 @@ impl Client {
         };
         conn.io.write_all(&self.out).map_err(Failure::Io)?;
         conn.io.flush().map_err(Failure::Io)?;
-        self.inb.clear();
-        // Head.
-        let (status, head_len, body_len, keep) = loop {
-            quickack(conn.fd);
-            let n = read_some(&mut *conn.io, &mut self.inb)?;
-            if n == 0 {
-                return Err(if self.inb.is_empty() {
-                    Failure::ClosedBeforeAnswer
-                } else {
-                    Failure::Truncated
-                });
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&self.inb) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let status = resp.code.unwrap_or(0);
-                    if (100..200).contains(&status) {
-                        self.inb.drain(..len);
-                        continue;
-                    }
-                    let mut body = BodyLen::Close;
-                    let mut keep = resp.version == Some(1);
-                    for h in resp.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
-                            body = BodyLen::Length(v.ok_or(Failure::BadAnswer)?);
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
-                            && h.value.eq_ignore_ascii_case(b"chunked")
-                        {
-                            body = BodyLen::Chunked;
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            if h.value.eq_ignore_ascii_case(b"close") {
-                                keep = false;
-                            } else if h.value.eq_ignore_ascii_case(b"keep-alive") {
-                                keep = true;
-                            }
-                        }
-                    }
-                    if status == 204 || status == 304 {
-                        body = BodyLen::Length(0);
-                    }
-                    break (status, len, body, keep);
-                }
-                Ok(httparse::Status::Partial) if self.inb.len() < MAX_HEAD => {}
-                _ => return Err(Failure::BadAnswer),
-            }
-        };
-        self.inb.drain(..head_len);
-        let reusable = match body_len {
-            BodyLen::Length(n) if n <= MAX_DRAIN => {
-                while self.inb.len() < n {
-                    if read_some(&mut *conn.io, &mut self.inb)? == 0 {
-                        return Ok((status, false));
-                    }
-                }
-                keep && self.inb.len() == n
-            }
-            BodyLen::Chunked => drain_chunked(&mut *conn.io, &mut self.inb)? && keep,
-            _ => false,
-        };
-        Ok((status, reusable))
+        let fd = conn.fd;
+        read_answer(&mut *conn.io, &mut self.inb, || quickack(fd))
     }
 
     fn connect(&self) -> io::Result<Conn> {
@@ -180,14 +121,16 @@ impl Client {
     }
 }
 
+#[derive(Debug)]
 enum BodyLen {
     Length(usize),
     Chunked,
     Close,
 }
 
+/// Why an exchange with the receiver failed.
 #[derive(Debug)]
-enum Failure {
+pub enum Failure {
     Connect(io::Error),
     Io(io::Error),
     ClosedBeforeAnswer,
@@ -207,7 +150,84 @@ impl std::fmt::Display for Failure {
     }
 }
 
-fn read_some(io: &mut dyn Io, buf: &mut Vec<u8>) -> Result<usize, Failure> {
+/// Reads one HTTP/1.x answer from `io` (its bytes land in `inb`, cleared first; `before_read`
+/// runs before each read of the head): its status and whether the connection may be reused (the
+/// body was read to its end, within [`MAX_DRAIN`], and nothing followed it). Interim 1xx answers
+/// are skipped. Any bytes are safe: a bad head or framing is [`Failure::BadAnswer`], never a panic;
+/// a body too long to drain only makes the connection unusable.
+pub fn read_answer<R: Read + ?Sized>(
+    io: &mut R,
+    inb: &mut Vec<u8>,
+    mut before_read: impl FnMut(),
+) -> Result<(u16, bool), Failure> {
+    inb.clear();
+    let (status, head_len, body_len, keep) = loop {
+        before_read();
+        if read_some(io, inb)? == 0 {
+            return Err(if inb.is_empty() { Failure::ClosedBeforeAnswer } else { Failure::Truncated });
+        }
+        // A buffer can hold an interim answer and the final one: parse until one is incomplete.
+        let done = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(inb) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    if (100..200).contains(&status) {
+                        inb.drain(..len);
+                        continue;
+                    }
+                    let (body, keep) = framing(&resp)?;
+                    let body = if status == 204 || status == 304 { BodyLen::Length(0) } else { body };
+                    break Some((status, len, body, keep));
+                }
+                Ok(httparse::Status::Partial) if inb.len() < MAX_HEAD => break None,
+                _ => return Err(Failure::BadAnswer),
+            }
+        };
+        if let Some(d) = done {
+            break d;
+        }
+    };
+    inb.drain(..head_len);
+    let reusable = match body_len {
+        BodyLen::Length(n) if n <= MAX_DRAIN => {
+            while inb.len() < n {
+                if read_some(io, inb)? == 0 {
+                    return Ok((status, false));
+                }
+            }
+            keep && inb.len() == n
+        }
+        BodyLen::Chunked => drain_chunked(io, inb)? && keep,
+        _ => false,
+    };
+    Ok((status, reusable))
+}
+
+/// The body's length and whether the server keeps the connection, from the answer's head.
+fn framing(resp: &httparse::Response<'_, '_>) -> Result<(BodyLen, bool), Failure> {
+    let mut body = BodyLen::Close;
+    let mut keep = resp.version == Some(1);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+            body = BodyLen::Length(v.ok_or(Failure::BadAnswer)?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked")
+        {
+            body = BodyLen::Chunked;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if h.value.eq_ignore_ascii_case(b"close") {
+                keep = false;
+            } else if h.value.eq_ignore_ascii_case(b"keep-alive") {
+                keep = true;
+            }
+        }
+    }
+    Ok((body, keep))
+}
+
+fn read_some<R: Read + ?Sized>(io: &mut R, buf: &mut Vec<u8>) -> Result<usize, Failure> {
     let old = buf.len();
     buf.resize(old + 16 * 1024, 0);
     let r = loop {
@@ -228,47 +248,21 @@ fn read_some(io: &mut dyn Io, buf: &mut Vec<u8>) -> Result<usize, Failure> {
     }
 }
 
-/// Reads a chunked body to its end (bounded); true when it ended cleanly and within bounds.
-fn drain_chunked(io: &mut dyn Io, buf: &mut Vec<u8>) -> Result<bool, Failure> {
-    let mut total = 0usize;
+/// Reads a chunked body to its end with the gateway's own decoder ([`ChunkedDecoder`]); true
+/// when it ended cleanly, within [`MAX_DRAIN`] bytes of payload, with nothing after it.
+fn drain_chunked<R: Read + ?Sized>(io: &mut R, buf: &mut Vec<u8>) -> Result<bool, Failure> {
+    let mut dec = ChunkedDecoder::default();
+    let mut payload = 0usize;
     loop {
-        let line_end = loop {
-            if let Some(i) = memchr::memmem::find(buf, b"\r\n") {
-                break i;
-            }
-            if buf.len() > 1024 || read_some(io, buf)? == 0 {
-                return Ok(false);
-            }
-        };
-        let line = std::str::from_utf8(&buf[..line_end]).map_err(|_| Failure::BadAnswer)?;
-        let size_hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| Failure::BadAnswer)?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // Trailers until an empty line.
-            loop {
-                if let Some(i) = memchr::memmem::find(buf, b"\r\n") {
-                    buf.drain(..i + 2);
-                    if i == 0 {
-                        return Ok(buf.is_empty());
-                    }
-                    continue;
-                }
-                if buf.len() > MAX_HEAD || read_some(io, buf)? == 0 {
-                    return Ok(false);
-                }
-            }
+        let d = dec.decode_in_place(buf).map_err(|_| Failure::BadAnswer)?;
+        payload += d.payload;
+        if d.done {
+            return Ok(d.consumed == buf.len());
         }
-        total += size;
-        if total > MAX_DRAIN {
+        buf.clear();
+        if payload > MAX_DRAIN || read_some(io, buf)? == 0 {
             return Ok(false);
         }
-        while buf.len() < size + 2 {
-            if read_some(io, buf)? == 0 {
-                return Ok(false);
-            }
-        }
-        buf.drain(..size + 2);
     }
 }
 
@@ -291,6 +285,94 @@ fn quickack(fd: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver's answer arriving in the pieces given by `cuts` (ascending offsets).
+    struct Pieces<'a> {
+        data: &'a [u8],
+        cuts: Vec<usize>,
+        at: usize,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let next = self.cuts.iter().copied().find(|&c| c > self.at).unwrap_or(self.data.len());
+            let n = (next - self.at).min(out.len());
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn answer(data: &[u8], cuts: &[usize]) -> Result<(u16, bool), String> {
+        let mut io = Pieces { data, cuts: cuts.to_vec(), at: 0 };
+        read_answer(&mut io, &mut Vec::new(), || {}).map_err(|e| e.to_string())
+    }
+
+    /// Every answer reads the same whole, at every split and byte by byte.
+    #[test]
+    fn answers_read_the_same_at_every_split() {
+        type Case = (&'static [u8], Result<(u16, bool), &'static str>);
+        let cases: &[Case] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Ok((200, true))),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", Ok((204, true))),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nok\r\n0\r\nT: 1\r\n\r\n",
+                Ok((200, true)),
+            ),
+            (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", Ok((503, true))),
+            (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", Ok((200, false))),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", Ok((200, false))),
+            (b"HTTP/1.1 200 OK\r\n\r\nuntil close", Ok((200, false))),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok", Ok((200, false))),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", Ok((200, false))),
+            // A chunk size past 15 hex digits after a first chunk (used to overflow a counter).
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nffffffffffffffff\r\n",
+                Err("not an HTTP/1.x answer"),
+            ),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Err("not an HTTP/1.x answer")),
+            // A body larger than is ever drained: the answer counts, the connection does not.
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffff\r\nabc", Ok((200, false))),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", Ok((200, false))),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Err("not an HTTP/1.x answer")),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", Err("not an HTTP/1.x answer")),
+            (b"HTTP/1.1 200 OK\r\nContent-", Err("connection closed inside the answer")),
+            (b"", Err("connection closed before an answer")),
+        ];
+        for (data, want) in cases {
+            let want = want.map_err(str::to_string);
+            let name = String::from_utf8_lossy(data);
+            assert_eq!(answer(data, &[]), want, "{name}");
+            for k in 0..data.len() {
+                assert_eq!(answer(data, &[k]), want, "{name} split at {k}");
+            }
+            assert_eq!(answer(data, &(0..data.len()).collect::<Vec<_>>()), want, "{name} byte by byte");
+        }
+    }
+
+    /// Bytes after the body (seen in the same read) make the connection unusable.
+    #[test]
+    fn bytes_after_the_body_end_the_connection() {
+        let data = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nokEXTRA";
+        assert_eq!(answer(data, &[]), Ok((200, false)));
+        let data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nEXTRA";
+        assert_eq!(answer(data, &[]), Ok((200, false)));
+    }
+
+    /// A body longer than MAX_DRAIN is not read to its end: the reading stops past the bound.
+    #[test]
+    fn a_long_body_is_left_undrained() {
+        let mut data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..(4 * MAX_DRAIN / 4096) {
+            data.extend_from_slice(b"1000\r\n");
+            data.extend_from_slice(&[b'x'; 4096]);
+            data.extend_from_slice(b"\r\n");
+        }
+        data.extend_from_slice(b"0\r\n\r\n");
+        let mut io = Pieces { data: &data, cuts: Vec::new(), at: 0 };
+        assert_eq!(read_answer(&mut io, &mut Vec::new(), || {}).map_err(|e| e.to_string()), Ok((200, false)));
+        assert!(io.at < 2 * MAX_DRAIN, "read {} bytes", io.at);
+    }
 
     #[test]
     fn urls() {
