@@ -177,11 +177,10 @@ fn learn_continuous(backend: &Backend, addr: SocketAddr, cfg: &HealthCheckConfig
     if s.write_all(req.as_bytes()).is_err() {
         return;
     }
-    let mut body = Vec::new();
-    let _ = s.take(MAX_MODELS_BODY as u64).read_to_end(&mut body);
-    if !(body.starts_with(b"HTTP/1.") && body.get(9) == Some(&b'2')) {
-        return;
-    }
+    let mut answer = Vec::new();
+    let _ = s.take(MAX_MODELS_BODY as u64).read_to_end(&mut answer);
+    // A 2xx answer's body, its framing (length, chunked, close) undone as for the merged list.
+    let Some(Some(body)) = crate::models::complete_body(&answer, true) else { return };
     let on = owners(&body).any(|o| CONTINUOUS_OWNERS.iter().any(|c| o.eq_ignore_ascii_case(c.as_bytes())));
     if backend.set_learned_continuous(on) {
         log::info!("backend {}: continuous usage {} (learned from /v1/models owned_by)", b.url, on);

@@ -101,7 +101,7 @@ async fn fetch(snap: &Snapshot, e: usize, rid: &str) -> Option<Vec<u8>> {
 }
 
 /// The body of a complete 2xx response in `all`; None while incomplete, Some(None) when unusable.
-fn complete_body(all: &[u8], eof: bool) -> Option<Option<Vec<u8>>> {
+pub(crate) fn complete_body(all: &[u8], eof: bool) -> Option<Option<Vec<u8>>> {
     let h = match http1::parse_response(all) {
         Parse::Complete(h) => h,
         Parse::Partial => return None,

@@ -182,6 +182,19 @@ fn one_record_per_request_with_backend_usage_openai() {
     check_flavour(Flavor::Openai);
 }
 
+/// Continuous-usage support is learned from the backend's `/v1/models` answer whatever its
+/// framing: here chunked, with `"owned_by"` cut across chunks (it was read from the raw bytes, so
+/// chunk framing inside the key hid it).
+#[test]
+fn continuous_usage_is_learned_from_a_chunked_models_answer() {
+    use common::replay::{Framing, Replay, Reply};
+    let models = br#"{"object":"list","data":[{"id":"m","object":"model","owned_by":"vllm"}]}"#;
+    let b = Replay::start(Reply::new(200, "application/json", models, Framing::ChunkedEvery(5)));
+    let r = Receiver::start();
+    let gw = Gateway::start(&config_for(&[b.url()], &hook(&r, "")));
+    wait_learned(&gw, true);
+}
+
 const CHAT_STREAM: &str = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b"}]}"#;
 
 #[test]
