@@ -170,9 +170,8 @@ impl TokenCounters {
             Some(e) => e,
             None => m.entry(key.to_string()).or_insert([0; 4]),
         };
-        e[0] += rec.prompt_tokens;
-        e[1] += rec.completion_tokens;
-        e[2] += cached;
-        e[3] += reasoning;
+        for (slot, n) in e.iter_mut().zip([rec.prompt_tokens, rec.completion_tokens, cached, reasoning]) {
+            *slot = slot.saturating_add(n);
+        }
     }
 }

@@ -248,6 +248,30 @@ fn token_limit_reserves_at_admission_and_settles_to_the_billed_tokens() {
     assert_eq!(refusals(&gw, "tokens"), Some(2.0));
 }
 
+/// A backend that reports absurd usage (prompt_tokens = 2^64 - 1, no total) and a client asking
+/// max_tokens near 2^63: the gateway bills without overflowing (a debug build panicked on the
+/// core thread adding prompt and completion), the token budget is simply spent, and it keeps
+/// serving.
+#[test]
+fn absurd_token_counts_spend_the_budget_without_overflow() {
+    let body = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#;
+    let upstream = Replay::start(Reply::new(200, "application/json", body.as_bytes(), Framing::Length));
+    let gw = Gateway::start(&config_for(
+        &[upstream.url()],
+        &format!("{ONE_WORKER}[rate_limit]\nenabled = true\ntokens_per_minute = 100000\n"),
+    ));
+    let mut c = connect(gw.addr);
+    let r = c.request(&chat_req(&chat("m"), ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for _ in 0..3 {
+        let r = c.request(&chat_req(&chat("m"), ""));
+        assert_429(&r, "rate_limit_exceeded");
+    }
+    let huge = r#"{"model":"m","max_tokens":9223372036854775807,"messages":[{"role":"user","content":"x"}]}"#;
+    assert_429(&c.request(&chat_req(huge, "")), "rate_limit_exceeded");
+    assert!(metrics(gw.addr).contains("llmproxy_requests_total"), "the gateway still answers");
+}
+
 #[test]
 fn cut_stream_counts_what_it_cost() {
     let (_b, gw) = limited_with(ONE_WORKER, "tokens_per_minute = 100000\n");

@@ -174,22 +174,45 @@ impl Budget {
         if reserved == billed {
             return;
         }
-        if w.secs_until_expiry(slice, now_secs) > 2 {
+        // What the request owes beyond what it reserved (a credit when negative).
+        let owed = if w.secs_until_expiry(slice, now_secs) > 2 {
             // Still counted in the window: correct the slice it was charged to.
             me.ring[slice as usize % me.ring.len()].fetch_add(billed - reserved, Relaxed);
-            me.allowance.fetch_add(reserved - billed, Relaxed);
+            billed - reserved
         } else {
             // The reservation has left (or is about to leave) the window and was returned: the
             // billed tokens count now.
             let now = w.slice(now_secs);
             me.ring[now as usize % me.ring.len()].fetch_add(billed, Relaxed);
-            me.allowance.fetch_sub(billed, Relaxed);
+            billed
+        };
+        if owed <= 0 {
+            me.allowance.fetch_add(-owed, Relaxed);
+        } else {
+            self.charge(core, owed);
+        }
+    }
+
+    /// Charges `units` already spent: from this core's allowance, then the other cores' (a debt
+    /// takes back what they hold, so none of it is admitted past the limit), then the pool, which
+    /// may go negative. Runs only when a request billed more than it reserved.
+    fn charge(&self, core: usize, units: i64) {
+        let mut got = grab(&self.slot(core).allowance, units, 0);
+        for other in &self.cores {
+            if got >= units {
+                return;
+            }
+            got += grab(&other.allowance, units - got, 0);
+        }
+        if got < units {
+            self.pool.0.fetch_sub(units - got, Relaxed);
         }
     }
 
     /// Units this process may still admit without asking anyone: pool plus every allowance.
     pub fn stock(&self) -> i64 {
-        self.pool.0.load(Relaxed) + self.cores.iter().map(|c| c.allowance.load(Relaxed)).sum::<i64>()
+        let cores = self.cores.iter().fold(0i64, |a, c| a.saturating_add(c.allowance.load(Relaxed)));
+        self.pool.0.load(Relaxed).saturating_add(cores)
     }
 
     /// A cheap view for response headers: what the pool and this core hold (other cores' small
@@ -242,7 +265,7 @@ impl Budget {
             .iter()
             .filter(|c| !c.ring.is_empty())
             .map(|c| c.ring[s as usize % c.ring.len()].load(Relaxed))
-            .sum()
+            .fold(0, i64::saturating_add)
     }
 
     /// Clears slice `s` on every core; returns the usage it held.
@@ -251,7 +274,7 @@ impl Budget {
             .iter()
             .filter(|c| !c.ring.is_empty())
             .map(|c| c.ring[s as usize % c.ring.len()].swap(0, Relaxed))
-            .sum()
+            .fold(0, i64::saturating_add)
     }
 
     /// Usage of the slices still in the window at `now_secs`, and the oldest slice with usage.
@@ -262,7 +285,7 @@ impl Budget {
         let mut oldest = None;
         for s in (cur + 1).saturating_sub(w.slices)..=cur {
             let u = self.usage_of(s);
-            total += u;
+            total = i64::saturating_add(total, u);
             if u > 0 && oldest.is_none() {
                 oldest = Some(s);
             }
@@ -334,6 +357,27 @@ mod tests {
             b.add_to_pool(u);
         }
         assert_eq!(b.stock(), 100);
+    }
+
+    /// A request that billed far more than it reserved: the debt takes back every core's allowance
+    /// and sinks the pool, so no core admits anything (the pool held units, and core 0's debt
+    /// used to sit on its own allowance while every core went on admitting from them) until the
+    /// window has returned the usage.
+    #[test]
+    fn a_debt_stops_every_core_until_the_window_returns_it() {
+        let b = Budget::new(1000, Some(MINUTE), 2, 1000);
+        assert!(b.take(1, 10, 1), "core 1 holds a chunk");
+        assert!(b.take(0, 10, 1));
+        b.settle(0, 10, 3000, 1, 2);
+        assert_eq!(b.stock(), -2010);
+        assert!(!b.take(1, 1, 2), "core 1's chunk went to the debt");
+        assert!(!b.take(0, 1, 2));
+        assert_eq!(b.stock(), -2010, "refusals move units, they do not make any");
+        let u = b.expire_slice(1);
+        b.add_to_pool(u);
+        assert_eq!(b.stock(), 1000);
+        assert!(b.take(0, 1000, 63));
+        assert!(!b.take(1, 1, 63));
     }
 
     #[test]

@@ -34,7 +34,7 @@ impl Charges {
     /// Records `units` added to `slice` (a grant).
     pub fn add(&mut self, slice: u64, units: i64) {
         match self.by_slice.iter_mut().find(|e| e.0 == slice) {
-            Some(e) => e.1 += units,
+            Some(e) => e.1 = e.1.saturating_add(units),
             None => {
                 let at = self.by_slice.partition_point(|e| e.0 < slice);
                 self.by_slice.insert(at, (slice, units));

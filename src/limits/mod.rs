@@ -216,6 +216,10 @@ struct Cached(Arc<Subject>);
 
 /// Users cached per core before unreferenced ones are dropped from the cache.
 const CORE_USER_CACHE: usize = 4096;
+/// The most tokens one request is charged or admitted for (2^40, far past any model's context): a
+/// backend that reports absurd usage, or a body asking `max_tokens` near 2^63, cannot overflow a
+/// per-core slice or a window's sum.
+const MAX_TOKENS_PER_REQUEST: u64 = 1 << 40;
 
 impl CoreLimits {
     pub fn new(limiter: Arc<Limiter>, core: usize) -> CoreLimits {
@@ -302,7 +306,7 @@ impl CoreLimits {
         let Some(subject) = self.subject(who) else { return Admission::Unlimited };
         let now = unix_secs();
         let s: &Subject = &subject.0;
-        let tokens = if s.has_tokens() { demand.tokens().min(i64::MAX as u64 / 4) as i64 } else { 0 };
+        let tokens = if s.has_tokens() { demand.tokens().min(MAX_TOKENS_PER_REQUEST) as i64 } else { 0 };
         let core = self.core;
         let refuse = |reason: Reason, retry_after: u64| {
             self.limiter.refused[core % self.limiter.refused.len()].0[reason as usize].fetch_add(1, Relaxed);
@@ -439,7 +443,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let s: &Subject = &self.subject.0;
         let now = unix_secs();
-        let billed = self.billed.map_or(self.tokens, |b| b.min(i64::MAX as u64 / 4) as i64);
+        let billed = self.billed.map_or(self.tokens, |b| b.min(MAX_TOKENS_PER_REQUEST) as i64);
         for k in [Kind::Tokens, Kind::Day] {
             if let (Some(b), Some(w)) = (s.budget(k), k.window()) {
                 b.settle(self.core, self.tokens, billed, w.slice(self.at), now);

@@ -236,7 +236,7 @@ impl Worker {
                         b.add_to_pool(granted);
                         let st = self.states.entry((Arc::as_ptr(s) as usize, *k as usize)).or_default();
                         st.charges.add(op.slice, granted);
-                        st.last_seen.1 += granted;
+                        st.last_seen.1 = st.last_seen.1.saturating_add(granted);
                     }
                 }
             }
@@ -364,7 +364,7 @@ fn plan(st: &mut State, b: &Budget, s: &Subject, k: Kind, now: u64, fleet: u64, 
     let (wanted, refused) = b.take_wanted();
     let delta = (consumed - st.last_consumed.min(consumed)) as i64;
     st.last_consumed = consumed;
-    st.demand = (delta + refused).max(st.demand - st.demand / 4);
+    st.demand = delta.saturating_add(refused).max(st.demand - st.demand / 4);
     if delta > 0 || wanted > 0 {
         st.last_active = Some(Instant::now());
     }
@@ -372,7 +372,7 @@ fn plan(st: &mut State, b: &Budget, s: &Subject, k: Kind, now: u64, fleet: u64, 
     // Stock to hold: two ticks of demand, at least what was refused, at most a tenth of the limit
     // (bounding what one gateway can strand while others are refused).
     let cap = (b.limit / 10).max(1).max(wanted);
-    let target = if active { (2 * st.demand).max(wanted).max(overdraft).min(cap) } else { 0 };
+    let target = if active { st.demand.saturating_mul(2).max(wanted).max(overdraft).min(cap) } else { 0 };
     let mut stock = if fresh { 0 } else { b.stock() };
     if fresh {
         // The local stock is dropped when the leases arrive: nothing to trim.

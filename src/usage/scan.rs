@@ -82,7 +82,7 @@ impl Report {
         Usage {
             prompt_tokens: p,
             completion_tokens: c,
-            total_tokens: self.total.unwrap_or(p + c),
+            total_tokens: self.total.unwrap_or(p.saturating_add(c)),
             cached_tokens: self.cached,
             cache_creation_tokens: self.cache_creation,
             reasoning_tokens: self.reasoning,
@@ -244,7 +244,7 @@ impl UsageTracker {
         }
         let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
         };
         let mut sum = Usage::default();
         for (_, r) in &self.per_choice {
@@ -254,14 +254,14 @@ impl UsageTracker {
                 sum.cached_tokens = sum.cached_tokens.max(u.cached_tokens);
                 sum.cache_creation_tokens = sum.cache_creation_tokens.max(u.cache_creation_tokens);
             } else {
-                sum.prompt_tokens += u.prompt_tokens;
+                sum.prompt_tokens = sum.prompt_tokens.saturating_add(u.prompt_tokens);
                 sum.cached_tokens = add(sum.cached_tokens, u.cached_tokens);
                 sum.cache_creation_tokens = add(sum.cache_creation_tokens, u.cache_creation_tokens);
             }
-            sum.completion_tokens += u.completion_tokens;
+            sum.completion_tokens = sum.completion_tokens.saturating_add(u.completion_tokens);
             sum.reasoning_tokens = add(sum.reasoning_tokens, u.reasoning_tokens);
         }
-        sum.total_tokens = sum.prompt_tokens + sum.completion_tokens;
+        sum.total_tokens = sum.prompt_tokens.saturating_add(sum.completion_tokens);
         Some(sum)
     }
 }
@@ -318,6 +318,12 @@ mod tests {
         t.per_choice(0, r(Some(11), Some(0), Some(11)));
         t.per_choice(1, r(Some(11), Some(0), Some(11)));
         assert_eq!(t.result(), u(11, 0, 11));
+        // Absurd counts saturate instead of overflowing (a panic in debug builds, 0 in release).
+        let mut t = UsageTracker::default();
+        t.per_choice(0, r(Some(u64::MAX), Some(1), None));
+        t.per_choice(1, r(Some(1), Some(u64::MAX), None));
+        assert_eq!(t.result(), u(u64::MAX, u64::MAX, u64::MAX));
+        assert_eq!(r(Some(u64::MAX), Some(1), None).usage().total_tokens, u64::MAX);
     }
 }
 
