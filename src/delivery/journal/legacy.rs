@@ -120,18 +120,7 @@ fn segment_path(dir: &Path, seg: u64) -> PathBuf {
 
 /// Old segment ids, oldest first.
 fn list(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut v = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_prefix("segment-").and_then(|s| s.strip_suffix(".jsonl")) {
-            if let Ok(id) = id.parse::<u64>() {
-                v.push(id);
-            }
-        }
-    }
-    v.sort_unstable();
-    Ok(v)
+    super::numbered_files(dir, "segment-", ".jsonl")
 }
 
 /// The old cursor; `None` (replay from the first segment, as the old spool did) when it is missing

@@ -388,14 +388,25 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Numbers N of the `journal-N<suffix>` files in `dir`, ascending.
 fn list_ids(dir: &Path, suffix: &str) -> io::Result<Vec<u64>> {
+    numbered_files(dir, "journal-", suffix)
+}
+
+/// Segment numbers count up by one from 1 (one per segment written): a file numbered above this
+/// was not written by the journal, and is left alone (its number + 1 would overflow).
+const MAX_SEGMENT_ID: u64 = 1 << 48;
+
+/// Numbers N of the `<prefix>N<suffix>` files in `dir`, ascending (this format's and the old
+/// spool's segment files). A number past [`MAX_SEGMENT_ID`] is skipped with a warning.
+fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<u64>> {
     let mut v = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_prefix("journal-").and_then(|s| s.strip_suffix(suffix)) {
-            if let Ok(id) = id.parse::<u64>() {
-                v.push(id);
-            }
+        let Some(id) = name.strip_prefix(prefix).and_then(|s| s.strip_suffix(suffix)) else { continue };
+        match id.parse::<u64>() {
+            Ok(id) if id <= MAX_SEGMENT_ID => v.push(id),
+            Ok(_) => log::warn!("journal: ignoring {} in {}: not a segment number", name, dir.display()),
+            Err(_) => {}
         }
     }
     v.sort_unstable();

@@ -515,3 +515,27 @@ fn old_spool_without_cursor_is_imported_whole_and_an_empty_one_just_removed() {
     assert_eq!(j.pending(), 0);
     assert_eq!(names(dir.path()), ["lock"]);
 }
+
+/// Files whose number the journal could never have written (2^64 - 1: its successor overflows)
+/// are ignored with a warning, and the journal opens, writes and reads back as usual.
+#[test]
+fn files_numbered_past_any_segment_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "journal-18446744073709551615.log",
+        "journal-18446744073709551615.spare",
+        "journal-99999999999999999999.ack",
+    ] {
+        fs::write(dir.path().join(name), b"not ours").unwrap();
+    }
+    fs::write(dir.path().join("segment-18446744073709551615.jsonl"), b"{}\n").unwrap();
+    assert_eq!(numbered_files(dir.path(), "segment-", ".jsonl").unwrap(), Vec::<u64>::new());
+    {
+        let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+        j.append(1, &rec("r1"), true);
+        j.commit().unwrap();
+    }
+    let mut j = Journal::open(dir.path(), 1 << 20).unwrap();
+    let ids: Vec<String> = load_all(&mut j).into_iter().map(|l| l.request_id).collect();
+    assert_eq!(ids, ["r1"]);
+}
