@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 /// Read size for client bytes once a request outgrows the first read.
 const READ_CHUNK: usize = 4 * 1024;
+/// The most a Content-Length body's buffer grows by before more of it arrives (the Vec's doubling
+/// keeps large bodies to a few copies).
+const BODY_RESERVE_STEP: usize = 1 << 20;
 /// A connection's input buffer above this size is released after the request.
 const KEEP_INBUF: usize = 64 * 1024;
 
@@ -244,7 +247,9 @@ async fn read_body(
                     let (r, _) = client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
                     r.map_err(|_| GatewayError::BadRequest("client went away"))?;
                 }
-                inbuf.reserve(end - inbuf.len());
+                // Room for what is still to come, in steps: a declared length is not yet memory
+                // (a client may announce the largest allowed body and send nothing).
+                inbuf.reserve((end - inbuf.len()).min(BODY_RESERVE_STEP));
                 match read_more(client, inbuf, timer.as_mut(), idle).await {
                     ReadMore::Data => {}
                     ReadMore::TimedOut => return Err(GatewayError::RequestTimeout),

@@ -352,3 +352,36 @@ fn many_idle_connections_do_not_block_traffic() {
         metric(&metrics(gw.addr), "llmproxy_connections_active").is_some_and(|v| v < 10.0)
     });
 }
+
+/// Virtual memory of a process, from /proc/PID/status (KiB).
+fn vm_size_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize")
+}
+
+/// A declared Content-Length is not memory: clients announcing the largest allowed body (1 GiB)
+/// and sending a few bytes of it make the gateway reserve a step, not the whole body (each such
+/// connection reserved 1 GiB of address space; under strict overcommit that ends the process).
+#[test]
+fn a_declared_body_length_is_not_reserved_up_front() {
+    let m = mock(Flavor::Vllm);
+    let gw = Gateway::start(&config_for(&[m.url()], "[limits]\nmax_request_body = \"1GiB\"\n"));
+    let pid = gw.child.as_ref().expect("child").id();
+    let before = vm_size_kib(pid);
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(gw.addr).expect("connect");
+        c.write_all(format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"model\":", 1u64 << 30).as_bytes())
+            .expect("send");
+        conns.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = vm_size_kib(pid).saturating_sub(before);
+    assert!(grown < 1 << 20, "8 announced 1 GiB bodies grew the address space by {grown} KiB");
+    drop(conns);
+    let r = request(gw.addr, &post(CHAT, &chat("m"), ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+}

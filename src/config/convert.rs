@@ -6,6 +6,9 @@ use super::problems::parse_addr;
 use super::raw::RawConfig;
 use super::*;
 
+/// The largest `limits.max_request_body`: a body is held in memory while it is read and routed.
+const MAX_REQUEST_BODY: u64 = 1 << 30;
+
 pub(super) fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
     let fallback: SocketAddr = ([127, 0, 0, 1], 8080).into();
     let listen = parse_addr(p, "listen", raw.listen.as_deref().unwrap_or("0.0.0.0:8080")).unwrap_or(fallback);
@@ -47,7 +50,7 @@ pub(super) fn convert(raw: RawConfig, p: &mut Problems<'_>) -> Config {
 
     let l = &raw.limits;
     let limits = Limits {
-        max_request_body: p.size("limits.max_request_body", &l.max_request_body, "16MiB"),
+        max_request_body: p.size("limits.max_request_body", &l.max_request_body, "16MiB", MAX_REQUEST_BODY),
         header_read_timeout: p.positive_duration("limits.header_read_timeout", &l.header_read_timeout, "10s"),
         upstream_connect_timeout: p.positive_duration(
             "limits.upstream_connect_timeout",

@@ -6,6 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The longest duration any setting takes: one year.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Every problem found in a config file; `Display` prints one per line.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -66,10 +69,16 @@ impl Problems<'_> {
         None
     }
 
+    /// A duration of at most [`MAX_DURATION`] (every one here is a timeout or an interval; a longer
+    /// one is a typo, and past ~300 billion years `Instant` arithmetic would overflow).
     pub(super) fn duration(&mut self, key: &str, v: &Option<String>, default: &str) -> Duration {
         let s = v.as_deref().unwrap_or(default);
         match humantime::parse_duration(s.trim()) {
-            Ok(d) => d,
+            Ok(d) if d <= MAX_DURATION => d,
+            Ok(_) => {
+                self.push(key, format_args!("{s:?} is longer than a year, the longest duration allowed"));
+                humantime::parse_duration(default).unwrap_or_default()
+            }
             Err(e) => {
                 self.push(
                     key,
@@ -88,10 +97,18 @@ impl Problems<'_> {
         d
     }
 
-    pub(super) fn size(&mut self, key: &str, v: &Option<String>, default: &str) -> u64 {
+    /// A size of at most `max` bytes.
+    pub(super) fn size(&mut self, key: &str, v: &Option<String>, default: &str, max: u64) -> u64 {
         let s = v.as_deref().unwrap_or(default);
         match s.trim().parse::<bytesize::ByteSize>() {
-            Ok(b) => b.as_u64(),
+            Ok(b) if b.as_u64() <= max => b.as_u64(),
+            Ok(_) => {
+                self.push(
+                    key,
+                    format_args!("{s:?} is more than the most allowed, {}", bytesize::ByteSize(max)),
+                );
+                16 << 20
+            }
             Err(e) => {
                 self.push(key, format_args!("invalid size {s:?} ({e}); use e.g. \"16MiB\""));
                 16 << 20

@@ -39,6 +39,29 @@ fn unknown_keys_and_wrong_types_are_all_reported_with_the_value_errors() {
     assert_eq!(e.problems.len(), 5, "{all}");
 }
 
+/// Values that parse but that no gateway means (and whose arithmetic would overflow: `Instant +`
+/// a 300-billion-year timeout panicked on the first connection) are problems too; a year and a
+/// GiB are still accepted.
+#[test]
+fn absurd_durations_and_sizes_are_problems() {
+    let text = "[limits]\nheader_read_timeout = \"300000000000y\"\nmax_request_body = \"2GiB\"\n[health_check]\ninterval = \"366d\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n";
+    let e = Config::parse(text, "c.toml").unwrap_err();
+    let all = e.to_string();
+    assert!(
+        all.contains("c.toml:2: limits.header_read_timeout: \"300000000000y\" is longer than a year"),
+        "{all}"
+    );
+    assert!(
+        all.contains("c.toml:3: limits.max_request_body: \"2GiB\" is more than the most allowed"),
+        "{all}"
+    );
+    assert!(all.contains("health_check.interval: \"366d\" is longer than a year"), "{all}");
+    assert_eq!(e.problems.len(), 3, "{all}");
+    let ok = "[limits]\nheader_read_timeout = \"365d\"\nmax_request_body = \"1GiB\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n";
+    let c = Config::parse(ok, "c.toml").unwrap();
+    assert_eq!(c.limits.max_request_body, 1 << 30);
+}
+
 #[test]
 fn unknown_key_is_an_error_naming_it() {
     let e = Config::parse("lisen = \"x\"\n", "c.toml").unwrap_err();
