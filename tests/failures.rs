@@ -49,6 +49,40 @@ fn first_byte_timeout_is_a_504_with_a_backend_error_record() {
     }
 }
 
+/// A backend that accepts the connection but never reads the request: a body larger than the
+/// socket buffers cannot all be sent, and the send is cut at upstream_first_byte_timeout with a 504
+/// (it used to wait for ever, holding the client connection and the backend's in-flight count).
+#[test]
+fn a_backend_that_never_reads_the_request_is_a_504() {
+    for driver in drivers() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h2 = held.clone();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().map_while(Result::ok) {
+                // Health checks (GET) are answered; a request (POST) is never read.
+                let mut first = [0u8; 4];
+                if s.peek(&mut first).is_ok() && &first == b"GET " {
+                    let _ =
+                        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                } else {
+                    h2.lock().unwrap().push(s);
+                }
+            }
+        });
+        let extra = "[limits]\nupstream_first_byte_timeout = \"500ms\"\nmax_request_body = \"64MiB\"\n";
+        let gw = start(driver, &config_for(&[url], extra));
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(32 << 20));
+        let t = std::time::Instant::now();
+        let resp = request(gw.addr, &post(CHAT, &body, ""));
+        assert_eq!(resp.status, 504, "{driver}: {}", resp.text());
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "{driver}: took {:?}", t.elapsed());
+        assert_eq!(held.lock().unwrap().len(), 1, "{driver}: not retried elsewhere");
+    }
+}
+
 #[test]
 fn a_stream_gone_quiet_is_cut_at_stream_idle_timeout_and_billed_so_far() {
     for driver in drivers() {

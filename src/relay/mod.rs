@@ -252,7 +252,13 @@ async fn run(
     let bcfg = &snap.backend_of(backend).cfg;
     let mut out = ctx.take_buf();
     build_request(&mut out, req, bcfg);
-    let (res, out) = conn.write_all(out).await;
+    // A backend that stops reading the request (a hung server with a full receive window) has its
+    // first-byte time for it; the cancelled write leaves the connection unusable: closed, not pooled.
+    let first_byte = snap.config.limits.upstream_first_byte_timeout;
+    let Ok((res, out)) = crate::deadline::within(timer.as_mut(), first_byte, conn.write_all(out)).await
+    else {
+        return (Outcome::Failed(GatewayError::GatewayTimeout), false);
+    };
     ctx.give_buf(out);
     if res.is_err() {
         let error = GatewayError::BadGateway("backend connection failed while sending");
