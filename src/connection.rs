@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 /// Read size for client bytes once a request outgrows the first read.
 const READ_CHUNK: usize = 4 * 1024;
+/// How long a client has to take an answer the gateway writes itself (an error, `/health`,
+/// `/metrics`, `/v1/models`): a client that pipelines requests and never reads is closed.
+pub const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a Content-Length body's buffer grows by before more of it arrives (the Vec's doubling
 /// keeps large bodies to a few copies).
 const BODY_RESERVE_STEP: usize = 1 << 20;
@@ -516,13 +519,15 @@ pub async fn answer(
     written(client, out).await
 }
 
-/// Writes `out`; returns its length, or 0 when the write failed.
+/// Writes `out` within [`ANSWER_WRITE_TIMEOUT`]; returns its length, or 0 when the write failed or
+/// timed out (the caller then closes the connection: a cancelled write leaves it unusable). The
+/// timer is boxed so that it does not size the connection task (issue 14); these answers (errors,
+/// `/health`, `/metrics`, `/v1/models`) allocate their bytes anyway.
 async fn written(client: &mut Stream, out: Vec<u8>) -> usize {
     let n = out.len();
-    if client.write_all(out).await.0.is_ok() {
-        n
-    } else {
-        0
+    match Box::pin(monoio::time::timeout(ANSWER_WRITE_TIMEOUT, client.write_all(out))).await {
+        Ok((Ok(_), _)) => n,
+        _ => 0,
     }
 }
 

@@ -385,3 +385,23 @@ fn a_declared_body_length_is_not_reserved_up_front() {
     let r = request(gw.addr, &post(CHAT, &chat("m"), ""));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A client that pipelines requests the gateway answers itself and never reads the answers is
+/// closed once an answer has waited ANSWER_WRITE_TIMEOUT (10 s) to be taken; it used to hold its
+/// connection (and a max_connections slot) for ever.
+#[test]
+fn a_client_that_never_reads_its_answers_is_closed() {
+    let m = mock(Flavor::Vllm);
+    let gw = Gateway::start(&config_for(&[m.url()], ""));
+    let mut s = TcpStream::connect(gw.addr).expect("connect");
+    let one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let many: Vec<u8> = one.iter().copied().cycle().take(one.len() * 2000).collect();
+    s.write_all(&many).expect("pipeline");
+    let active = || metric(&metrics(gw.addr), "llmproxy_connections_active").unwrap_or(-1.0);
+    eventually(5, "the reader-less connection counted", || active() >= 2.0);
+    let t = Instant::now();
+    // Only the connection asking for the metrics is left.
+    eventually(30, "the connection that never reads is closed", || active() <= 1.0);
+    assert!(t.elapsed() >= Duration::from_secs(5), "closed after {:?}, before the timeout", t.elapsed());
+    drop(s);
+}
