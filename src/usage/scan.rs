@@ -189,6 +189,10 @@ pub fn for_each_report_from(text: &[u8], first: usize, mut f: impl FnMut(usize, 
     }
 }
 
+/// The most choices whose usage one response reports separately (a multi-prompt completion has a
+/// choice per prompt; OpenAI caps `n` at 128). Reports for further choices are not counted.
+pub const MAX_CHOICES: usize = 4096;
+
 /// Combines the usage reports of one response. Usage is cumulative: the last report wins, never a
 /// sum, except per-choice reports, whose completions add up across choices. Their prompts add up
 /// only when each choice is its own prompt (TGI/llama.cpp multi-prompt completions report once per
@@ -213,14 +217,17 @@ impl UsageTracker {
         }
     }
 
-    /// A report carried on the chunk of choice `index`.
+    /// A report carried on the chunk of choice `index`. Kept sorted by index (choices come in
+    /// order, so a new one is pushed at the end) and at most [`MAX_CHOICES`] of them: a backend
+    /// numbering choices without end cannot grow a request's state or its lookups without bound.
     pub fn per_choice(&mut self, index: u32, r: Report) {
-        match self.per_choice.iter_mut().find(|(i, _)| *i == index) {
-            Some((_, old)) => {
-                old.merge(r);
+        match self.per_choice.binary_search_by_key(&index, |(i, _)| *i) {
+            Ok(k) => {
+                self.per_choice[k].1.merge(r);
                 self.continuous = true;
             }
-            None => self.per_choice.push((index, r)),
+            Err(k) if self.per_choice.len() < MAX_CHOICES => self.per_choice.insert(k, (index, r)),
+            Err(_) => {}
         }
     }
 
@@ -324,6 +331,18 @@ mod tests {
         t.per_choice(1, r(Some(1), Some(u64::MAX), None));
         assert_eq!(t.result(), u(u64::MAX, u64::MAX, u64::MAX));
         assert_eq!(r(Some(u64::MAX), Some(1), None).usage().total_tokens, u64::MAX);
+        // Choices out of order are still matched; past MAX_CHOICES no new one is kept.
+        let mut t = UsageTracker::default();
+        for i in (0..MAX_CHOICES as u32 + 10).rev() {
+            t.per_choice(i, r(Some(1), Some(1), None));
+        }
+        t.per_choice(100, r(Some(1), Some(1), None));
+        assert_eq!(t.per_choice.len(), MAX_CHOICES);
+        assert_eq!(
+            t.result(),
+            u(1, MAX_CHOICES as u64, MAX_CHOICES as u64 + 1),
+            "continuous: the prompt once"
+        );
     }
 }
 
