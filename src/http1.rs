@@ -225,6 +225,9 @@ pub fn parse_request_into(buf: &[u8], user_header: &str, spare: Spare) -> Parse<
         }
         if name.eq_ignore_ascii_case(user_header.as_bytes()) {
             let v = value.trim_ascii();
+            if v.len() > crate::request::MAX_NAME_BYTES {
+                return Parse::Invalid(Invalid::Malformed("the user header is longer than 1024 bytes"));
+            }
             if !v.is_empty() {
                 user = Some(String::from_utf8_lossy(v).into_owned());
             }

@@ -124,3 +124,15 @@ fn bearer_parsing() {
     assert_eq!(bearer(b"sk-raw"), Some(&b"sk-raw"[..]));
     assert_eq!(bearer(b"  "), None);
 }
+
+/// The user header's value is copied into records and limit subjects: past 1,024 bytes the head is
+/// refused (400), at the limit it is read.
+#[test]
+fn a_user_header_longer_than_the_limit_is_refused() {
+    let at = "u".repeat(crate::request::MAX_NAME_BYTES);
+    let h = complete(&format!("GET /health HTTP/1.1\r\nHost: gw\r\nX-User-Id: {at}\r\n\r\n"));
+    assert_eq!(h.user_header.map(|u| u.len()), Some(crate::request::MAX_NAME_BYTES));
+    let e = invalid(&format!("GET /health HTTP/1.1\r\nHost: gw\r\nX-User-Id: {at}u\r\n\r\n"));
+    assert_eq!(e.status(), 400);
+    assert_eq!(e.message(), "the user header is longer than 1024 bytes");
+}

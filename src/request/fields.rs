@@ -101,6 +101,7 @@ pub(super) enum Problem {
     NotObject,
     KeySpelling,
     NullAfterValue,
+    TooLong,
 }
 
 macro_rules! per_field {
@@ -141,6 +142,7 @@ pub(super) fn message(f: Field, p: Problem) -> &'static str {
             "request body has a key that some backends read as ",
             " (same letters in another case); spell it exactly"
         ),
+        Problem::TooLong => per_field!(f, "request field ", " is longer than 1024 bytes"),
         Problem::NullAfterValue => per_field!(
             f,
             "request field ",

@@ -13,6 +13,11 @@ mod unescape;
 mod walk;
 
 pub use edit::Edit;
+
+/// The longest `model` or `user` (and user-header value) the gateway takes, in bytes: they are
+/// copied into the usage record, the access log and the limits' subjects, so a longer one is
+/// refused (400) rather than carried. Real model ids are under 100 bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
 pub use lax::form_bool;
 pub(crate) use walk::skip_ws;
 
@@ -219,7 +224,11 @@ fn read_string(body: &[u8], (slot, f): (Slot, Field)) -> Result<Option<String>, 
     } else {
         unescape::to_string(raw)
     };
-    s.map(Some).ok_or(BodyError(message(f, Problem::BadString)))
+    match s {
+        Some(s) if s.len() > MAX_NAME_BYTES => Err(BodyError(message(f, Problem::TooLong))),
+        Some(s) => Ok(Some(s)),
+        None => Err(BodyError(message(f, Problem::BadString))),
+    }
 }
 
 #[cfg(test)]

@@ -159,3 +159,24 @@ fn bad_bodies_are_errors_not_panics() {
     }
     assert!(scan(full).is_ok());
 }
+
+/// `model` and `user` are copied into every record and log line: past MAX_NAME_BYTES (decoded) a
+/// body is refused, at the limit it is read.
+#[test]
+fn model_and_user_longer_than_the_limit_are_refused() {
+    let at = "m".repeat(MAX_NAME_BYTES);
+    let i = scan(format!(r#"{{"model":"{at}","user":"{at}"}}"#).as_bytes()).unwrap();
+    assert_eq!(i.model.map(|m| m.len()), Some(MAX_NAME_BYTES));
+    let over = format!("{at}x");
+    assert_eq!(
+        refused(&format!(r#"{{"model":"{over}"}}"#)),
+        "request field \"model\" is longer than 1024 bytes"
+    );
+    assert_eq!(
+        refused(&format!(r#"{{"user":"{over}"}}"#)),
+        "request field \"user\" is longer than 1024 bytes"
+    );
+    // Counted after decoding: 1,024 escaped letters are 1,024 bytes.
+    let escaped = "\\u0061".repeat(MAX_NAME_BYTES);
+    assert!(scan(format!(r#"{{"user":"{escaped}"}}"#).as_bytes()).is_ok());
+}
