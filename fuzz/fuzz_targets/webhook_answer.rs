@@ -35,7 +35,7 @@ impl Read for Pieces<'_> {
 
 fn run(pieces: Vec<&[u8]>) -> Result<u16, String> {
     let mut io = Pieces { pieces, at: 0, off: 0 };
-    read_answer(&mut io, &mut Vec::new(), || {}).map(|(status, _)| status).map_err(|e| e.to_string())
+    read_answer(&mut io, &mut Vec::new(), None, || {}).map(|(status, _)| status).map_err(|e| e.to_string())
 }
 
 fuzz_target!(|data: &[u8]| {

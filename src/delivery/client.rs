@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Response bodies are read (so the connection can be reused) up to this much, then dropped.
 const MAX_DRAIN: usize = 64 * 1024;
@@ -95,7 +95,10 @@ impl Client {
         conn.io.write_all(&self.out).map_err(Failure::Io)?;
         conn.io.flush().map_err(Failure::Io)?;
         let fd = conn.fd;
-        read_answer(&mut *conn.io, &mut self.inb, || quickack(fd))
+        // The whole answer within the timeout (each read also has it as its socket timeout), so a
+        // receiver that trickles bytes cannot hold this delivery thread.
+        let deadline = Instant::now() + self.timeout;
+        read_answer(&mut *conn.io, &mut self.inb, Some(deadline), || quickack(fd))
     }
 
     fn connect(&self) -> io::Result<Conn> {
@@ -154,14 +157,24 @@ impl std::fmt::Display for Failure {
 /// runs before each read of the head): its status and whether the connection may be reused (the
 /// body was read to its end, within [`MAX_DRAIN`], and nothing followed it). Interim 1xx answers
 /// are skipped. Any bytes are safe: a bad head or framing is [`Failure::BadAnswer`], never a panic;
-/// a body too long to drain only makes the connection unusable.
+/// a body too long to drain only makes the connection unusable. Bounded: at most [`MAX_HEAD`] of
+/// heads (interim ones included) and [`MAX_DRAIN`] x 2 of raw body are read, and no read starts
+/// after `deadline`.
 pub fn read_answer<R: Read + ?Sized>(
     io: &mut R,
     inb: &mut Vec<u8>,
+    deadline: Option<Instant>,
     mut before_read: impl FnMut(),
 ) -> Result<(u16, bool), Failure> {
     inb.clear();
+    let mut io = Bounded { io, deadline };
+    let io = &mut io;
+    // Bytes of interim answers already dropped from `inb`.
+    let mut interim = 0;
     let (status, head_len, body_len, keep) = loop {
+        if interim + inb.len() > MAX_HEAD {
+            return Err(Failure::BadAnswer);
+        }
         before_read();
         if read_some(io, inb)? == 0 {
             return Err(if inb.is_empty() { Failure::ClosedBeforeAnswer } else { Failure::Truncated });
@@ -174,6 +187,7 @@ pub fn read_answer<R: Read + ?Sized>(
                 Ok(httparse::Status::Complete(len)) => {
                     let status = resp.code.unwrap_or(0);
                     if (100..200).contains(&status) {
+                        interim += len;
                         inb.drain(..len);
                         continue;
                     }
@@ -249,20 +263,42 @@ fn read_some<R: Read + ?Sized>(io: &mut R, buf: &mut Vec<u8>) -> Result<usize, F
 }
 
 /// Reads a chunked body to its end with the gateway's own decoder ([`ChunkedDecoder`]); true
-/// when it ended cleanly, within [`MAX_DRAIN`] bytes of payload, with nothing after it.
+/// when it ended cleanly, within 2 x [`MAX_DRAIN`] raw bytes (framing, extensions and trailers
+/// count), with nothing after it.
 fn drain_chunked<R: Read + ?Sized>(io: &mut R, buf: &mut Vec<u8>) -> Result<bool, Failure> {
     let mut dec = ChunkedDecoder::default();
-    let mut payload = 0usize;
+    let mut raw = buf.len();
     loop {
         let d = dec.decode_in_place(buf).map_err(|_| Failure::BadAnswer)?;
-        payload += d.payload;
         if d.done {
             return Ok(d.consumed == buf.len());
         }
         buf.clear();
-        if payload > MAX_DRAIN || read_some(io, buf)? == 0 {
+        if raw > 2 * MAX_DRAIN {
             return Ok(false);
         }
+        match read_some(io, buf)? {
+            0 => return Ok(false),
+            n => raw += n,
+        }
+    }
+}
+
+/// A reader that starts no read after its deadline.
+struct Bounded<'a, R: ?Sized> {
+    io: &'a mut R,
+    deadline: Option<Instant>,
+}
+
+impl<R: Read + ?Sized> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the receiver's answer took longer than the timeout",
+            ));
+        }
+        self.io.read(buf)
     }
 }
 
@@ -305,7 +341,7 @@ mod tests {
 
     fn answer(data: &[u8], cuts: &[usize]) -> Result<(u16, bool), String> {
         let mut io = Pieces { data, cuts: cuts.to_vec(), at: 0 };
-        read_answer(&mut io, &mut Vec::new(), || {}).map_err(|e| e.to_string())
+        read_answer(&mut io, &mut Vec::new(), None, || {}).map_err(|e| e.to_string())
     }
 
     /// Every answer reads the same whole, at every split and byte by byte.
@@ -350,6 +386,28 @@ mod tests {
         }
     }
 
+    /// A receiver that sends without end is bounded: endless interim answers are refused once
+    /// they pass MAX_HEAD, endless trailers stop the reading past 2 x MAX_DRAIN, and no read
+    /// starts after the deadline.
+    #[test]
+    fn endless_or_late_answers_are_bounded() {
+        let endless_interim = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(2000);
+        assert_eq!(answer(&endless_interim, &[]), Err("not an HTTP/1.x answer".into()));
+        let mut trailers = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+        trailers.extend(b"X-Trailer: yes\r\n".repeat(4 * MAX_DRAIN / 16));
+        let mut io = Pieces { data: &trailers, cuts: Vec::new(), at: 0 };
+        assert_eq!(
+            read_answer(&mut io, &mut Vec::new(), None, || {}).map_err(|e| e.to_string()),
+            Ok((200, false))
+        );
+        assert!(io.at < 3 * MAX_DRAIN, "read {} bytes", io.at);
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let mut io = Pieces { data: ok, cuts: Vec::new(), at: 0 };
+        let past = Instant::now() - Duration::from_millis(1);
+        let r = read_answer(&mut io, &mut Vec::new(), Some(past), || {}).map_err(|e| e.to_string());
+        assert_eq!(r, Err("the receiver's answer took longer than the timeout".into()));
+    }
+
     /// Bytes after the body (seen in the same read) make the connection unusable.
     #[test]
     fn bytes_after_the_body_end_the_connection() {
@@ -370,8 +428,11 @@ mod tests {
         }
         data.extend_from_slice(b"0\r\n\r\n");
         let mut io = Pieces { data: &data, cuts: Vec::new(), at: 0 };
-        assert_eq!(read_answer(&mut io, &mut Vec::new(), || {}).map_err(|e| e.to_string()), Ok((200, false)));
-        assert!(io.at < 2 * MAX_DRAIN, "read {} bytes", io.at);
+        assert_eq!(
+            read_answer(&mut io, &mut Vec::new(), None, || {}).map_err(|e| e.to_string()),
+            Ok((200, false))
+        );
+        assert!(io.at < 3 * MAX_DRAIN, "read {} bytes", io.at);
     }
 
     #[test]
