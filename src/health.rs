@@ -177,8 +177,17 @@ fn learn_continuous(backend: &Backend, addr: SocketAddr, cfg: &HealthCheckConfig
     if s.write_all(req.as_bytes()).is_err() {
         return;
     }
+    // Read until the end, MAX_MODELS_BODY, or the check's timeout for the whole answer: a backend
+    // that trickles it cannot hold the one health thread (each read also has the timeout).
+    let deadline = Instant::now() + cfg.timeout;
     let mut answer = Vec::new();
-    let _ = s.take(MAX_MODELS_BODY as u64).read_to_end(&mut answer);
+    let mut chunk = [0u8; 16 * 1024];
+    while answer.len() < MAX_MODELS_BODY && Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
     // A 2xx answer's body, its framing (length, chunked, close) undone as for the merged list.
     let Some(Some(body)) = crate::models::complete_body(&answer, true) else { return };
     let on = owners(&body).any(|o| CONTINUOUS_OWNERS.iter().any(|c| o.eq_ignore_ascii_case(c.as_bytes())));

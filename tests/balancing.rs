@@ -280,3 +280,42 @@ fn backend_api_key_replaces_client_authorization() {
         assert_eq!(r.header("authorization"), Some("Bearer sk-client-key"));
     }
 }
+
+/// A backend that answers its health check at once but trickles its `/v1/models` answer (a byte
+/// every 50 ms, for ever): the health thread reads it for at most the check's timeout, so other
+/// backends are still checked (it used to read until the end, and never checked anything again).
+#[test]
+fn a_backend_that_trickles_its_model_list_does_not_stall_health_checks() {
+    fn serve(mut s: std::net::TcpStream) {
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        if buf[..n].starts_with(b"GET /v1/models") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{");
+            while s.write_all(b" ").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let trickler = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    let b = mock(Flavor::Vllm);
+    let urls = [trickler, b.url()];
+    let gw =
+        Gateway::start(&config_for(&urls, "[health_check]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n"));
+    eventually(5, "both backends up", || {
+        backend_up(gw.addr, &urls[0]) == Some(1.0) && backend_up(gw.addr, &urls[1]) == Some(1.0)
+    });
+    // The health thread is in the trickled answer by now (it is read on every check).
+    std::thread::sleep(Duration::from_secs(1));
+    b.kill();
+    eventually(5, "the killed backend marked down by the health thread", || {
+        backend_up(gw.addr, &urls[1]) == Some(0.0)
+    });
+}
