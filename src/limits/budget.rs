@@ -193,11 +193,15 @@ impl Budget {
         }
     }
 
-    /// Charges `units` already spent: from this core's allowance, then the other cores' (a debt
-    /// takes back what they hold, so none of it is admitted past the limit), then the pool, which
-    /// may go negative. Runs only when a request billed more than it reserved.
+    /// Charges `units` already spent: from this core's allowance, then what the pool holds, then
+    /// the other cores' allowances (a debt takes back what they hold, so none of it is admitted
+    /// past the limit), and the rest from the pool, which goes negative. Runs only when a request
+    /// billed more than it reserved; another core's line is touched only when the pool is empty.
     fn charge(&self, core: usize, units: i64) {
         let mut got = grab(&self.slot(core).allowance, units, 0);
+        if got < units {
+            got += grab(&self.pool.0, units - got, 0);
+        }
         for other in &self.cores {
             if got >= units {
                 return;
