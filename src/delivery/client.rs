@@ -8,6 +8,7 @@
 //! `https://` goes through rustls (ring provider), see [`super::tls`].
 
 use crate::chunked::ChunkedDecoder;
+use crate::http1::{self, BodyFraming, Parse, MAX_HEAD};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant};
 
 /// Response bodies are read (so the connection can be reused) up to this much, then dropped.
 const MAX_DRAIN: usize = 64 * 1024;
-const MAX_HEAD: usize = 16 * 1024;
 
 pub use crate::config::{parse_hook_url as parse_url, HookTarget as Target};
 
@@ -124,13 +124,6 @@ impl Client {
     }
 }
 
-#[derive(Debug)]
-enum BodyLen {
-    Length(usize),
-    Chunked,
-    Close,
-}
-
 /// Why an exchange with the receiver failed.
 #[derive(Debug)]
 pub enum Failure {
@@ -158,7 +151,7 @@ impl std::fmt::Display for Failure {
 /// body was read to its end, within [`MAX_DRAIN`], and nothing followed it). Interim 1xx answers
 /// are skipped. Any bytes are safe: a bad head or framing is [`Failure::BadAnswer`], never a panic;
 /// a body too long to drain only makes the connection unusable. Bounded: at most [`MAX_HEAD`] of
-/// heads (interim ones included) and [`MAX_DRAIN`] x 2 of raw body are read, and no read starts
+/// heads (interim ones included) and 2 x [`MAX_DRAIN`] of raw body are read, and no read starts
 /// after `deadline`.
 pub fn read_answer<R: Read + ?Sized>(
     io: &mut R,
@@ -171,7 +164,7 @@ pub fn read_answer<R: Read + ?Sized>(
     let io = &mut io;
     // Bytes of interim answers already dropped from `inb`.
     let mut interim = 0;
-    let (status, head_len, body_len, keep) = loop {
+    let head = loop {
         if interim + inb.len() > MAX_HEAD {
             return Err(Failure::BadAnswer);
         }
@@ -179,66 +172,39 @@ pub fn read_answer<R: Read + ?Sized>(
         if read_some(io, inb)? == 0 {
             return Err(if inb.is_empty() { Failure::ClosedBeforeAnswer } else { Failure::Truncated });
         }
-        // A buffer can hold an interim answer and the final one: parse until one is incomplete.
-        let done = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(inb) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let status = resp.code.unwrap_or(0);
-                    if (100..200).contains(&status) {
-                        interim += len;
-                        inb.drain(..len);
-                        continue;
-                    }
-                    let (body, keep) = framing(&resp)?;
-                    let body = if status == 204 || status == 304 { BodyLen::Length(0) } else { body };
-                    break Some((status, len, body, keep));
+        // The gateway's response-head parser (framing, keep-alive); a buffer can hold an interim
+        // answer and the final one, so parse until one is incomplete.
+        let head = loop {
+            match http1::parse_response(inb) {
+                Parse::Complete(h) if (100..200).contains(&h.status) => {
+                    interim += h.head_len;
+                    inb.drain(..h.head_len);
                 }
-                Ok(httparse::Status::Partial) if inb.len() < MAX_HEAD => break None,
-                _ => return Err(Failure::BadAnswer),
+                Parse::Complete(h) => break Some(h),
+                Parse::Partial => break None,
+                Parse::Invalid(_) => return Err(Failure::BadAnswer),
             }
         };
-        if let Some(d) = done {
-            break d;
+        if let Some(h) = head {
+            break h;
         }
     };
-    inb.drain(..head_len);
-    let reusable = match body_len {
-        BodyLen::Length(n) if n <= MAX_DRAIN => {
+    inb.drain(..head.head_len);
+    let reusable = match head.body {
+        BodyFraming::None => head.keep_alive && inb.is_empty(),
+        BodyFraming::Length(n) if n <= MAX_DRAIN as u64 => {
+            let n = n as usize;
             while inb.len() < n {
                 if read_some(io, inb)? == 0 {
-                    return Ok((status, false));
+                    return Ok((head.status, false));
                 }
             }
-            keep && inb.len() == n
+            head.keep_alive && inb.len() == n
         }
-        BodyLen::Chunked => drain_chunked(io, inb)? && keep,
+        BodyFraming::Chunked => drain_chunked(io, inb)? && head.keep_alive,
         _ => false,
     };
-    Ok((status, reusable))
-}
-
-/// The body's length and whether the server keeps the connection, from the answer's head.
-fn framing(resp: &httparse::Response<'_, '_>) -> Result<(BodyLen, bool), Failure> {
-    let mut body = BodyLen::Close;
-    let mut keep = resp.version == Some(1);
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
-            body = BodyLen::Length(v.ok_or(Failure::BadAnswer)?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked")
-        {
-            body = BodyLen::Chunked;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            if h.value.eq_ignore_ascii_case(b"close") {
-                keep = false;
-            } else if h.value.eq_ignore_ascii_case(b"keep-alive") {
-                keep = true;
-            }
-        }
-    }
-    Ok((body, keep))
+    Ok((head.status, reusable))
 }
 
 fn read_some<R: Read + ?Sized>(io: &mut R, buf: &mut Vec<u8>) -> Result<usize, Failure> {
