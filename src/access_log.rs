@@ -173,7 +173,12 @@ impl AccessLog {
 }
 
 fn open(cfg: &AccessLogConfig) -> io::Result<Box<dyn Write + Send>> {
-    if !cfg.enabled || cfg.path == "-" || cfg.path.is_empty() {
+    // Disabled, it writes nothing, and must not even flush stderr: that waits on std's stderr
+    // lock, which a stalled process log holds (and would keep `stop` waiting).
+    if !cfg.enabled {
+        return Ok(Box::new(io::sink()));
+    }
+    if cfg.path == "-" || cfg.path.is_empty() {
         return Ok(Box::new(io::BufWriter::with_capacity(64 * 1024, io::stderr())));
     }
     let f = std::fs::OpenOptions::new().create(true).append(true).open(&cfg.path)?;

@@ -283,7 +283,16 @@ impl Gateway {
         }
         self.access_log.stop();
         if let Some(t) = self.access_thread.take() {
-            let _ = t.join();
+            // Writing to a stderr nobody reads would hold the exit for ever: wait a moment only.
+            let deadline = std::time::Instant::now() + crate::logging::FLUSH_WAIT;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::warn!("access log: its output is not being read; queued lines are lost at exit");
+            }
         }
         if let Some(l) = self.limits.take() {
             l.stop();

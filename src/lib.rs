@@ -21,6 +21,7 @@ pub mod http1;
 pub mod ids;
 pub mod json;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod models;

@@ -79,16 +79,10 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    match cli.command {
+    llmproxy::logging::init();
+    let code = match cli.command {
         Some(Command::MockBackend {
             listen,
             flavor,
@@ -141,7 +135,10 @@ fn main() -> ExitCode {
         }
         None if cli.check_config => check_config(&cli.config),
         None => run(&cli.config),
-    }
+    };
+    // The log thread writes what is still queued (for at most a moment if stderr is stalled).
+    log::logger().flush();
+    code
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

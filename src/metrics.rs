@@ -194,6 +194,7 @@ impl Registry {
                 writeln!(out, "llmproxy_backend_inflight{{backend=\"{}\"}} {}", escape(&b.cfg.url), v.max(0));
         }
         let _ = writeln!(out, "# HELP llmproxy_access_log_dropped_total Access-log lines dropped because the log queue was full.\n# TYPE llmproxy_access_log_dropped_total counter\nllmproxy_access_log_dropped_total {}", self.access_log_dropped.load(Relaxed));
+        let _ = writeln!(out, "# HELP llmproxy_log_lines_dropped_total Process log lines (stderr) dropped because the log queue was full.\n# TYPE llmproxy_log_lines_dropped_total counter\nllmproxy_log_lines_dropped_total {}", crate::logging::dropped());
         let _ = writeln!(out, "# HELP llmproxy_config_reloads_total Config reloads (SIGHUP), by result.\n# TYPE llmproxy_config_reloads_total counter");
         let _ =
             writeln!(out, "llmproxy_config_reloads_total{{result=\"ok\"}} {}", self.reloads.ok.load(Relaxed));

@@ -186,3 +186,42 @@ fn check_config_and_missing_file() {
         assert!(text.contains(m), "the missing path is named: {text}");
     }
 }
+
+/// Whoever reads the gateway's stderr (journald, a container's log pipe) stalls: the 64 KiB pipe
+/// fills, yet every request is still answered (a core thread never waits on the log: the line is
+/// dropped and counted), the writer reports the loss once it gets through, and SIGTERM still ends
+/// the process while the pipe is full.
+#[test]
+fn a_stalled_log_reader_never_holds_up_requests_or_the_exit() {
+    // A backend that refuses connections: every request is a 5xx the gateway logs a warning for.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    // With the access log off, and on stderr too (its own thread then waits on the pipe as well).
+    for access_log in ["", "[access_log]\nenabled = true\npath = \"-\"\n"] {
+        let top = format!("[runtime]\nworkers = 1\npin_cores = false\n{access_log}");
+        let mut gw = Gateway::start(&config_for(std::slice::from_ref(&url), &top));
+        gw.log_paused.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut c = connect(gw.addr);
+        let t = Instant::now();
+        // ~110 bytes a line, a line a request: past the log queue (4,096 lines) and the pipe (64 KiB).
+        for i in 0..8000 {
+            let r = c.request(&post(CHAT, &chat("m"), ""));
+            assert!(r.status >= 500, "request {i}: {}", r.status);
+        }
+        let dropped = metric(&metrics(gw.addr), "llmproxy_log_lines_dropped_total").unwrap_or(0.0);
+        assert!(dropped > 0.0, "the pipe never filled: no line dropped ({:?})", t.elapsed());
+        // The reader comes back: the writer says how many lines were lost.
+        gw.log_paused.store(false, std::sync::atomic::Ordering::Relaxed);
+        let said = "log lines dropped: stderr was not read";
+        eventually(10, "the dropped lines reported", || gw.log_text().contains(said));
+        // Stalled again, and stopped: the exit does not wait on the pipe for ever.
+        gw.log_paused.store(true, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..8000 {
+            assert!(c.request(&post(CHAT, &chat("m"), "")).status >= 500);
+        }
+        let t = Instant::now();
+        assert_eq!(gw.terminate(), Some(0));
+        assert!(t.elapsed() < Duration::from_secs(10), "exit took {:?} ({access_log})", t.elapsed());
+    }
+}

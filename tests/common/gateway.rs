@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ pub struct Gateway {
     pub log: Arc<Mutex<Vec<String>>>,
     /// Every stdout line so far (usage records in demo mode).
     pub stdout: Arc<Mutex<Vec<String>>>,
+    /// While set, nobody reads the gateway's stderr (a stalled log pipe).
+    pub log_paused: Arc<AtomicBool>,
 }
 
 /// Config text for backends at `urls`, plus `extra` TOML (sections appended as given). The spool
@@ -64,12 +67,17 @@ impl Gateway {
         let (tx, rx) = std::sync::mpsc::channel();
         let err = child.stderr.take().expect("stderr");
         let l2 = log.clone();
+        let log_paused = Arc::new(AtomicBool::new(false));
+        let paused = log_paused.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if let Some(a) = line.split("listening on ").nth(1) {
                     let _ = tx.send(a.trim().to_string());
                 }
                 l2.lock().unwrap().push(line);
+                while paused.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         });
         let out = child.stdout.take().expect("stdout");
@@ -86,7 +94,7 @@ impl Gateway {
                 panic!("gateway did not start; log:\n{}", log.lock().unwrap().join("\n"));
             }
         };
-        Gateway { addr, child: Some(child), dir, log, stdout }
+        Gateway { addr, child: Some(child), dir, log, stdout, log_paused }
     }
 
     pub fn url(&self) -> String {
