@@ -4,6 +4,7 @@
 //! and writes the lines to stderr or a file, which it reopens on SIGHUP (for logrotate).
 
 use crate::config::AccessLogConfig;
+use crate::doorbell::Doorbell;
 use crate::json::{push_opt_str, push_str};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::fmt::Write as _;
@@ -94,37 +95,31 @@ pub struct AccessLog {
     enabled: AtomicBool,
     tx: Sender<Msg>,
     control: Sender<Msg>,
+    /// Wakes the access-log thread.
+    bell: Arc<Doorbell>,
     pub dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
-    /// Starts the access-log thread (also when disabled: a reload may enable it).
+    /// Starts the access-log thread (also when disabled: a reload may enable it). It sleeps on a
+    /// [`Doorbell`] between lines: a thread blocked in a channel `recv` would make every core's
+    /// `try_send` take the channel's waker Mutex.
     pub fn start(cfg: &AccessLogConfig) -> io::Result<(Arc<AccessLog>, JoinHandle<()>)> {
         let (log, rx, crx) = Self::with_queue(cfg, QUEUE);
         let mut out = open(cfg)?;
+        let bell = log.bell.clone();
         let t = std::thread::Builder::new().name("llmproxy-access-log".into()).spawn(move || {
             let mut line = String::with_capacity(512);
             loop {
-                crossbeam_channel::select! {
-                    recv(rx) -> m => match m {
-                        Ok(Msg::Line(e)) => {
-                            line.clear();
-                            format(&e, &mut line);
-                            let _ = out.write_all(line.as_bytes());
-                            if rx.is_empty() {
-                                let _ = out.flush();
+                while let Ok(m) = crx.try_recv() {
+                    let _ = out.flush();
+                    match m {
+                        Msg::Reopen(cfg) => match open(&cfg) {
+                            Ok(o) => out = o,
+                            Err(e) => {
+                                log::error!("access log: cannot open {}: {e}; keeping the old file", cfg.path)
                             }
-                        }
-                        _ => return,
-                    },
-                    recv(crx) -> m => match m {
-                        Ok(Msg::Reopen(cfg)) => {
-                            let _ = out.flush();
-                            match open(&cfg) {
-                                Ok(o) => out = o,
-                                Err(e) => log::error!("access log: cannot open {}: {e}; keeping the old file", cfg.path),
-                            }
-                        }
+                        },
                         _ => {
                             while let Ok(Msg::Line(e)) = rx.try_recv() {
                                 line.clear();
@@ -134,8 +129,19 @@ impl AccessLog {
                             let _ = out.flush();
                             return;
                         }
-                    },
+                    }
                 }
+                let mut wrote = false;
+                while let Ok(Msg::Line(e)) = rx.try_recv() {
+                    line.clear();
+                    format(&e, &mut line);
+                    let _ = out.write_all(line.as_bytes());
+                    wrote = true;
+                }
+                if wrote {
+                    let _ = out.flush();
+                }
+                bell.sleep(|| !rx.is_empty() || !crx.is_empty(), None);
             }
         })?;
         Ok((log, t))
@@ -144,7 +150,13 @@ impl AccessLog {
     fn with_queue(cfg: &AccessLogConfig, cap: usize) -> (Arc<AccessLog>, Receiver<Msg>, Receiver<Msg>) {
         let (tx, rx) = crossbeam_channel::bounded(cap);
         let (control, crx) = crossbeam_channel::unbounded();
-        let log = AccessLog { enabled: AtomicBool::new(cfg.enabled), tx, control, dropped: Arc::default() };
+        let log = AccessLog {
+            enabled: AtomicBool::new(cfg.enabled),
+            tx,
+            control,
+            bell: Arc::default(),
+            dropped: Arc::default(),
+        };
         (Arc::new(log), rx, crx)
     }
 
@@ -155,8 +167,12 @@ impl AccessLog {
 
     /// Queues a line; drops and counts it when the queue is full.
     pub fn log(&self, e: impl Into<Box<Entry>>) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(e.into())) {
-            self.dropped.fetch_add(1, Relaxed);
+        match self.tx.try_send(Msg::Line(e.into())) {
+            Ok(()) => self.bell.ring(),
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
@@ -164,11 +180,13 @@ impl AccessLog {
     pub fn reconfigure(&self, cfg: &AccessLogConfig) {
         self.enabled.store(cfg.enabled, Relaxed);
         let _ = self.control.send(Msg::Reopen(cfg.clone()));
+        self.bell.ring();
     }
 
     /// Writes what is queued and stops the thread (join its handle after this).
     pub fn stop(&self) {
         let _ = self.control.send(Msg::Stop);
+        self.bell.ring();
     }
 }
 

@@ -13,6 +13,7 @@ pub mod counters;
 pub mod deadline;
 pub mod delivery;
 pub mod discovery;
+pub mod doorbell;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;

@@ -6,11 +6,13 @@
 //! again it says how many lines were lost. `RUST_LOG` filters as with env_logger (default
 //! `info`); lines look as env_logger's did: `[2026-12-03T06:39:47Z WARN ] message`.
 
+use crate::doorbell::Doorbell;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{Level, Log, Metadata, Record};
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Lines that may wait for the log thread.
@@ -37,9 +39,10 @@ pub fn init() {
     let filter = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = filter.filter();
     let (logger, rx) = QueueLogger::new(filter, QUEUE, &DROPPED);
+    let bell = logger.bell.clone();
     let spawned = std::thread::Builder::new()
         .name("llmproxy-log".into())
-        .spawn(move || write_lines(rx, io::stderr(), &DROPPED));
+        .spawn(move || write_lines(rx, &bell, io::stderr(), &DROPPED));
     if let Err(e) = spawned {
         // Without its thread the queue would fill and drop every line: write directly instead.
         eprintln!("cannot start the log thread ({e}); logging straight to stderr");
@@ -52,6 +55,9 @@ pub fn init() {
 struct QueueLogger {
     filter: env_logger::Logger,
     tx: Sender<Msg>,
+    /// Wakes the log thread without a lock (a blocking `recv` there would make every `try_send`
+    /// take the channel's waker Mutex).
+    bell: Arc<Doorbell>,
     dropped: &'static AtomicU64,
 }
 
@@ -62,7 +68,13 @@ impl QueueLogger {
         dropped: &'static AtomicU64,
     ) -> (QueueLogger, Receiver<Msg>) {
         let (tx, rx) = bounded(queue);
-        (QueueLogger { filter, tx, dropped }, rx)
+        (QueueLogger { filter, tx, bell: Arc::default(), dropped }, rx)
+    }
+}
+
+impl Drop for QueueLogger {
+    fn drop(&mut self) {
+        self.bell.close();
     }
 }
 
@@ -83,7 +95,7 @@ impl Log for QueueLogger {
             return;
         }
         match self.tx.try_send(Msg::Line(line(SystemTime::now(), r.level(), r.args()))) {
-            Ok(()) => {}
+            Ok(()) => self.bell.ring(),
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Relaxed);
             }
@@ -100,19 +112,20 @@ impl Log for QueueLogger {
     fn flush(&self) {
         let (ack, done) = bounded(1);
         if self.tx.send_timeout(Msg::Flush(ack), FLUSH_WAIT).is_ok() {
+            self.bell.ring();
             let _ = done.recv_timeout(FLUSH_WAIT);
         }
     }
 }
 
 /// The log thread: writes what comes, in order, flushing whenever the queue is empty, and reports
-/// lines dropped while it was held up. Write errors (a closed stderr) are ignored.
-fn write_lines(rx: Receiver<Msg>, out: impl Write, dropped: &AtomicU64) {
+/// lines dropped while it was held up; sleeps on `bell` in between. Write errors (a closed stderr)
+/// are ignored. Returns once the logger is gone (`bell` closed) and the queue written.
+fn write_lines(rx: Receiver<Msg>, bell: &Doorbell, out: impl Write, dropped: &AtomicU64) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut reported = 0;
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(m) = next {
+    loop {
+        while let Ok(m) = rx.try_recv() {
             match m {
                 Msg::Line(l) => {
                     let _ = out.write_all(l.as_bytes());
@@ -123,10 +136,13 @@ fn write_lines(rx: Receiver<Msg>, out: impl Write, dropped: &AtomicU64) {
                     let _ = ack.send(());
                 }
             }
-            next = rx.try_recv().ok();
         }
         report_dropped(&mut out, dropped, &mut reported);
         let _ = out.flush();
+        if bell.is_closed() && rx.is_empty() {
+            return;
+        }
+        bell.sleep(|| !rx.is_empty(), None);
     }
 }
 
@@ -179,9 +195,10 @@ mod tests {
         let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
         let filter = env_logger::Builder::new().filter_level(log::LevelFilter::Info).build();
         let (logger, rx) = QueueLogger::new(filter, 8, dropped);
+        let bell = logger.bell.clone();
         let gate = Gate::default();
         let out = gate.clone();
-        let writer = std::thread::spawn(move || write_lines(rx, out, dropped));
+        let writer = std::thread::spawn(move || write_lines(rx, &bell, out, dropped));
         // The first line reaches the writer, which then waits on the stalled stderr.
         record("line 0", |r| logger.log(r));
         while !gate.waiting.load(Relaxed) {
@@ -217,9 +234,10 @@ mod tests {
         let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
         let filter = env_logger::Builder::new().filter_level(log::LevelFilter::Info).build();
         let (logger, rx) = QueueLogger::new(filter, 4, dropped);
+        let bell = logger.bell.clone();
         let gate = Gate::default();
         let out = gate.clone();
-        std::thread::spawn(move || write_lines(rx, out, dropped));
+        std::thread::spawn(move || write_lines(rx, &bell, out, dropped));
         for i in 0..10 {
             record(&format!("line {i}"), |r| logger.log(r));
         }

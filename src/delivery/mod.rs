@@ -8,8 +8,8 @@
 //! Core threads only ever `try_send` on a bounded lock-free channel, falling back to an unbounded
 //! lock-free overflow channel; nothing is dropped. While records keep coming the journal thread
 //! polls those channels every `crash_window / 3` and a submit wakes nobody. When it has nothing left
-//! to do it says so ([`Shared::asleep`]) and parks; the first submit after that unparks it (one
-//! futex wake per idle-to-busy transition, see [`UsageSink::submit`]). No mutex, and no syscall per
+//! to do it says so and parks; the first submit after that unparks it (one futex wake per
+//! idle-to-busy transition: [`crate::doorbell`]). No mutex, and no syscall per
 //! record on the core threads.
 
 mod backoff;
@@ -26,7 +26,7 @@ use crate::config::UsageHookConfig;
 use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Sender, TrySendError};
 use journal::Journal;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 
@@ -67,9 +67,8 @@ pub struct WebhookStats {
 struct Shared {
     /// Records held in memory by the journal thread (waiting, in flight).
     in_thread: AtomicUsize,
-    /// The journal thread has nothing to do and parks (or is about to): the next submit must unpark
-    /// it. Set only by that thread; cleared by it or by the one submit that wakes it.
-    asleep: AtomicBool,
+    /// Where the journal thread sleeps when it has nothing to do; every submit rings it.
+    bell: crate::doorbell::Doorbell,
 }
 
 /// Where core threads hand over usage records. Cheap to clone; the gateway wraps one in
@@ -79,8 +78,6 @@ pub struct UsageSink {
     tx: Sender<UsageRecord>,
     overflow: Sender<UsageRecord>,
     shared: Arc<Shared>,
-    /// The journal thread, unparked when it sleeps.
-    worker: Thread,
 }
 
 impl UsageSink {
@@ -101,23 +98,10 @@ impl UsageSink {
         log::error!("request_id={} usage record lost: the delivery thread is not running", rec.request_id);
     }
 
-    /// After a push: unparks the journal thread if it went to sleep. While it is awake this is a
-    /// fence and a load of a flag only the journal thread writes (no contended cache line, no
-    /// syscall); the `swap` makes exactly one submitter per sleep pay for the unpark.
-    ///
-    /// No record waits behind a sleeping journal thread (the Dekker pattern, with
-    /// `worker::Channels::sleep`): the journal
-    /// thread stores `asleep = true`, issues a SeqCst fence, then looks at the channels; a submit
-    /// pushes (atomic stores to the channel's tail), issues a SeqCst fence, then loads `asleep`.
-    /// The two fences are ordered one way or the other: if the journal thread's comes first, this
-    /// load sees `true` and unparks it; if this one comes first, its look at the channels sees the
-    /// record and it does not park. The unpark leaves a token, so one that lands before the
-    /// `park()` makes that `park()` return at once.
+    /// After a push: wakes the journal thread if it went to sleep (a fence and a load while it is
+    /// awake; see [`crate::doorbell`] for why no record waits behind a sleeping journal thread).
     fn wake_worker(&self) {
-        fence(Ordering::SeqCst);
-        if self.shared.asleep.load(Ordering::Relaxed) && self.shared.asleep.swap(false, Ordering::Relaxed) {
-            self.worker.unpark();
-        }
+        self.shared.bell.ring();
     }
 
     /// Records queued in memory (channels + held by the journal thread), for the
@@ -203,9 +187,8 @@ pub fn start(
             .name("llmproxy-webhook".into())
             .spawn(move || worker::run_disabled(channels, shared, stats, echo_stdout))?
     };
-    let worker = thread.thread().clone();
-    let wake = WakeOnDrop(worker.clone());
-    Ok((UsageSink { tx, overflow, shared, worker }, WebhookHandle { stop, thread, sinks, _wake: wake }))
+    let wake = WakeOnDrop(thread.thread().clone());
+    Ok((UsageSink { tx, overflow, shared }, WebhookHandle { stop, thread, sinks, _wake: wake }))
 }
 
 /// Delivery's own series for `/metrics` (journal health and backlog age).

@@ -27,7 +27,7 @@ use crate::usage::record::UsageRecord;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,22 +72,17 @@ impl Channels {
         false
     }
 
-    /// Parks with nothing to do, until a submit or a stop unparks it (or `timeout`, if any).
-    /// Announces it in `asleep` first, then looks at the channels once more: see
-    /// `UsageSink::wake_worker` for why no record can arrive unseen. Returns whether a stop was
+    /// Parks with nothing to do, until a submit or a stop unparks it (or `timeout`, if any):
+    /// [`crate::doorbell`] says why no record can arrive unseen. Returns whether a stop was
     /// requested.
-    fn sleep(&self, asleep: &AtomicBool, timeout: Option<Duration>) -> bool {
-        asleep.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let stop = self.stop_requested();
-        if !stop && self.rx.is_empty() && self.overflow.is_empty() {
-            match timeout {
-                Some(d) => std::thread::park_timeout(d),
-                None => std::thread::park(),
-            }
-        }
-        asleep.store(false, Ordering::Relaxed);
-        stop || self.stop_requested()
+    fn sleep(&self, bell: &crate::doorbell::Doorbell, timeout: Option<Duration>) -> bool {
+        let stop = std::cell::Cell::new(false);
+        let has_work = || {
+            stop.set(self.stop_requested());
+            stop.get() || !self.rx.is_empty() || !self.overflow.is_empty()
+        };
+        bell.sleep(has_work, timeout);
+        stop.get() || self.stop_requested()
     }
 }
 
@@ -237,7 +232,7 @@ impl Worker {
             }
             let stop = if self.idle() {
                 self.publish(&pool, true);
-                self.ch.sleep(&self.shared.asleep, self.acks_due())
+                self.ch.sleep(&self.shared.bell, self.acks_due())
             } else {
                 self.publish(&pool, false);
                 self.ch.wait_stop(self.park_for())
@@ -573,7 +568,7 @@ pub(crate) fn run_disabled(ch: Channels, shared: Arc<Shared>, stats: Arc<Webhook
         if stop {
             return;
         }
-        stop = if took { ch.wait_stop(POLL) } else { ch.sleep(&shared.asleep, None) };
+        stop = if took { ch.wait_stop(POLL) } else { ch.sleep(&shared.bell, None) };
     }
 }
 

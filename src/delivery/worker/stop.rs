@@ -105,7 +105,7 @@ impl Worker {
             if stop {
                 break;
             }
-            stop = if took { self.ch.wait_stop(self.poll) } else { self.ch.sleep(&self.shared.asleep, None) };
+            stop = if took { self.ch.wait_stop(self.poll) } else { self.ch.sleep(&self.shared.bell, None) };
         }
         self.publish_final();
     }
