@@ -91,8 +91,11 @@ fn admit(ctx: &CoreCtx, req: &Request<'_>) -> Result<Admitted, Reply> {
     let (info, stream) = match scanned {
         Ok(s) => (s.info, s.stream),
         Err(e) => {
-            // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken).
-            return Err(reject(ctx, req, GatewayError::BadRequest(e), false, ctx.limits.headers(who)));
+            // A limited subject's 400 carries its x-ratelimit-* block too (nothing is taken); not
+            // for a caller the auth check will refuse (no subject is made for it).
+            let known = !cfg.auth.required || matched.is_some();
+            let block = if known { ctx.limits.headers(who) } else { None };
+            return Err(reject(ctx, req, GatewayError::BadRequest(e), false, block));
         }
     };
     if cfg.auth.required && matched.is_none() {

@@ -207,6 +207,30 @@ fn every_response_to_a_limited_subject_carries_the_six_headers() {
     assert_eq!(free.header("x-ratelimit-limit-requests"), Some("999"), "passed on for unlimited subjects");
 }
 
+/// A bad body from a caller the auth check will refuse makes no limit subject (it would take one
+/// of the `MAX_USERS` places, and the map's lock on a core, for every user header sent) and
+/// carries no x-ratelimit-* block.
+#[test]
+fn an_unauthenticated_bad_request_makes_no_subject() {
+    let (_b, gw) = limited(
+        "requests_per_minute = 50\n[auth]\nrequired = true\n[[auth.keys]]\nkey = \"sk-a\"\nuser_id = \"a\"\n",
+    );
+    let subjects = || metric(&metrics(gw.addr), "llmproxy_rate_limit_subjects");
+    let before = subjects();
+    for i in 0..20 {
+        let r = request(gw.addr, &chat_req("{not json", &format!("x-user-id: stranger-{i}\r\n")));
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_no_block(&r);
+    }
+    // The sync thread republishes the count every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(subjects(), before);
+    // The key's own bad request still carries its block.
+    let r = request(gw.addr, &chat_req("{not json", "Authorization: Bearer sk-a\r\n"));
+    assert_eq!(r.status, 400);
+    assert_block(&r, 50, UNLIMITED);
+}
+
 fn chat_completion() -> String {
     r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}"#.to_string()
 }

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 /// Most user-header subjects tracked at once; past it, new users share one `"other users"` subject
 /// (bounded memory whatever clients send).
 pub const MAX_USERS: usize = 20_000;
+/// Users `Subjects::evict_users` re-checks and removes per hold of the map's lock.
+const EVICT_BATCH: usize = 64;
 
 /// The limits of a subject, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,28 +167,39 @@ impl Subjects {
         }
     }
 
-    /// The subject of a user-header value, created on first sight (slow path: lock, allocation).
+    /// The subject of a user-header value, created on first sight (slow path: the map's lock, held
+    /// for a lookup and an insert only; the allocation happens outside it). Nothing that holds the
+    /// lock does more than that or clone the map's entries, so a core never waits for a scan.
     /// `counting_locally`: Redis is away, so a new subject starts with the whole limit in stock.
     pub fn user(&self, name: &str, counting_locally: bool) -> Option<Arc<Subject>> {
         if self.user_limits.is_unlimited() {
             return None;
         }
-        let mut m = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = m.get(name) {
-            return Some(s.clone());
+        {
+            let m = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = m.get(name) {
+                return Some(s.clone());
+            }
+            if m.len() >= MAX_USERS {
+                return self.overflow.clone();
+            }
         }
-        if m.len() >= MAX_USERS {
-            return self.overflow.clone();
-        }
-        let s = Arc::new(Subject::new(
+        let new = Arc::new(Subject::new(
             format!("user:{name}"),
             format!("u:{name}"),
             self.user_limits,
             self.cores,
             if counting_locally { Store::Local } else { self.store },
         ));
-        m.insert(name.into(), s.clone());
-        Some(s)
+        let mut m = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get(name) {
+            return Some(s.clone()); // another core made it meanwhile
+        }
+        if m.len() >= MAX_USERS {
+            return self.overflow.clone();
+        }
+        m.insert(name.into(), new.clone());
+        Some(new)
     }
 
     /// Every subject now (for the sync thread and metrics).
@@ -200,9 +213,76 @@ impl Subjects {
     }
 
     /// Forgets user subjects nobody references (no core cache, no request in flight) whose
-    /// `idle` says they hold nothing worth keeping.
+    /// `idle` says they hold nothing worth keeping. `idle` (a scan of every window) runs with the
+    /// map unlocked: the cores that take the lock for a new user never wait for it.
     pub fn evict_users(&self, idle: impl Fn(&Subject) -> bool) {
-        let mut m = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, s| Arc::strong_count(s) > 1 || !idle(s));
+        let candidates: Vec<(Box<str>, Arc<Subject>)> = {
+            let m = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            m.iter().filter(|(_, s)| Arc::strong_count(s) == 1).map(|(k, s)| (k.clone(), s.clone())).collect()
+        };
+        let gone: Vec<(Box<str>, *const Subject)> =
+            candidates.iter().filter(|(_, s)| idle(s)).map(|(k, s)| (k.clone(), Arc::as_ptr(s))).collect();
+        drop(candidates);
+        if gone.is_empty() {
+            return;
+        }
+        // A request may have used one since: checked again under the lock, a few at a time so
+        // the lock is never held for long.
+        for batch in gone.chunks(EVICT_BATCH) {
+            let mut m = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, p) in batch {
+                if m.get(k).is_some_and(|s| Arc::as_ptr(s) == *p && Arc::strong_count(s) == 1 && idle(s)) {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn subjects() -> Arc<Subjects> {
+        let text = "[rate_limit]\nenabled = true\nrequests_per_minute = 10\n[[backends]]\nurl = \"http://127.0.0.1:8000\"\n";
+        Arc::new(Subjects::new(&Config::parse(text, "t").unwrap(), 2, None))
+    }
+
+    /// The window scans of an eviction run with the map unlocked: a core asking for a new user
+    /// meanwhile (here: from inside the scan) gets it at once. Before, the scan ran under the lock
+    /// and this deadlocked.
+    #[test]
+    fn eviction_scans_without_holding_the_users_lock() {
+        let s = subjects();
+        assert!(s.user("a", false).is_some());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            // The first look is the scan; the re-check of the few to remove runs under the lock.
+            let scanning = std::cell::Cell::new(true);
+            s2.evict_users(|_| !scanning.replace(false) || s2.user("b", false).is_some());
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("evict_users waited on its own lock");
+        let m = s.users.lock().unwrap();
+        assert!(!m.contains_key("a"), "idle and unreferenced: evicted");
+        assert!(m.contains_key("b"));
+    }
+
+    /// A user referenced again between the scan and the removal is kept.
+    #[test]
+    fn a_user_taken_during_the_scan_is_kept() {
+        let s = subjects();
+        drop(s.user("a", false));
+        let held = std::cell::RefCell::new(None);
+        s.evict_users(|_| {
+            *held.borrow_mut() = s.user("a", false);
+            true
+        });
+        assert!(s.users.lock().unwrap().contains_key("a"));
+        drop(held);
+        s.evict_users(|_| true);
+        assert!(!s.users.lock().unwrap().contains_key("a"));
     }
 }
