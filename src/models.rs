@@ -75,11 +75,12 @@ async fn fetch(snap: &Snapshot, e: usize, rid: &str) -> Option<Vec<u8>> {
     let deadline =
         Instant::now() + limits.upstream_first_byte_timeout.min(std::time::Duration::from_secs(10));
     let mut all = Vec::with_capacity(8192);
+    let mut answer = Answer::default();
     loop {
         if all.len() > MAX_MODELS_BODY {
             return None;
         }
-        all.reserve(8192);
+        all.reserve(all.len().clamp(8192, 1 << 20));
         let left = deadline.saturating_duration_since(Instant::now());
         let start = all.len();
         let (res, buf) =
@@ -90,44 +91,126 @@ async fn fetch(snap: &Snapshot, e: usize, rid: &str) -> Option<Vec<u8>> {
         match res {
             Ok(0) => break,
             Ok(_) => {
-                if let Some(body) = complete_body(&all, false) {
+                if let Some(body) = answer.feed(&mut all, false) {
                     return body;
                 }
             }
             Err(_) => return None,
         }
     }
-    complete_body(&all, true).flatten()
+    answer.feed(&mut all, true).flatten()
 }
 
 /// The body of a complete 2xx response in `all`; None while incomplete, Some(None) when unusable.
 pub(crate) fn complete_body(all: &[u8], eof: bool) -> Option<Option<Vec<u8>>> {
-    let h = match http1::parse_response(all) {
-        Parse::Complete(h) => h,
-        Parse::Partial => return None,
-        Parse::Invalid(_) => return Some(None),
-    };
-    if !(200..300).contains(&h.status) {
-        return Some(None);
-    }
-    let rest = &all[h.head_len..];
-    match h.body {
-        BodyFraming::Length(n) if rest.len() as u64 >= n => Some(Some(rest[..n as usize].to_vec())),
-        BodyFraming::Length(_) => None,
-        BodyFraming::Chunked => {
-            let mut copy = rest.to_vec();
-            match ChunkedDecoder::default().decode_in_place(&mut copy) {
-                Ok(d) if d.done => {
-                    copy.truncate(d.payload);
-                    Some(Some(copy))
+    Answer::default().feed(&mut all.to_vec(), eof)
+}
+
+/// A backend's answer judged as it grows, each byte looked at once: the head is parsed once, and a
+/// chunked body is decoded in place as its bytes come (before, every read re-decoded a copy of the
+/// whole body so far: quadratic in its size, on a core thread).
+#[derive(Default)]
+pub(crate) struct Answer {
+    /// Head length and framing, once the head is complete.
+    head: Option<(usize, BodyFraming)>,
+    chunked: ChunkedDecoder,
+    /// Decoded payload bytes, kept at `all[head_len..head_len + payload]`.
+    payload: usize,
+    /// Where the bytes not yet decoded start.
+    raw: usize,
+}
+
+impl Answer {
+    /// Called after more bytes were appended to `all` (the same buffer every time; it may rewrite
+    /// the part after the head): the body of a complete 2xx response; None while incomplete;
+    /// Some(None) when unusable.
+    pub(crate) fn feed(&mut self, all: &mut [u8], eof: bool) -> Option<Option<Vec<u8>>> {
+        let (head_len, framing) = match self.head {
+            Some(h) => h,
+            None => {
+                let h = match http1::parse_response(all) {
+                    Parse::Complete(h) => h,
+                    Parse::Partial => return None,
+                    Parse::Invalid(_) => return Some(None),
+                };
+                if !(200..300).contains(&h.status) {
+                    return Some(None);
                 }
-                Ok(_) => None,
-                Err(_) => Some(None),
+                self.head = Some((h.head_len, h.body));
+                self.raw = h.head_len;
+                (h.head_len, h.body)
             }
+        };
+        let rest = &all[head_len..];
+        match framing {
+            BodyFraming::Length(n) if rest.len() as u64 >= n => Some(Some(rest[..n as usize].to_vec())),
+            BodyFraming::Length(_) => None,
+            BodyFraming::Chunked => {
+                if self.raw < all.len() {
+                    let d = match self.chunked.decode_in_place(&mut all[self.raw..]) {
+                        Ok(d) => d,
+                        Err(_) => return Some(None),
+                    };
+                    all.copy_within(self.raw..self.raw + d.payload, head_len + self.payload);
+                    self.payload += d.payload;
+                    self.raw += d.consumed;
+                }
+                self.chunked.is_done().then(|| Some(all[head_len..head_len + self.payload].to_vec()))
+            }
+            // Close-delimited: complete only at EOF.
+            BodyFraming::Close if eof => Some(Some(rest.to_vec())),
+            BodyFraming::Close => None,
+            BodyFraming::None => Some(Some(Vec::new())),
         }
-        // Close-delimited: complete only at EOF.
-        BodyFraming::Close if eof => Some(Some(rest.to_vec())),
-        BodyFraming::Close => None,
-        BodyFraming::None => Some(Some(Vec::new())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fed as it would arrive, split at every byte (two reads) and one byte at a time: the same
+    /// verdict as the whole answer at once.
+    #[test]
+    fn an_answer_reads_the_same_at_every_split() {
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3;x=y\r\n[1]\r\n1\r\n}\r\n0\r\nt: v\r\n\r\n";
+        type Verdict<'a> = Option<Option<&'a [u8]>>;
+        let cases: [(&[u8], Verdict); 5] = [
+            (chunked, Some(Some(b"{\"a\":[1]}"))),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n{\"x\":1}", Some(Some(b"{\"x\":1}"))),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", Some(None)),
+            (b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n", Some(None)),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nab", None),
+        ];
+        for (bytes, want) in cases {
+            let want = want.map(|o| o.map(<[u8]>::to_vec));
+            assert_eq!(complete_body(bytes, false), want, "{}", String::from_utf8_lossy(bytes));
+            for cut in 0..=bytes.len() {
+                let mut a = Answer::default();
+                let mut all = bytes[..cut].to_vec();
+                let first = a.feed(&mut all, false);
+                let got = match first {
+                    Some(v) => Some(v),
+                    None => {
+                        all.extend_from_slice(&bytes[cut..]);
+                        a.feed(&mut all, false)
+                    }
+                };
+                assert_eq!(got, want, "cut at {cut}: {}", String::from_utf8_lossy(bytes));
+            }
+            let (mut a, mut all, mut got) = (Answer::default(), Vec::new(), None);
+            for &b in bytes {
+                all.push(b);
+                if let Some(v) = a.feed(&mut all, false) {
+                    got = Some(v);
+                    break;
+                }
+            }
+            assert_eq!(got, want, "byte by byte: {}", String::from_utf8_lossy(bytes));
+        }
+        // Close-delimited: complete at EOF only.
+        let close = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"data\":[]}";
+        assert_eq!(complete_body(close, false), None);
+        assert_eq!(complete_body(close, true), Some(Some(b"{\"data\":[]}".to_vec())));
     }
 }
