@@ -247,8 +247,7 @@ async fn read_body(
             while inbuf.len() < end {
                 if head.expect_continue && !continued {
                     continued = true;
-                    let (r, _) = client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
-                    r.map_err(|_| GatewayError::BadRequest("client went away"))?;
+                    send_continue(client).await?;
                 }
                 // Room for what is still to come, in steps: a declared length is not yet memory
                 // (a client may announce the largest allowed body and send nothing).
@@ -280,8 +279,7 @@ async fn read_body(
                 }
                 if head.expect_continue && !continued {
                     continued = true;
-                    let (r, _) = client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
-                    r.map_err(|_| GatewayError::BadRequest("client went away"))?;
+                    send_continue(client).await?;
                 }
                 match read_more(client, inbuf, timer.as_mut(), idle).await {
                     ReadMore::Data => {}
@@ -528,6 +526,15 @@ async fn written(client: &mut Stream, out: Vec<u8>) -> usize {
     match Box::pin(monoio::time::timeout(ANSWER_WRITE_TIMEOUT, client.write_all(out))).await {
         Ok((Ok(_), _)) => n,
         _ => 0,
+    }
+}
+
+/// `100 Continue`, within the same time as any answer the gateway writes itself (a client that
+/// stopped reading may have filled its window with pipelined answers).
+async fn send_continue(client: &mut Stream) -> Result<(), GatewayError> {
+    match written(client, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await {
+        0 => Err(GatewayError::BadRequest("client went away")),
+        _ => Ok(()),
     }
 }
 

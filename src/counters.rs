@@ -75,8 +75,10 @@ impl RequestCounters {
     }
 }
 
-/// One core's counters for one backend.
+/// One core's counters for one backend, on a cache line of its own: `inflight` is written twice
+/// per request, and cores' entries lie side by side in `BackendStats::per_core`.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct CoreBackendStats {
     pub requests: RequestCounters,
     /// Requests to this backend in flight on this core.
@@ -102,7 +104,9 @@ impl BackendStats {
 }
 
 /// Counters of one core that name no backend. Only that core writes them; the scraper reads.
+/// Aligned so that no other core's counters share its first and last cache lines.
 #[derive(Debug)]
+#[repr(align(64))]
 pub struct CoreMetrics {
     pub core: usize,
     /// Requests answered without a backend (refused, local endpoints, no backend available).
