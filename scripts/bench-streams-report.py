@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_report_common as common  # noqa: E402
 
 (path, cmdline, rounds, load_start, streams, every_ms, events, window_ms, nofile) = sys.argv[1:10]
+procs = int(sys.argv[10]) if len(sys.argv) > 10 else 1
 data = common.load(path)  # (contender, metric) -> {round: value}
 results = common.Results(data)
 med, added, value = results.med, results.added, results.value
@@ -43,7 +44,12 @@ load_end = " ".join(open("/proc/loadavg").read().split()[:3])
 w(f"- load average at start: {load_start}; at end: {load_end}")
 w(f"- {streams} streams open at once, one event every {every_ms} ms each ({events} events a stream), measured over")
 w(f"  a {int(window_ms) / 1000:g} s window once all were open; {rounds} rounds, contenders alternating, medians over rounds")
-w("- the proxy alone on core 1 (one worker); `stream-load`, `stream-backend` and the webhook receiver on core 0.")
+if procs == 1:
+    w("- the proxy alone on core 1 (one worker); `stream-load`, `stream-backend` and the webhook receiver on core 0.")
+else:
+    w(f"- the proxy alone on core 1 as {procs} processes of one worker each, sharing the port (SO_REUSEPORT; nginx:")
+    w(f"  `worker_processes {procs}`), their CPU and RSS summed: one process may hold only {nofile} descriptors here;")
+    w("  `stream-load`, `stream-backend` and the webhook receiver on core 0.")
 w("  LLMProxy and the baseline meter every stream (webhook on); nginx (`proxy_buffering off`) meters nothing;")
 w("  the floor (null-relay) copies bytes unparsed: one read and one write per event")
 w("")

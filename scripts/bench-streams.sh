@@ -18,6 +18,9 @@
 # Env: STREAMS (10000, lowered to what the open-files limit allows: a proxy holds 2 descriptors a
 # stream, plus FD_RESERVE (400) for the rest), EVERY_MS (1000), RAMP_MS (1 ms a stream), SETTLE_MS (3000), WINDOW_MS (15000), ROUNDS (3),
 # CONTENDERS ("direct llmproxy-uring llmproxy-epoll baseline nginx floor"), CORE_LOAD (0), CORE_PROXY (1),
+# PROCS (1: proxy processes, all on CORE_PROXY and sharing the port with SO_REUSEPORT, each of one worker;
+# nginx: worker_processes. 2 lets 10,000 streams through one core where a process may hold only
+# 20,000 descriptors; CPU and RSS are summed over the processes),
 # SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_WORK=1, LLMPROXY_BIN (another llmproxy binary), LLMPROXY_BIN2 (a second
 # one, run as the contenders llmproxy2-uring / llmproxy2-epoll: before/after in the same rounds).
 # Output: markdown on stdout and in bench-results/streams-latest.md (raw: streams-latest.jsonl).
@@ -34,6 +37,8 @@ CONTENDERS=(${CONTENDERS:-direct llmproxy-uring llmproxy-epoll baseline nginx fl
 P_HOOK=18302    # nginx: usage webhook receiver (return 200)
 P_BACKEND=18304 # stream-backend
 P_PROXY=18310   # the contender under test
+P_ADMIN=18320   # LLMProxy's admin_listen (/metrics), one port per process: 18320, 18321, ...
+PROCS=${PROCS:-1}
 
 log() { echo "[bench-streams $(date +%H:%M:%S)] $*" >&2; }
 
@@ -88,16 +93,16 @@ ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
 WANT=${STREAMS:-10000}
 FD_RESERVE=${FD_RESERVE:-400}
-FIT=$(((NOFILE - FD_RESERVE) / 2 / 100 * 100))
+FIT=$((PROCS * ((NOFILE - FD_RESERVE) / 2) / 100 * 100))
 STREAMS=$WANT
 if ((STREAMS > FIT)); then
-    log "open-files hard limit $NOFILE holds $FIT streams through one proxy process (2 descriptors each), not $WANT: using $FIT"
+    log "open-files hard limit $NOFILE holds $FIT streams through $PROCS proxy process(es) (2 descriptors each), not $WANT: using $FIT (PROCS=2 shares them between two processes on the same core)"
     STREAMS=$FIT
 fi
 RAMP_MS=${RAMP_MS:-$STREAMS}
 # Every stream outlives ramp + settle + window with 5 s to spare.
 EVENTS=$(((RAMP_MS + SETTLE_MS + WINDOW_MS + 5000 + EVERY_MS - 1) / EVERY_MS))
-CMDLINE="STREAMS=$WANT EVERY_MS=$EVERY_MS WINDOW_MS=$WINDOW_MS ROUNDS=$ROUNDS scripts/bench-streams.sh"
+CMDLINE="STREAMS=$WANT EVERY_MS=$EVERY_MS WINDOW_MS=$WINDOW_MS ROUNDS=$ROUNDS PROCS=$PROCS scripts/bench-streams.sh"
 
 WORK=$(mktemp -d /tmp/llmproxy-bench-streams.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -145,11 +150,11 @@ nginx_head() { nginx_common "$1" "$NOFILE" "$((NOFILE - 100))"; }
     echo "}"
 } >"$WORK/hook.conf"
 {
-    nginx_head proxy
+    nginx_head proxy | sed "s/^worker_processes 1;/worker_processes $PROCS;/"
     cat <<EOF
     upstream backend { server 127.0.0.1:$P_BACKEND; keepalive 1024; keepalive_requests 10000000; }
     server {
-        listen 127.0.0.1:$P_PROXY backlog=65535;
+        listen 127.0.0.1:$P_PROXY backlog=65535$( ((PROCS > 1)) && echo " reuseport");
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -162,9 +167,10 @@ nginx_head() { nginx_common "$1" "$NOFILE" "$((NOFILE - 100))"; }
 }
 EOF
 } >"$WORK/nginx.conf"
-streams_llmproxy_conf() { # driver
+streams_llmproxy_conf() { # driver process-number
     cat <<EOF
 listen = "127.0.0.1:$P_PROXY"
+admin_listen = "127.0.0.1:$((P_ADMIN + $2))"
 shutdown_grace = "2s"
 [runtime]
 workers = 1
@@ -188,7 +194,7 @@ timeout = "10s"
 enabled = true
 url = "http://127.0.0.1:$P_HOOK/llm-usage"
 batch_max = 100
-spool_dir = "$WORK/spool-$1"
+spool_dir = "$WORK/spool-$1-$2"
 EOF
 }
 cat >"$WORK/baseline.toml" <<EOF
@@ -205,33 +211,59 @@ enabled = true
 url = "http://127.0.0.1:$P_HOOK/llm-usage"
 EOF
 
-# start_contender NAME: sets PORT, PID (the process measured: nginx's worker) and MAINPID.
+# start_contender NAME: sets PORT, MEASURED (the processes measured: nginx's workers) and MAINPIDS
+# (what to stop). PROCS copies of each proxy share the port (SO_REUSEPORT), all on CORE_PROXY.
 start_contender() {
-    PID="" MAINPID="" PORT=$P_PROXY
+    MEASURED=() MAINPIDS=() PORT=$P_PROXY
+    local k
     case $1 in
     direct) PORT=$P_BACKEND; return 0 ;;
     llmproxy-uring | llmproxy-epoll | llmproxy2-uring | llmproxy2-epoll)
         local d=io_uring bin=$LLMPROXY
         [[ $1 == *-epoll ]] && d=epoll
         [[ $1 == llmproxy2-* ]] && bin=$LLMPROXY2
-        streams_llmproxy_conf "$d" >"$WORK/$1.toml"
-        start "$1" env LLMPROXY_DRIVER=$d RUST_LOG=warn taskset -c "$CORE_PROXY" "$bin" --config "$WORK/$1.toml"
+        for ((k = 0; k < PROCS; k++)); do
+            streams_llmproxy_conf "$d" "$k" >"$WORK/$1-$k.toml"
+            start "$1-$k" env LLMPROXY_DRIVER=$d RUST_LOG=warn taskset -c "$CORE_PROXY" "$bin" --config "$WORK/$1-$k.toml"
+            MAINPIDS+=("$LAST_PID")
+        done
         ;;
-    baseline) start baseline taskset -c "$CORE_PROXY" "$BASELINE" --config "$WORK/baseline.toml" --workers 1 ;;
+    baseline)
+        for ((k = 0; k < PROCS; k++)); do
+            start "baseline-$k" taskset -c "$CORE_PROXY" "$BASELINE" --config "$WORK/baseline.toml" --workers 1
+            MAINPIDS+=("$LAST_PID")
+        done
+        ;;
     # The floor: benches/loadgen's null-relay copies bytes between each client and its own backend
     # connection (level-triggered epoll, one read and one write per event, nothing parsed): the CPU
     # per event no proxy built on those socket operations goes below.
-    floor) start floor taskset -c "$CORE_PROXY" "$NULLRELAY" --listen "127.0.0.1:$P_PROXY" --backend "127.0.0.1:$P_BACKEND" ;;
+    floor)
+        for ((k = 0; k < PROCS; k++)); do
+            start "floor-$k" taskset -c "$CORE_PROXY" "$NULLRELAY" --listen "127.0.0.1:$P_PROXY" --backend "127.0.0.1:$P_BACKEND"
+            MAINPIDS+=("$LAST_PID")
+        done
+        ;;
     nginx)
         mkdir -p "$WORK/proxy-body"
         start nginx taskset -c "$CORE_PROXY" "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+        MAINPIDS+=("$LAST_PID")
         ;;
     *) echo "unknown contender $1" >&2; return 1 ;;
     esac
-    MAINPID=$LAST_PID
     wait_tcp $P_PROXY
-    PID=$MAINPID
-    if [[ $1 == nginx ]]; then PID=$(pgrep -P "$MAINPID" | head -1); fi
+    if [[ $1 == llmproxy* ]]; then
+        for ((k = 0; k < PROCS; k++)); do wait_tcp $((P_ADMIN + k)); done
+    elif ((PROCS > 1)); then
+        sleep 0.5 # every copy bound before the streams open
+    fi
+    MEASURED=("${MAINPIDS[@]}")
+    if [[ $1 == nginx ]]; then
+        for ((k = 0; k < 50; k++)); do
+            mapfile -t MEASURED < <(pgrep -P "${MAINPIDS[0]}")
+            ((${#MEASURED[@]} >= PROCS)) && break
+            sleep 0.1
+        done
+    fi
 }
 
 log "work dir $WORK; $STREAMS streams, one event every $EVERY_MS ms, $EVENTS events each; open files $NOFILE"
@@ -253,7 +285,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         sleep 1
         out=$WORK/r$round-$name.json
         pidarg=()
-        [[ -n $PID ]] && pidarg=(--pid "$PID")
+        for p in "${MEASURED[@]}"; do pidarg+=(--pid "$p"); done
         taskset -c "$CORE_LOAD" "$SLOAD" --url "http://127.0.0.1:$PORT$URL_PATH" -c "$STREAMS" --ramp-ms "$RAMP_MS" \
             --settle-ms "$SETTLE_MS" --window-ms "$WINDOW_MS" --expect-events "$EVENTS" "${pidarg[@]}" \
             --timeout-s $(((RAMP_MS + SETTLE_MS + WINDOW_MS) / 1000 + EVENTS * EVERY_MS / 1000 + 60)) \
@@ -280,11 +312,12 @@ PY
             # hold every stream's completion tokens, warm-up included.
             sleep 2
             want=$((STREAMS * EVENTS + 200 * 3))
-            got=$(curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | awk '/^llmproxy_tokens_total\{.*kind="completion"/ {s += $NF} END {print s + 0}')
+            got=$(for ((k = 0; k < PROCS; k++)); do curl -s --max-time 5 "http://127.0.0.1:$((P_ADMIN + k))/metrics"; done |
+                awk '/^llmproxy_tokens_total\{.*kind="completion"/ {s += $NF} END {print s + 0}')
             record "$round" "$name" completion_tokens_missing "$((want - got))"
         fi
-        [[ -n $MAINPID ]] && stop "$MAINPID"
-        n_err=$(grep -cE 'ERROR|WARN' "$WORK/$name.log" 2>/dev/null || true)
+        for p in "${MAINPIDS[@]}"; do stop "$p"; done
+        n_err=$(cat "$WORK/$name.log" "$WORK/$name"-[0-9]*.log 2>/dev/null | grep -cE 'ERROR|WARN' || true)
         ((${n_err:-0} == 0)) || record "$round" "$name" log_warn_error_lines "$n_err"
         log "  $name: $(tr -d '\n' <"$out" | cut -c1-400)"
     done
@@ -293,4 +326,4 @@ done
 mkdir -p "$ROOT/bench-results"
 cp "$RESULTS" "$ROOT/bench-results/streams-latest.jsonl"
 python3 "$ROOT/scripts/bench-streams-report.py" "$RESULTS" "$CMDLINE" "$ROUNDS" "$LOAD_START" "$STREAMS" "$EVERY_MS" \
-    "$EVENTS" "$WINDOW_MS" "$NOFILE" | tee "$ROOT/bench-results/streams-latest.md"
+    "$EVENTS" "$WINDOW_MS" "$NOFILE" "$PROCS" | tee "$ROOT/bench-results/streams-latest.md"

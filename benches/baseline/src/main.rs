@@ -404,9 +404,16 @@ fn main() {
         .build()
         .unwrap_or_else(|e| usage_exit(&format!("runtime: {e}")));
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .unwrap_or_else(|e| usage_exit(&format!("listen {listen}: {e}")));
+        // SO_REUSEPORT: the streams benchmark may run more than one copy on the port.
+        let bind = || -> std::io::Result<tokio::net::TcpListener> {
+            let addr: std::net::SocketAddr = listen.parse().map_err(std::io::Error::other)?;
+            let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            s.set_reuseaddr(true)?;
+            s.set_reuseport(true)?;
+            s.bind(addr)?;
+            s.listen(65535)
+        };
+        let listener = bind().unwrap_or_else(|e| usage_exit(&format!("listen {listen}: {e}")));
         eprintln!("baseline listening on {listen}, {workers} worker(s), backends {:?}", st.backends);
         loop {
             let (sock, _) = tokio::select! {

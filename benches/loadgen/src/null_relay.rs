@@ -47,13 +47,50 @@ fn write_all(s: &mut TcpStream, mut data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A listener with SO_REUSEPORT, so that several copies can share the port (the streams benchmark
+/// runs more than one where one process's open-files limit cannot hold every stream).
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else { return Err(std::io::Error::other("--listen: IPv4 only")) };
+    // SAFETY: plain syscalls on a socket this function owns; every result is checked, and the fd is
+    // handed to a TcpListener (which closes it) right after it is created.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let listener = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            let p = &one as *const libc::c_int as *const libc::c_void;
+            if libc::setsockopt(fd, libc::SOL_SOCKET, opt, p, std::mem::size_of::<libc::c_int>() as u32) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+            sin_zero: [0; 8],
+        };
+        let sa = &sin as *const libc::sockaddr_in as *const libc::sockaddr;
+        if libc::bind(fd, sa, std::mem::size_of::<libc::sockaddr_in>() as u32) < 0
+            || libc::listen(fd, 65535) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
 fn main() -> std::io::Result<()> {
     let (Some(listen), Some(backend)) = (arg("--listen"), arg("--backend")) else {
         eprintln!("usage: null-relay --listen ADDR --backend ADDR");
         std::process::exit(2);
     };
     let backend: SocketAddr = backend.parse().map_err(|_| std::io::Error::other("bad --backend address"))?;
-    let listener = TcpListener::bind(&listen)?;
+    let listen: SocketAddr = listen.parse().map_err(|_| std::io::Error::other("bad --listen address"))?;
+    let listener = reuse_port_listener(listen)?;
     listener.set_nonblocking(true)?;
     // SAFETY: plain syscall; the result is checked.
     let ep = unsafe { libc::epoll_create1(0) };

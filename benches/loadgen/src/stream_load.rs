@@ -3,7 +3,7 @@
 //! measured from the send time `stream-backend` stamps into it (`"ts":`, CLOCK_MONOTONIC ns) to the
 //! moment its bytes are read here. Once every stream has had its first event it waits `--settle-ms`,
 //! then measures for `--window-ms`: the delays of the events read in the window, and, with `--pid`,
-//! the proxy process's CPU time (all its threads, from /proc/PID/task/*/schedstat) and resident memory.
+//! the proxy processes' CPU time (all its threads, from /proc/PID/task/*/schedstat) and resident memory.
 //! Then it lets every stream finish and checks each got `--expect-events` token events, its usage
 //! event and `data: [DONE]`. One JSON object on stdout, a summary on stderr.
 //!
@@ -28,7 +28,8 @@ struct Opts {
     settle_ns: u64,
     window_ns: u64,
     expect: u64,
-    pid: Option<u32>,
+    /// The proxy's processes (`--pid`, repeatable: their CPU and RSS are summed).
+    pid: Option<Vec<u32>>,
     timeout_ns: u64,
     /// Extra request header lines (`--header 'name: value'`).
     headers: String,
@@ -68,7 +69,7 @@ struct Tally {
 fn usage() -> ! {
     eprintln!(
         "usage: stream-load --url http://HOST:PORT/PATH -c N [--ramp-ms MS] [--settle-ms MS] [--window-ms MS]\n\
-         \x20      [--expect-events K] [--pid PID] [--timeout-s S] [--header 'name: value']..."
+         \x20      [--expect-events K] [--pid PID].. [--timeout-s S] [--header 'name: value']..."
     );
     std::process::exit(64)
 }
@@ -98,7 +99,10 @@ fn parse() -> Opts {
             "--settle-ms" => o.settle_ns = ms(a.next()),
             "--window-ms" => o.window_ns = ms(a.next()),
             "--expect-events" => o.expect = a.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()),
-            "--pid" => o.pid = a.next().and_then(|s| s.parse().ok()),
+            "--pid" => {
+                let p = a.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
+                o.pid.get_or_insert_with(Vec::new).push(p);
+            }
             "--timeout-s" => o.timeout_ns = ms(a.next()) * 1000,
             "--header" => {
                 o.headers += &a.next().unwrap_or_else(|| usage());
@@ -116,8 +120,12 @@ fn parse() -> Opts {
     o
 }
 
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
+/// Resident memory of the processes in KiB.
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| rss_kib1(p)).sum()
+}
+
+fn rss_kib1(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -125,8 +133,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time of every thread of `pid`, in ns (first field of each task's schedstat).
-fn cpu_ns(pid: u32) -> u64 {
+/// CPU time of every thread of the processes, in ns (first field of each task's schedstat).
+fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| cpu_ns1(p)).sum()
+}
+
+fn cpu_ns1(pid: u32) -> u64 {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     dir.map_while(Result::ok)
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
@@ -272,7 +284,7 @@ fn main() -> std::io::Result<()> {
     let mut ep = Epoll::new()?;
     let mut conns: Vec<Option<Conn>> = Vec::with_capacity(o.n);
     let mut t = Tally::default();
-    let rss_idle = o.pid.map(rss_kib);
+    let rss_idle = o.pid.as_deref().map(rss_kib);
     let t0 = now_ns();
     let mut opened = 0usize;
     let mut ready_at = None;
@@ -320,8 +332,8 @@ fn main() -> std::io::Result<()> {
         if let Some(r) = ready_at {
             if win.is_none() && now >= r + o.settle_ns {
                 t.in_window = true;
-                let pid = o.pid.unwrap_or(0);
-                win = Some((now, o.pid.map_or(0, |_| cpu_ns(pid)), o.pid.map_or(0, |_| rss_kib(pid))));
+                let pids = o.pid.as_deref().unwrap_or(&[]);
+                win = Some((now, cpu_ns(pids), rss_kib(pids)));
             }
             if let Some((ws, c0, r0)) = win {
                 if t.in_window && now >= ws + o.window_ns {
@@ -330,9 +342,9 @@ fn main() -> std::io::Result<()> {
                     result.insert("window_s".into(), secs.into());
                     result.insert("window_events".into(), t.events.into());
                     result.insert("open_at_window_end".into(), t.open.into());
-                    if let Some(pid) = o.pid {
-                        let c1 = cpu_ns(pid);
-                        let r1 = rss_kib(pid);
+                    if let Some(pids) = o.pid.as_deref() {
+                        let c1 = cpu_ns(pids);
+                        let r1 = rss_kib(pids);
                         let idle = rss_idle.unwrap_or(0);
                         let busy = (r0 + r1) / 2;
                         result.insert("rss_idle_kib".into(), idle.into());
