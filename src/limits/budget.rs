@@ -236,7 +236,10 @@ impl Budget {
     /// Notes a refused `cost` (refusal path only): the sync thread counts it as demand and leases
     /// at least the largest.
     pub fn note_refused(&self, cost: i64) {
-        self.wanted.0.fetch_max(cost, Relaxed);
+        // `fetch_max` only when it would raise the value: a burst of equal refusals reads the line.
+        if self.wanted.0.load(Relaxed) < cost {
+            self.wanted.0.fetch_max(cost, Relaxed);
+        }
         self.refused.0.fetch_add(cost, Relaxed);
     }
 

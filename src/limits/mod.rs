@@ -166,7 +166,9 @@ impl Limiter {
     }
 
     fn wake(&self) {
-        if self.redis && !self.wake_pending.swap(true, Relaxed) {
+        // Read first: while a wake is pending (the usual state during a burst of refusals), no
+        // core writes the shared line.
+        if self.redis && !self.wake_pending.load(Relaxed) && !self.wake_pending.swap(true, Relaxed) {
             if let Some(t) = self.thread.get() {
                 t.unpark();
             }
