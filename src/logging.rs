@@ -186,19 +186,26 @@ mod tests {
         }
     }
 
+    /// A logger with a queue of `queue` lines, its writer thread on a stalled stderr (the gate),
+    /// and the drop counter.
+    fn stalled(queue: usize) -> (QueueLogger, Gate, std::thread::JoinHandle<()>, &'static AtomicU64) {
+        let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        let filter = env_logger::Builder::new().filter_level(log::LevelFilter::Info).build();
+        let (logger, rx) = QueueLogger::new(filter, queue, dropped);
+        let bell = logger.bell.clone();
+        let gate = Gate::default();
+        let out = gate.clone();
+        let writer = std::thread::spawn(move || write_lines(rx, &bell, out, dropped));
+        (logger, gate, writer, dropped)
+    }
+
     fn record(msg: &str, f: impl FnOnce(&Record)) {
         f(&Record::builder().level(Level::Warn).args(format_args!("{msg}")).build())
     }
 
     #[test]
     fn a_stalled_stderr_drops_and_counts_lines_and_never_blocks_the_caller() {
-        let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
-        let filter = env_logger::Builder::new().filter_level(log::LevelFilter::Info).build();
-        let (logger, rx) = QueueLogger::new(filter, 8, dropped);
-        let bell = logger.bell.clone();
-        let gate = Gate::default();
-        let out = gate.clone();
-        let writer = std::thread::spawn(move || write_lines(rx, &bell, out, dropped));
+        let (logger, gate, writer, dropped) = stalled(8);
         // The first line reaches the writer, which then waits on the stalled stderr.
         record("line 0", |r| logger.log(r));
         while !gate.waiting.load(Relaxed) {
@@ -231,13 +238,7 @@ mod tests {
 
     #[test]
     fn flush_gives_up_on_a_stderr_that_never_drains() {
-        let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
-        let filter = env_logger::Builder::new().filter_level(log::LevelFilter::Info).build();
-        let (logger, rx) = QueueLogger::new(filter, 4, dropped);
-        let bell = logger.bell.clone();
-        let gate = Gate::default();
-        let out = gate.clone();
-        std::thread::spawn(move || write_lines(rx, &bell, out, dropped));
+        let (logger, gate, _writer, _) = stalled(4);
         for i in 0..10 {
             record(&format!("line {i}"), |r| logger.log(r));
         }
