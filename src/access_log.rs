@@ -6,7 +6,7 @@
 use crate::config::AccessLogConfig;
 use crate::doorbell::Doorbell;
 use crate::json::{push_opt_str, push_str};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -167,13 +167,7 @@ impl AccessLog {
 
     /// Queues a line; drops and counts it when the queue is full.
     pub fn log(&self, e: impl Into<Box<Entry>>) {
-        match self.tx.try_send(Msg::Line(e.into())) {
-            Ok(()) => self.bell.ring(),
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
+        self.bell.offer(&self.tx, &self.dropped, Msg::Line(e.into()));
     }
 
     /// SIGHUP: apply `cfg` (enabled, path) and reopen the output.

@@ -8,7 +8,8 @@
 //! of a flag only the sleeper writes; the `swap` makes exactly one producer per sleep pay for the
 //! unpark. An unpark that lands before the `park` leaves a token, so that `park` returns at once.
 
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use crossbeam_channel::{Sender, TrySendError};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 use std::time::Duration;
@@ -16,23 +17,11 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct Doorbell {
     asleep: AtomicBool,
-    /// Set by [`Doorbell::close`]: the sleeper's work is over (it no longer parks).
-    closed: AtomicBool,
     /// The sleeping thread: the first thread to call [`Doorbell::sleep`].
     sleeper: OnceLock<Thread>,
 }
 
 impl Doorbell {
-    /// No more work will come (the producers are gone): wakes the sleeper, which no longer parks.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        self.ring();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-
     /// For producers, after their work is pushed where the sleeper looks.
     pub fn ring(&self) {
         fence(Ordering::SeqCst);
@@ -43,6 +32,23 @@ impl Doorbell {
         }
     }
 
+    /// For producers that must not wait (core threads): queues `item` for the sleeper and rings,
+    /// or, when the queue is full, drops it and counts it in `dropped`. Returns the item when
+    /// nobody will take it any more (the sleeper is gone).
+    pub fn offer<T>(&self, tx: &Sender<T>, dropped: &AtomicU64, item: T) -> Option<T> {
+        match tx.try_send(item) {
+            Ok(()) => {
+                self.ring();
+                None
+            }
+            Err(TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(TrySendError::Disconnected(item)) => Some(item),
+        }
+    }
+
     /// For the sleeper, with nothing to do: parks until a ring (or `timeout`), unless `has_work`,
     /// asked after the announcement, finds some. May return early (spurious unparks): callers
     /// look for work in a loop.
@@ -50,7 +56,7 @@ impl Doorbell {
         self.sleeper.get_or_init(std::thread::current);
         self.asleep.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if !has_work() && !self.is_closed() {
+        if !has_work() {
             match timeout {
                 Some(d) => std::thread::park_timeout(d),
                 None => std::thread::park(),
@@ -63,11 +69,10 @@ impl Doorbell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 
     /// Many producers, one sleeper that only ever parks without a timeout: every item is seen
-    /// (a lost wake-up would leave the sleeper parked and the test hanging).
+    /// (a lost wake-up would leave the sleeper parked).
     #[test]
     fn no_wake_up_is_lost() {
         const PER: u64 = 20_000;
@@ -102,6 +107,9 @@ mod tests {
         for t in producers {
             t.join().unwrap();
         }
-        sleeper.join().unwrap();
+        // A lost wake-up leaves the sleeper parked for good: fail instead of hanging.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(sleeper.join().is_ok()));
+        assert_eq!(finished.recv_timeout(std::time::Duration::from_secs(20)), Ok(true), "a wake-up was lost");
     }
 }

@@ -7,7 +7,7 @@
 //! `info`); lines look as env_logger's did: `[2026-12-03T06:39:47Z WARN ] message`.
 
 use crate::doorbell::Doorbell;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use log::{Level, Log, Metadata, Record};
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -72,12 +72,6 @@ impl QueueLogger {
     }
 }
 
-impl Drop for QueueLogger {
-    fn drop(&mut self) {
-        self.bell.close();
-    }
-}
-
 /// One line as env_logger formatted it with the target off.
 fn line(time: SystemTime, level: Level, args: &std::fmt::Arguments) -> String {
     let mut s = String::with_capacity(96);
@@ -94,16 +88,15 @@ impl Log for QueueLogger {
         if !self.filter.matches(r) {
             return;
         }
-        match self.tx.try_send(Msg::Line(line(SystemTime::now(), r.level(), r.args()))) {
-            Ok(()) => self.bell.ring(),
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Relaxed);
-            }
-            // The log thread is gone (it could not start): write it here.
-            Err(TrySendError::Disconnected(Msg::Line(l))) => {
-                let _ = io::stderr().write_all(l.as_bytes());
-            }
-            Err(TrySendError::Disconnected(Msg::Flush(_))) => {}
+        // A full queue (stderr stalled, a storm of failures) drops the line before it is formatted.
+        if self.tx.is_full() {
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let msg = Msg::Line(line(SystemTime::now(), r.level(), r.args()));
+        // The log thread is gone (it could not start): write it here.
+        if let Some(Msg::Line(l)) = self.bell.offer(&self.tx, self.dropped, msg) {
+            let _ = io::stderr().write_all(l.as_bytes());
         }
     }
 
@@ -120,7 +113,7 @@ impl Log for QueueLogger {
 
 /// The log thread: writes what comes, in order, flushing whenever the queue is empty, and reports
 /// lines dropped while it was held up; sleeps on `bell` in between. Write errors (a closed stderr)
-/// are ignored. Returns once the logger is gone (`bell` closed) and the queue written.
+/// are ignored. Runs as long as the process.
 fn write_lines(rx: Receiver<Msg>, bell: &Doorbell, out: impl Write, dropped: &AtomicU64) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut reported = 0;
@@ -139,9 +132,6 @@ fn write_lines(rx: Receiver<Msg>, bell: &Doorbell, out: impl Write, dropped: &At
         }
         report_dropped(&mut out, dropped, &mut reported);
         let _ = out.flush();
-        if bell.is_closed() && rx.is_empty() {
-            return;
-        }
         bell.sleep(|| !rx.is_empty(), None);
     }
 }
@@ -188,15 +178,15 @@ mod tests {
 
     /// A logger with a queue of `queue` lines, its writer thread on a stalled stderr (the gate),
     /// and the drop counter.
-    fn stalled(queue: usize) -> (QueueLogger, Gate, std::thread::JoinHandle<()>, &'static AtomicU64) {
+    fn stalled(queue: usize) -> (QueueLogger, Gate, &'static AtomicU64) {
         let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
         let filter = env_logger::Builder::new().filter_level(log::LevelFilter::Info).build();
         let (logger, rx) = QueueLogger::new(filter, queue, dropped);
         let bell = logger.bell.clone();
         let gate = Gate::default();
         let out = gate.clone();
-        let writer = std::thread::spawn(move || write_lines(rx, &bell, out, dropped));
-        (logger, gate, writer, dropped)
+        std::thread::spawn(move || write_lines(rx, &bell, out, dropped));
+        (logger, gate, dropped)
     }
 
     fn record(msg: &str, f: impl FnOnce(&Record)) {
@@ -205,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_stalled_stderr_drops_and_counts_lines_and_never_blocks_the_caller() {
-        let (logger, gate, writer, dropped) = stalled(8);
+        let (logger, gate, dropped) = stalled(8);
         // The first line reaches the writer, which then waits on the stalled stderr.
         record("line 0", |r| logger.log(r));
         while !gate.waiting.load(Relaxed) {
@@ -232,13 +222,11 @@ mod tests {
         record("after", |r| logger.log(r));
         logger.flush();
         assert!(String::from_utf8_lossy(&gate.got.lock().unwrap()).ends_with("WARN ] after\n"));
-        drop(logger);
-        writer.join().unwrap();
     }
 
     #[test]
     fn flush_gives_up_on_a_stderr_that_never_drains() {
-        let (logger, gate, _writer, _) = stalled(4);
+        let (logger, gate, _) = stalled(4);
         for i in 0..10 {
             record(&format!("line {i}"), |r| logger.log(r));
         }
